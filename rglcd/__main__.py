@@ -1,0 +1,5 @@
+import sys
+
+from rglcd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,129 @@
+"""Load, override, validate and dump the rglcd config.
+
+    cfg = load_config(preset="tiny", overrides=["train.max_steps=20"])
+    dump_config(cfg)                      # YAML text; load_config(path=...) reads it back identically
+
+Everything is checked here, before any model loads: unknown keys, wrong types, out-of-range values
+and cross-field rules (`check`).
+"""
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rglcd.config.fields import ConfigError, field_help, from_dict, to_dict
+from rglcd.config.schema import (Config, DataConfig, DistillConfig, EvalConfig, LRMConfig, ModelConfig,
+                                 PipelineConfig, RegistryConfig, RewardConfig, StorageConfig, TrainConfig)
+
+__all__ = ["Config", "ConfigError", "ModelConfig", "DistillConfig", "RewardConfig", "LRMConfig", "DataConfig",
+           "TrainConfig", "EvalConfig", "StorageConfig", "RegistryConfig", "PipelineConfig",
+           "list_presets", "load_config", "config_from_dict", "dump_config", "explain", "parse_override"]
+
+
+def list_presets() -> list[str]:
+    """Names of the presets shipped inside the package."""
+    folder = resources.files("rglcd.config") / "presets"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _preset_dict(name: str) -> dict[str, Any]:
+    if name not in list_presets():
+        raise ConfigError(f"preset: {name!r} is not a known preset; allowed: {', '.join(list_presets())}")
+    text = (resources.files("rglcd.config") / "presets" / f"{name}.yaml").read_text()
+    return yaml.safe_load(text) or {}
+
+
+def _read_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """'section.key=value' -> {'section': {'key': value}}; the value is parsed as YAML (1e-6, true, [1, 2])."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    dotted, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    keys = [k for k in dotted.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"override {text!r} names no key")
+    for key in reversed(keys):
+        value = {key: value}
+    return value
+
+
+def check(cfg: Config) -> Config:
+    """Cross-field rules that a single field cannot express."""
+    d, e = cfg.distill, cfg.eval
+    if d.w_min > d.w_max:
+        raise ConfigError(f"distill.w_min: {d.w_min} is greater than distill.w_max {d.w_max}; allowed: w_min <= w_max")
+    if 1000 % d.num_ddim_timesteps:
+        raise ConfigError(f"distill.num_ddim_timesteps: {d.num_ddim_timesteps} does not divide 1000 training timesteps; allowed: a divisor of 1000")
+    bad_steps = [s for s in e.steps if s < 1 or s > d.num_ddim_timesteps]
+    if bad_steps:
+        raise ConfigError(f"eval.steps: {bad_steps} out of range; allowed: 1..{d.num_ddim_timesteps}")
+    if cfg.reward.guidance == "lrm" and cfg.reward.name == "none" and cfg.lrm.finetune:
+        raise ConfigError("lrm.finetune: True needs an expert; reward.name is 'none'; allowed: set reward.name or lrm.finetune=false")
+    if cfg.lrm.unlocked_text_blocks > cfg.lrm.text_layers:
+        raise ConfigError(f"lrm.unlocked_text_blocks: {cfg.lrm.unlocked_text_blocks} exceeds lrm.text_layers {cfg.lrm.text_layers}")
+    if cfg.lrm.unlocked_visual_blocks > cfg.lrm.layers:
+        raise ConfigError(f"lrm.unlocked_visual_blocks: {cfg.lrm.unlocked_visual_blocks} exceeds lrm.layers {cfg.lrm.layers}")
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Validate plain data (e.g. the pipeline's JSON parameter) into a Config."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config must be a mapping of sections, got {type(data).__name__}")
+    return check(from_dict(Config, data))
+
+
+def load_config(preset: str | None = None, path: str | Path | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Preset (or defaults), then a YAML/JSON file, then `section.key=value` overrides, validated."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_file(path)
+        preset = preset or data.get("preset")
+    if preset is not None and preset != "custom":
+        data = _merge(_preset_dict(preset), data)
+        data["preset"] = preset
+    for text in overrides:
+        data = _merge(data, parse_override(text))
+    return config_from_dict(data)
+
+
+def dump_config(cfg: Config, fmt: str = "yaml") -> str:
+    """YAML (default) or JSON text that `load_config(path=...)` reads back to an equal Config."""
+    data = to_dict(cfg)
+    if fmt == "json":
+        return json.dumps(data, indent=2, sort_keys=False)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def explain() -> list[tuple[str, str, str]]:
+    """(key, type, help) for every config field."""
+    return field_help(Config)

@@ -1,0 +1,201 @@
+"""The one typed config of rglcd, grouped by concern (DESIGN.md `config`).
+
+Defaults are METHOD.md's; every value is recorded with the run. Batch sizes are per process
+(per GPU) unless a field says "global".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from rglcd.config.fields import F
+
+RewardName = Literal["none", "hpsv2.1", "pickscore", "clipscore", "imagereward"]
+Precision = Literal["no", "fp16", "bf16"]
+
+
+@dataclass
+class ModelConfig:
+    # Teacher: a hub id, a local diffusers directory, an s3:// URI, or "tiny:epsilon" / "tiny:v_prediction".
+    teacher: str = F("stabilityai/stable-diffusion-2-1-base", "teacher: hub id, diffusers dir, s3:// URI or tiny:<prediction_type>")
+    # Hub revision (branch, tag or commit) when `teacher` is a hub id.
+    revision: str | None = F(None, "hub revision of the teacher (None: main)")
+    # Image resolution in pixels (square); latents are resolution / vae_scale.
+    resolution: int = F(512, "training and sampling resolution in px (multiple of 8)", gt=0, multiple_of=8)
+    # Dimension of the guidance embedding fed to the student as `timestep_cond` (METHOD.md 1).
+    time_cond_proj_dim: int = F(256, "size of the w-embedding projection added to the student", gt=0, multiple_of=2)
+    # Where models built or fetched at run time (tiny teachers, S3 downloads) are cached.
+    cache_dir: str = F("~/.cache/rglcd", "cache for tiny teachers and downloaded checkpoints")
+
+
+@dataclass
+class DistillConfig:
+    # Points of the DDIM solver grid over the teacher's timesteps: skip k = T / N (METHOD.md 2.2).
+    num_ddim_timesteps: int = F(50, "DDIM solver grid size N (skip k = 1000/N)", gt=0)
+    # Guidance w ~ U[w_min, w_max] per example, LCM form x_c + w (x_c - x_u) (METHOD.md 2.4).
+    w_min: float = F(5.0, "lowest guidance w drawn (LCM form; usual CFG scale is w+1)", ge=0)
+    w_max: float = F(15.0, "highest guidance w drawn (LCM form)", ge=0)
+    # Boundary-condition constants (METHOD.md 2.5).
+    sigma_data: float = F(0.5, "sigma_data of the boundary scalings", gt=0)
+    timestep_scaling: float = F(10.0, "timestep scaling s of the boundary scalings (u = s*t)", gt=0)
+    # Distillation loss and its pseudo-Huber constant (METHOD.md 2.9).
+    loss: Literal["huber", "l2"] = F("huber", "LCD loss: pseudo-Huber or l2")
+    huber_c: float = F(0.001, "pseudo-Huber constant c", gt=0)
+    # EMA decay of the target network, applied after every optimizer step (METHOD.md 2.10).
+    ema_decay: float = F(0.95, "EMA decay of the target UNet", ge=0, le=1)
+
+
+@dataclass
+class RewardConfig:
+    # Expert reward model on RGB images; "none" trains plain LCD.
+    name: RewardName = F("hpsv2.1", "expert reward model (none: plain LCD)")
+    # How the student is guided: directly through the expert (VAE decode) or through the LRM.
+    guidance: Literal["direct", "lrm"] = F("direct", "student reward path: direct expert or latent reward model")
+    # Reward scale beta: reward_loss = -beta * mean(R) (METHOD.md 3).
+    beta: float = F(1.0, "reward scale beta", ge=0)
+    # Expert weights: local path, s3:// URI, hub id, or "tiny" (random tiny model, tests only). None: the RM's default hub source.
+    weights: str | None = F(None, "expert RM weights: path, s3:// URI, hub id, 'tiny' or None for the default source")
+    # Whether differentiable resizes antialias (reference stack: no; changes reward hacking).
+    antialias: bool = F(False, "antialias the tensor resize in RM preprocessing")
+    # Per-process sub-batch decoded and scored by the expert (memory knob of the direct path).
+    batch_size: int | None = F(None, "examples per process scored by the expert (None: whole batch)", gt=0)
+
+
+@dataclass
+class LRMConfig:
+    # Pretrained LRM checkpoint directory (config + safetensors) from `rglcd pretrain-lrm`.
+    checkpoint: str | None = F(None, "pretrained LRM checkpoint dir or s3:// URI")
+    # Fine-tune the LRM online against the expert every step (METHOD.md 4).
+    finetune: bool = F(True, "fine-tune the LRM online against the expert")
+    lr: float = F(3.3e-6, "LRM fine-tuning learning rate", gt=0)
+    batch_size: int = F(16, "examples per process in the LRM fine-tuning sub-batch", gt=0)
+    # Latent ViT image tower (METHOD.md 4).
+    patch_size: int = F(4, "latent ViT patch size", gt=0)
+    width: int = F(512, "latent ViT width", gt=0)
+    layers: int = F(12, "latent ViT depth", gt=0)
+    heads: int = F(8, "latent ViT attention heads", gt=0)
+    embed_dim: int = F(1024, "joint embedding dimension", gt=0)
+    # Text tower (ViT-H-14's by default).
+    text_width: int = F(1024, "text transformer width", gt=0)
+    text_layers: int = F(24, "text transformer depth", gt=0)
+    text_heads: int = F(16, "text transformer heads", gt=0)
+    # Trainable parts during online fine-tuning.
+    unlocked_visual_blocks: int = F(1, "last visual blocks trained online (plus ln_post and proj)", ge=0)
+    unlocked_text_blocks: int = F(5, "last text blocks trained online (plus ln_final and projection)", ge=0)
+    # Contrastive pretraining (`rglcd pretrain-lrm`).
+    pretrain_steps: int = F(10000, "contrastive pretraining steps", gt=0)
+    pretrain_lr: float = F(5e-4, "contrastive pretraining learning rate", gt=0)
+    pretrain_batch_size: int = F(128, "contrastive pretraining batch per process", gt=1)
+
+
+@dataclass
+class DataConfig:
+    # Training data: shards dir/URL (webdataset tars), a table (jsonl/csv/parquet), or "builtin:photos".
+    train: str = F("builtin:photos", "training data: shards, table, image folder or builtin:photos")
+    # Prompts for validation images and evaluation; "builtin:vbench" uses the prompts shipped by vbench.
+    prompts: str = F("builtin:vbench", "prompt list: a .txt/.json file or builtin:vbench")
+    # Smallest accepted image side in px during prep.
+    min_image_size: int = F(64, "images with a shorter side below this are dropped", gt=0)
+    # Longest caption in tokens (the text encoder's context).
+    max_caption_tokens: int = F(77, "captions longer than this (in tokens) are dropped", gt=2)
+    # Records per tar shard written by prep.
+    shard_size: int = F(1000, "records per shard", gt=0)
+    # Precompute VAE latents during prep (training then skips the VAE encoder).
+    precompute_latents: bool = F(False, "store VAE latent moments in the shards")
+    num_workers: int = F(4, "data loader worker processes per training process", ge=0)
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = F(10000, "optimizer steps", gt=0)
+    batch_size: int = F(16, "examples per process per micro-batch", gt=0)
+    grad_accum: int = F(1, "micro-batches per optimizer step", gt=0)
+    lr: float = F(1e-6, "AdamW learning rate (METHOD.md 3)", gt=0)
+    weight_decay: float = F(0.0, "AdamW weight decay", ge=0)
+    adam_beta1: float = F(0.9, "AdamW beta1", ge=0, lt=1)
+    adam_beta2: float = F(0.999, "AdamW beta2", ge=0, lt=1)
+    adam_eps: float = F(1e-8, "AdamW epsilon", gt=0)
+    use_8bit_adam: bool = F(False, "bitsandbytes 8-bit AdamW when installed")
+    lr_scheduler: Literal["constant", "constant_with_warmup"] = F("constant", "LR schedule")
+    warmup_steps: int = F(0, "warmup steps of constant_with_warmup", ge=0)
+    max_grad_norm: float = F(1.0, "gradient-norm clip", gt=0)
+    mixed_precision: Precision = F("no", "autocast precision; the teacher follows it")
+    gradient_checkpointing: bool = F(False, "gradient checkpointing in the student UNet")
+    lora_rank: int = F(0, "LoRA rank (0: full fine-tuning)", ge=0)
+    seed: int = F(453645634, "global seed; per-example draws derive from it and the example index", ge=0)
+    checkpoint_every: int = F(2000, "steps between checkpoints", gt=0)
+    keep_checkpoints: int = F(5, "checkpoints kept (older ones are deleted)", gt=0)
+    validation_every: int = F(200, "steps between validation image grids", gt=0)
+    validation_prompts: int = F(4, "prompts in each validation grid", gt=0)
+    max_bad_steps: int = F(5, "consecutive non-finite losses before the run stops", gt=0)
+    output_dir: str = F("runs/latest", "run directory (checkpoints, metrics, report)")
+
+
+@dataclass
+class EvalConfig:
+    steps: list[int] = F([1, 2, 4, 8], "student LCM steps to evaluate")
+    guidance: float = F(7.5, "student guidance scale g (embedded as w = g - 1)", ge=1)
+    teacher_steps: int = F(50, "teacher DDIM steps", gt=0)
+    teacher_guidance: float = F(7.5, "teacher CFG scale", ge=1)
+    num_prompts: int = F(3200, "prompts scored (HPS benchmark: 4 styles x 800)", gt=0)
+    fid_reference: str | None = F(None, "reference image folder for FID (None: skip FID)")
+    fid_mode: Literal["clean", "legacy_pytorch", "legacy_tensorflow"] = F("clean", "clean-fid mode")
+    fid_num_images: int = F(5000, "generated images for FID", gt=1)
+    inception_weights: str | None = F(None, "local Inception TorchScript for air-gapped FID")
+    hf_cutoff: float = F(0.25, "high-frequency cutoff as a fraction of the sampling rate", gt=0, lt=0.5)
+    batch_size: int = F(8, "images per generation batch", gt=0)
+    seed: int = F(0, "sampling seed", ge=0)
+    # Registration gate (rglcd.evaluate.gate).
+    gate_min_hps_margin: float = F(0.0, "student HPS at 4 steps minus the teacher's must be >= this")
+    gate_max_fid_regression: float = F(5.0, "FID may exceed production's by at most this", ge=0)
+    gate_max_hf_ratio: float = F(1.5, "student/teacher high-frequency energy ratio must be <= this", gt=0)
+
+
+@dataclass
+class StorageConfig:
+    # DVC remote: a local directory or s3://bucket/prefix.
+    remote: str = F("./.rglcd/remote", "DVC remote: local dir or s3://bucket/prefix")
+    endpoint_url: str | None = F(None, "S3 endpoint URL (MinIO, Ceph); None: AWS")
+    region: str | None = F(None, "S3 region")
+    cache_dir: str = F("./.rglcd/dvc-cache", "local DVC cache")
+
+
+@dataclass
+class RegistryConfig:
+    tracking_uri: str = F("sqlite:///.rglcd/mlflow.db", "MLflow tracking URI (SQLite file or server URL)")
+    model_name: str = F("rglcd-student", "registered model name")
+    alias: str = F("candidate", "alias given to a newly registered version")
+
+
+@dataclass
+class PipelineConfig:
+    image: str = F("ghcr.io/rglcd/rglcd-train:0.1.0", "container image of the GPU steps")
+    cpu_image: str = F("ghcr.io/rglcd/rglcd-cpu:0.1.0", "container image of the CPU steps")
+    namespace: str = F("rglcd", "Kubernetes namespace")
+    service_account: str = F("rglcd-pipeline", "ServiceAccount the runs use")
+    experiment: str = F("rglcd", "KFP experiment name")
+    accelerator: str = F("nvidia.com/gpu", "accelerator resource type")
+    gpus: int = F(8, "GPUs per training pod", ge=0)
+    node_selector: dict[str, str] = F({}, "node labels of the GPU pool")
+    gpu_toleration_key: str = F("nvidia.com/gpu", "taint key tolerated on the GPU pool")
+    s3_secret: str | None = F("rglcd-s3", "Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (None: none)")
+    checkpoint_pvc: str = F("rglcd-checkpoints", "PVC mounted for checkpoints")
+    shm_size: str = F("16Gi", "size of the memory-backed /dev/shm")
+    retries: int = F(3, "retries of the training step (resume from checkpoint)", ge=0)
+    distributed: Literal["none", "pytorchjob", "trainjob"] = F("none", "launch multi-node training as this resource")
+    num_nodes: int = F(1, "training nodes when distributed", gt=0)
+
+
+@dataclass
+class Config:
+    preset: str = F("custom", "name of the preset this config started from")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    lrm: LRMConfig = field(default_factory=LRMConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)

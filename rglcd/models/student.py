@@ -1,0 +1,37 @@
+"""Build the LCM student from the teacher (METHOD.md 1).
+
+The student has the teacher's UNet config plus `time_cond_proj_dim`, i.e. diffusers'
+`TimestepEmbedding.cond_proj` = Linear(time_cond_proj_dim -> C, no bias), added to the sinusoidal
+timestep features before `linear_1`. All other weights are the teacher's; only that projection is new.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+
+def make_student(teacher_unet: torch.nn.Module, time_cond_proj_dim: int = 256) -> torch.nn.Module:
+    """A trainable copy of the teacher UNet with a fresh guidance-embedding projection."""
+    from diffusers import UNet2DConditionModel
+
+    config = dict(teacher_unet.config)
+    config["time_cond_proj_dim"] = time_cond_proj_dim
+    student = UNet2DConditionModel.from_config(config).to(teacher_unet.device, teacher_unet.dtype)
+    missing, unexpected = student.load_state_dict(teacher_unet.state_dict(), strict=False)
+    new = [k for k in missing if "cond_proj" not in k]
+    if new or unexpected:
+        raise RuntimeError(f"teacher weights do not fit the student: missing {new}, unexpected {unexpected}")
+    return student.train().requires_grad_(True)
+
+
+def make_target(student: torch.nn.Module) -> torch.nn.Module:
+    """The EMA target: a frozen copy of the student, updated only by `ema_update`."""
+    return copy.deepcopy(student).requires_grad_(False).eval()
+
+
+@torch.no_grad()
+def ema_update(target: torch.nn.Module, student: torch.nn.Module, decay: float) -> None:
+    """target <- decay * target + (1 - decay) * student (METHOD.md 2.10)."""
+    for t, s in zip(target.parameters(), student.parameters()):
+        t.lerp_(s.detach().to(t.dtype), 1.0 - decay)

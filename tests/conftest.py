@@ -1,0 +1,40 @@
+"""Shared fixtures: offline hub, tiny teachers built once per session, tiny configs."""
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"          # a hub call must fail fast, never hang (env-feasibility.md)
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> str:
+    """One model cache for the whole session, so each tiny teacher is built once."""
+    return str(tmp_path_factory.mktemp("model-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(model_cache):
+    """Factory: prediction type -> directory of a saved tiny teacher (diffusers layout)."""
+    from rglcd.models.sources import resolve_tiny
+
+    return lambda prediction_type="epsilon": resolve_tiny(f"tiny:{prediction_type}", model_cache)
+
+
+@pytest.fixture
+def tiny_cfg(model_cache, tmp_path):
+    """Factory: the tiny preset with the session cache and a per-test output dir, plus overrides."""
+    from rglcd.config import load_config
+
+    def make(*overrides: str):
+        base = [f"model.cache_dir={model_cache}", f"train.output_dir={tmp_path / 'run'}",
+                f"storage.remote={tmp_path / 'remote'}", f"storage.cache_dir={tmp_path / 'dvc-cache'}",
+                f"registry.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+        return load_config("tiny", overrides=base + list(overrides))
+    return make

@@ -1,0 +1,96 @@
+"""Config: presets round-trip, overrides apply, every class of bad value is refused clearly."""
+import json
+
+import pytest
+
+from rglcd.config import Config, ConfigError, config_from_dict, dump_config, explain, list_presets, load_config
+
+PRESETS = ["tiny", "sd21-base-hpsv21", "sd21-base-hpsv21-lrm", "sd21-768-hpsv21", "sd15-hpsv21"]
+
+
+def test_presets_ship_with_the_package():
+    assert set(PRESETS) <= set(list_presets())
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("fmt", ["yaml", "json"])
+def test_every_preset_round_trips(preset, fmt, tmp_path):
+    cfg = load_config(preset)
+    path = tmp_path / f"cfg.{fmt}"
+    path.write_text(dump_config(cfg, fmt))
+    again = load_config(path=path)
+    assert again == cfg
+    assert dump_config(again, fmt) == dump_config(cfg, fmt)
+
+
+def test_preset_values_follow_method_md():
+    cfg = load_config("sd21-base-hpsv21")
+    assert (cfg.distill.w_min, cfg.distill.w_max, cfg.distill.num_ddim_timesteps) == (5.0, 15.0, 50)
+    assert (cfg.distill.sigma_data, cfg.distill.timestep_scaling, cfg.distill.huber_c) == (0.5, 10.0, 0.001)
+    assert (cfg.distill.ema_decay, cfg.train.lr, cfg.train.max_grad_norm, cfg.reward.beta) == (0.95, 1e-6, 1.0, 1.0)
+    assert cfg.model.time_cond_proj_dim == 256 and cfg.lrm.lr == 3.3e-6
+    assert load_config("sd21-768-hpsv21").model.resolution == 768
+
+
+def test_overrides_parse_yaml_scalars_and_lists():
+    cfg = load_config("tiny", overrides=["train.lr=2e-6", "train.gradient_checkpointing=true",
+                                          "eval.steps=[1, 4]", "pipeline.node_selector={pool: gpu}"])
+    assert cfg.train.lr == 2e-6 and cfg.train.gradient_checkpointing is True
+    assert cfg.eval.steps == [1, 4] and cfg.pipeline.node_selector == {"pool": "gpu"}
+
+
+def test_file_then_overrides_take_precedence(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("preset: tiny\ntrain:\n  max_steps: 7\n")
+    cfg = load_config(path=path, overrides=["train.batch_size=3"])
+    assert cfg.preset == "tiny" and cfg.train.max_steps == 7 and cfg.train.batch_size == 3
+    assert cfg.model.teacher == "tiny:epsilon"
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.lr=-1", ["train.lr", "-1", "> 0"]),
+    ("distill.w_min=20", ["distill.w_min", "20", "w_min <= w_max"]),
+    ("model.resolution=500", ["model.resolution", "500", "multiple of 8"]),
+    ("model.resolution=0", ["model.resolution", "0", "> 0"]),
+    ("model.colour=red", ["model.colour", "unknown key", "teacher"]),
+    ("nosuchsection.x=1", ["nosuchsection", "unknown key", "distill"]),
+    ("train.max_steps=abc", ["train.max_steps", "abc", "int"]),
+    ("train.max_steps=1.5", ["train.max_steps", "1.5", "int"]),
+    ("train.gradient_checkpointing=3", ["gradient_checkpointing", "3", "bool"]),
+    ("reward.name=aesthetics", ["reward.name", "aesthetics", "hpsv2.1"]),
+    ("distill.loss=l1", ["distill.loss", "l1", "huber"]),
+    ("distill.ema_decay=1.5", ["distill.ema_decay", "1.5", "<= 1"]),
+    ("distill.num_ddim_timesteps=30", ["num_ddim_timesteps", "30", "divisor of 1000"]),
+    ("eval.steps=[0, 4]", ["eval.steps", "0", "1..50"]),
+    ("train.mixed_precision=fp8", ["train.mixed_precision", "fp8", "bf16"]),
+])
+def test_bad_values_are_refused_with_key_value_and_allowed(override, words):
+    with pytest.raises(ConfigError) as err:
+        load_config("tiny", overrides=[override])
+    for word in words:
+        assert word in str(err.value), (word, str(err.value))
+
+
+def test_unknown_preset_and_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="sd99.*allowed: .*tiny"):
+        load_config("sd99")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(path=tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config(path=bad)
+    with pytest.raises(ConfigError, match="must look like"):
+        load_config("tiny", overrides=["train.lr"])
+
+
+def test_json_parameter_form_round_trips():
+    cfg = load_config("sd21-base-hpsv21-lrm")
+    assert config_from_dict(json.loads(dump_config(cfg, "json"))) == cfg
+    assert config_from_dict({}) == Config()
+
+
+def test_every_field_is_explained():
+    rows = explain()
+    assert len(rows) > 80
+    assert all(help_text for _, _, help_text in rows), [k for k, _, h in rows if not h]
