@@ -1,0 +1,31 @@
+"""Losses of RG-LCD (METHOD.md 2.9 and 3)."""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+
+def lcd_loss(pred: torch.Tensor, target: torch.Tensor, kind: Literal["huber", "l2"] = "huber",
+             huber_c: float = 0.001) -> torch.Tensor:
+    """Latent consistency distillation loss, a mean over all elements (METHOD.md 2.9).
+
+    huber: mean(sqrt((pred - target)^2 + c^2) - c)   (pseudo-Huber, c = 0.001)
+    l2:    mean((pred - target)^2)
+    """
+    diff = pred.float() - target.float()
+    if kind == "huber":
+        return (torch.sqrt(diff.square() + huber_c ** 2) - huber_c).mean()
+    if kind == "l2":
+        return diff.square().mean()
+    raise ValueError(f"kind: {kind!r} is not allowed; allowed: huber, l2")
+
+
+def reward_loss(rewards: torch.Tensor, beta: float) -> torch.Tensor:
+    """-beta * mean(R) over the batch (METHOD.md 3). Negative by construction: that is not a bug."""
+    return -beta * rewards.float().mean()
+
+
+def imagereward_hinge(r: torch.Tensor) -> torch.Tensor:
+    """ImageReward's hinged reward min(r - 2, 0) = -ReLU(2 - r): no gradient once r >= 2 (METHOD.md 3)."""
+    return -torch.relu(2.0 - r)
