@@ -5,6 +5,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.rglcd-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+export OMP_WAIT_POLICY ?= PASSIVE
 PYTEST_ARGS ?=
 
 .PHONY: install run test test-fast clean
@@ -33,3 +34,28 @@ test-fast: install
 
 clean:
 	rm -rf runs .rglcd
+
+# --- container images and the Kubernetes test control plane (images/, manifests/, tests/k8s/) -------------
+# `make images` builds and pushes $(REGISTRY)/rglcd-train:$(TAG) and $(REGISTRY)/rglcd-cpu:$(TAG); the defaults
+# are the images named in the config (pipeline.image, pipeline.cpu_image). PUSH=false only builds.
+REGISTRY ?= ghcr.io/rglcd
+TAG      ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+DOCKER   ?= docker
+PUSH     ?= true
+# kube-apiserver/controller-manager/scheduler v1.20.2 for tests/test_cluster.py (built once, ~7 min on 2 cores)
+K8S_BIN  ?= /var/cache/rglcd-k8s/v1.20.2
+export RGLCD_K8S_BIN ?= $(K8S_BIN)
+
+.PHONY: images images-lint k8s-bins
+
+images:
+	$(DOCKER) build -f images/train.Dockerfile -t $(REGISTRY)/rglcd-train:$(TAG) .
+	$(DOCKER) build -f images/cpu.Dockerfile -t $(REGISTRY)/rglcd-cpu:$(TAG) .
+	if [ "$(PUSH)" = true ]; then \
+	  $(DOCKER) push $(REGISTRY)/rglcd-train:$(TAG) && $(DOCKER) push $(REGISTRY)/rglcd-cpu:$(TAG); fi
+
+images-lint: install
+	$(VENV)/bin/hadolint --config images/.hadolint.yaml images/train.Dockerfile images/cpu.Dockerfile
+
+k8s-bins:
+	OUT=$(K8S_BIN) tests/k8s/build-k8s-from-debian.sh

@@ -6,6 +6,9 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"          # a hub call must fail fast, never hang (env-feasibility.md)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# OpenMP threads spin while waiting by default; with subprocesses (kfp.local, 2-process DDP) sharing
+# 2 cores that made torch 15-25x slower. Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -95,3 +95,22 @@ def test_incomplete_directory_is_refused(tmp_path):
     (tmp_path / "model_index.json").write_text("{}")
     with pytest.raises(ModelSourceError, match="missing unet"):
         load_teacher(str(tmp_path))
+
+
+def test_student_from_a_real_style_config_without_time_cond_key(tiny_teacher_dir, tmp_path):
+    """Real SD unet/config.json files have no time_cond_proj_dim key (diffusers then marks it a default)."""
+    import json
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    unet_dir = tmp_path / "unet"
+    shutil.copytree(tiny_teacher_dir() / "unet", unet_dir)
+    config = json.loads((unet_dir / "config.json").read_text())
+    config.pop("time_cond_proj_dim")
+    (unet_dir / "config.json").write_text(json.dumps(config))
+    teacher_unet = UNet2DConditionModel.from_pretrained(unet_dir)
+    assert "time_cond_proj_dim" in teacher_unet.config.get("_use_default_values", [])
+    student = make_student(teacher_unet, 256)
+    assert student.config.time_cond_proj_dim == 256
+    assert student.time_embedding.cond_proj is not None

@@ -10,7 +10,8 @@ from typing import Literal
 
 from rglcd.config.fields import F
 
-RewardName = Literal["none", "hpsv2.1", "pickscore", "clipscore", "imagereward"]
+# "toy": the toy world's classifier reward (rglcd.toy); only `rglcd toy run` builds it, not the reward registry.
+RewardName = Literal["none", "hpsv2.1", "pickscore", "clipscore", "imagereward", "toy"]
 Precision = Literal["no", "fp16", "bf16"]
 
 
@@ -103,6 +104,8 @@ class DataConfig:
     # Precompute VAE latents during prep (training then skips the VAE encoder).
     precompute_latents: bool = F(False, "store VAE latent moments in the shards")
     num_workers: int = F(4, "data loader worker processes per training process", ge=0)
+    # Training stream order: shards are permuted per epoch, records shuffled within aligned windows.
+    shuffle_buffer: int = F(1000, "records shuffled together in the training stream (1: shard order only)", gt=0)
 
 
 @dataclass
@@ -122,6 +125,8 @@ class TrainConfig:
     mixed_precision: Precision = F("no", "autocast precision; the teacher follows it")
     gradient_checkpointing: bool = F(False, "gradient checkpointing in the student UNet")
     lora_rank: int = F(0, "LoRA rank (0: full fine-tuning)", ge=0)
+    # With LoRA, <output_dir>/model always holds the merged UNet; this also writes the adapter to <output_dir>/lora.
+    lora_save_adapter: bool = F(True, "with LoRA, also save the adapter (diffusers LoRA format + guidance projection)")
     seed: int = F(453645634, "global seed; per-example draws derive from it and the example index", ge=0)
     checkpoint_every: int = F(2000, "steps between checkpoints", gt=0)
     keep_checkpoints: int = F(5, "checkpoints kept (older ones are deleted)", gt=0)
@@ -149,6 +154,24 @@ class EvalConfig:
     gate_min_hps_margin: float = F(0.0, "student HPS at 4 steps minus the teacher's must be >= this")
     gate_max_fid_regression: float = F(5.0, "FID may exceed production's by at most this", ge=0)
     gate_max_hf_ratio: float = F(1.5, "student/teacher high-frequency energy ratio must be <= this", gt=0)
+    # Student step count whose HPS, FID and high-frequency ratio are the plain numbers the gate reads.
+    gate_steps: int = F(4, "student steps the gate and the plain numbers use (one of eval.steps)", gt=0)
+    # Prompt sets: evaluation prompts (rewards, CLIP score, HF monitor, sample grid; e.g. PartiPrompts),
+    # the HPSv2 benchmark (4 style files) and the FID captions (e.g. COCO val).
+    prompts: str | None = F(None, "evaluation prompts: .txt/.json file or builtin:vbench (None: data.prompts)")
+    hps_benchmark: str | None = F("hub", "HPSv2 benchmark prompts: dir of anime/concept-art/paintings/photo .json, 'hub' (zhwang/HPDv2) or None to skip")
+    fid_prompts: str | None = F(None, "captions for the FID images: .txt/.json (None: the evaluation prompts, cycled)")
+    # Scorers: registered rewards averaged over the evaluation prompts, and open_clip CLIP score.
+    rewards: list[str] = F(["hpsv2.1"], "registered rewards scored as a mean over the evaluation prompts")
+    reward_weights: dict[str, str] = F({}, "weights per reward name: path, s3:// URI, hub id or 'tiny' (absent: default source)")
+    clip_model: str | None = F("ViT-L-14", "open_clip model of the CLIP score ('tiny': random test model; None: skip)")
+    clip_pretrained: str | None = F("openai", "open_clip pretrained tag or checkpoint file of eval.clip_model")
+    # Latency: same batch, resolution, device and dtype for student and teacher; one warm-up call.
+    latency_batch_size: int = F(1, "images per timed generation call", gt=0)
+    latency_repeats: int = F(3, "timed calls after the warm-up (median reported)", gt=0)
+    grid_prompts: int = F(4, "prompts (rows) in the HTML sample grid", gt=0)
+    device: str = F("auto", "evaluation device: auto (cuda if available), cpu, cuda, cuda:N")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = F("auto", "model dtype (auto: fp16 on CUDA, fp32 on CPU)")
 
 
 @dataclass
@@ -180,6 +203,7 @@ class PipelineConfig:
     gpu_toleration_key: str = F("nvidia.com/gpu", "taint key tolerated on the GPU pool")
     s3_secret: str | None = F("rglcd-s3", "Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (None: none)")
     checkpoint_pvc: str = F("rglcd-checkpoints", "PVC mounted for checkpoints")
+    model_cache_pvc: str | None = F("rglcd-model-cache", "PVC mounted at /cache for HF/torch/rglcd model caches (None: none)")
     shm_size: str = F("16Gi", "size of the memory-backed /dev/shm")
     retries: int = F(3, "retries of the training step (resume from checkpoint)", ge=0)
     distributed: Literal["none", "pytorchjob", "trainjob"] = F("none", "launch multi-node training as this resource")

@@ -16,6 +16,9 @@ def make_student(teacher_unet: torch.nn.Module, time_cond_proj_dim: int = 256) -
     from diffusers import UNet2DConditionModel
 
     config = dict(teacher_unet.config)
+    # diffusers lists keys absent from the saved config.json (real SD configs lack time_cond_proj_dim)
+    # under `_use_default_values`, and `from_config` would then ignore our override.
+    config.pop("_use_default_values", None)
     config["time_cond_proj_dim"] = time_cond_proj_dim
     student = UNet2DConditionModel.from_config(config).to(teacher_unet.device, teacher_unet.dtype)
     missing, unexpected = student.load_state_dict(teacher_unet.state_dict(), strict=False)

@@ -1,0 +1,41 @@
+"""Step 4: evaluation (`rglcd.evaluate.evaluate`) -> metrics, an HTML page, and the gate decision.
+
+The return value (the task's `Output`) is the gate decision, a plain bool the pipeline's `dsl.If`
+reads; `fid` and `hps` are plain numbers too (-1.0 when not measured: FID needs eval.fid_reference).
+"""
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Input, Metrics, Model, Output, OutputPath
+
+from rglcd.config import PipelineConfig
+
+_DEFAULTS = PipelineConfig()
+
+
+@dsl.component(base_image=_DEFAULTS.image, install_kfp_package=False)
+def evaluate_student(config_json: str, model: Input[Model], results: Output[Artifact], metrics: Output[Metrics],
+                     page: Output[HTML], fid: OutputPath(float), hps: OutputPath(float),
+                     metrics_json: OutputPath(str), failed_rules: OutputPath(str)) -> bool:
+    """Evaluate the student against the teacher and the production model; return whether the gate passed."""
+    import json
+    from pathlib import Path
+
+    from components.runtime import copy_into, eval_summary, load_step_config, plain, push
+    from rglcd.evaluate import evaluate
+    from rglcd.registry import production_metrics
+
+    cfg = load_step_config(config_json)
+    result = evaluate(cfg, model.path, results.path, production_metrics=production_metrics(cfg))
+    summary = eval_summary(result)
+    copy_into(summary["html"], page.path)
+    copy_into(summary["metrics_file"], metrics.path)
+    results.metadata.update(plain({"dvc": push(results.path, cfg)}))
+    numbers = summary["numbers"]
+    for key, value in numbers.items():
+        metrics.log_metric(key, value)
+    metrics.metadata["gate"] = plain(summary["gate"])
+    Path(fid).write_text(repr(numbers.get("fid", -1.0)))
+    Path(hps).write_text(repr(numbers.get("hps", -1.0)))
+    Path(metrics_json).write_text(json.dumps(numbers))
+    Path(failed_rules).write_text(",".join(summary["gate"]["failed_rules"]))
+    print("gate:", json.dumps(summary["gate"], indent=1))
+    return summary["gate"]["passed"]

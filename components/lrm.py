@@ -1,0 +1,31 @@
+"""Step 2 (LRM-guided presets): contrastive pretraining of the latent reward model (METHOD.md 4).
+
+The data arrive by DVC pointer, not as an input artifact, so the step's cache key is the data
+version: a re-run of prep that yields the same data reuses the pretrained LRM.
+"""
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Model, Output
+
+from rglcd.config import PipelineConfig
+
+_DEFAULTS = PipelineConfig()
+
+
+@dsl.component(base_image=_DEFAULTS.image, install_kfp_package=False)
+def pretrain_lrm(config_json: str, data_pointer: str, lrm: Output[Model]) -> NamedTuple("Outputs", lrm_pointer=str):
+    """Pull the prepared data by pointer, pretrain the LRM into `lrm`, push it to the DVC remote."""
+    import json
+    import tempfile
+    from collections import namedtuple
+
+    from components.runtime import load_step_config, plain, pretrain_lrm_from_dir, pull, push
+
+    cfg = load_step_config(config_json)
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = pull(data_pointer, f"{tmp}/data", cfg)
+        info = pretrain_lrm_from_dir(cfg, data_dir, lrm.path)
+    pointer = push(lrm.path, cfg)
+    lrm.metadata.update(plain({"dvc": pointer, "data_version": json.loads(data_pointer)["outs"][0]["md5"], **info}))
+    return namedtuple("Outputs", ["lrm_pointer"])(json.dumps(pointer))

@@ -1,0 +1,33 @@
+"""Step 1: data prep (`rglcd.data.prep.prep`) -> a versioned Dataset of tar shards + manifest.json."""
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Dataset, Output
+
+from rglcd.config import PipelineConfig
+
+_DEFAULTS = PipelineConfig()
+
+
+@dsl.component(base_image=_DEFAULTS.cpu_image, install_kfp_package=False)
+def prep_data(config_json: str, dataset: Output[Dataset]
+              ) -> NamedTuple("Outputs", data_version=str, data_pointer=str):
+    """Validate and shard `data.train`, push the shards to the DVC remote.
+
+    Returns the data version (the manifest's content hash) and the DVC pointer (JSON), which is
+    also in `dataset.metadata["dvc"]`.
+    """
+    import json
+    from collections import namedtuple
+
+    from components.runtime import load_step_config, plain, push
+    from rglcd.data.prep import prep
+
+    cfg = load_step_config(config_json)
+    manifest = prep(cfg, cfg.data.train, dataset.path)
+    pointer = push(dataset.path, cfg)
+    dataset.metadata.update(plain({"dvc": pointer, "data_version": manifest["content_hash"],
+                                   "num_records": manifest["num_records"], "dropped": manifest.get("dropped", {}),
+                                   "source": manifest.get("source", cfg.data.train)}))
+    outputs = namedtuple("Outputs", ["data_version", "data_pointer"])
+    return outputs(manifest["content_hash"], json.dumps(pointer))

@@ -1,0 +1,88 @@
+"""The RG-LCD DAG (DESIGN.md "The DAG"), built from one config:
+
+    configure -> prep -> (pretrain-lrm, if reward.guidance == "lrm" and no lrm.checkpoint)
+              -> train (in the pod, or a PyTorchJob/TrainJob when pipeline.distributed is set)
+              -> evaluate -> dsl.If(gate passed) -> register
+
+Pipeline parameters: `config_json` (the whole resolved config; the default is the config the
+pipeline was compiled from), and three overrides: `preset`, `data_uri` (-> data.train),
+`max_steps` (-> train.max_steps). The DAG's shape and pod settings (GPUs, node pool, PVCs,
+retries) come from the config at compile time.
+
+Caching: on for configure, prep (off in scheduled pipelines: the data behind a URI changes between
+runs) and LRM pretraining, which reads the data by its DVC pointer so its cache key is the data
+version; off for training, evaluation (it reads the registry's production model) and registration.
+"""
+
+from typing import Any, Callable
+
+from kfp import dsl
+
+from components.configure import configure
+from components.evaluate import evaluate_student
+from components.lrm import pretrain_lrm
+from components.prep import prep_data
+from components.register import register_model
+from components.runtime import config_json_of
+from components.train import launch_training, train_student
+from pipelines.k8s import CHECKPOINT_MOUNT, checkpoints, cpu_step, gpu_step, model_cache
+from rglcd.config import Config
+
+PIPELINE_NAME = "rglcd"
+
+
+def uses_lrm_step(cfg: Config) -> bool:
+    """Whether the DAG pretrains an LRM: the student is LRM-guided and no pretrained LRM is configured."""
+    return cfg.reward.guidance == "lrm" and not cfg.lrm.checkpoint
+
+
+def _train(cfg: Config, config: Any, dataset: Any, lrm: Any, checkpoint_root: str) -> dsl.PipelineTask:
+    """In-pod training on `pipeline.gpus` GPUs, or a launcher pod that runs the multi-node job."""
+    run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    if cfg.pipeline.distributed == "none":
+        task = train_student(config_json=config, dataset=dataset, checkpoint_root=checkpoint_root, run_id=run_id,
+                             **({"lrm": lrm} if lrm is not None else {}))
+        gpu_step(task, cfg, cfg.pipeline.gpus)
+    else:
+        task = launch_training(config_json=config, dataset=dataset, run_id=run_id,
+                               **({"lrm": lrm} if lrm is not None else {}))
+        cpu_step(task, cfg)
+    checkpoints(task, cfg)
+    return task.set_display_name("RG-LCD training").set_caching_options(False)
+
+
+def build_pipeline(cfg: Config, *, checkpoint_root: str = CHECKPOINT_MOUNT, scheduled: bool = False) -> Callable:
+    """The `@dsl.pipeline` for `cfg`. `checkpoint_root` is where training checkpoints live (the PVC
+    mount in a cluster, a local folder for `kfp.local`); `scheduled` turns prep caching off."""
+    default_config = config_json_of(cfg)
+    one_gpu = min(cfg.pipeline.gpus, 1)
+
+    @dsl.pipeline(name=PIPELINE_NAME, description="RG-LCD: distil Stable Diffusion into a few-step model, "
+                  "evaluate it, register it when the gate passes")
+    def rglcd_pipeline(config_json: str = default_config, preset: str = "", data_uri: str = "",
+                       max_steps: int = 0):
+        conf = configure(config_json=config_json, preset=preset, data_uri=data_uri, max_steps=max_steps)
+        cpu_step(conf, cfg).set_display_name("resolve config").set_caching_options(True)
+
+        prep = prep_data(config_json=conf.outputs["prep_config"])
+        model_cache(cpu_step(prep, cfg), cfg).set_display_name("data prep").set_caching_options(not scheduled)
+
+        lrm = None
+        if uses_lrm_step(cfg):
+            pre = pretrain_lrm(config_json=conf.outputs["lrm_config"], data_pointer=prep.outputs["data_pointer"])
+            gpu_step(pre, cfg, one_gpu).set_display_name("LRM pretraining").set_caching_options(True)
+            lrm = pre.outputs["lrm"]
+
+        train = _train(cfg, conf.outputs["config"], prep.outputs["dataset"], lrm, checkpoint_root)
+
+        ev = evaluate_student(config_json=conf.outputs["config"], model=train.outputs["model"])
+        gpu_step(ev, cfg, one_gpu).set_display_name("evaluation").set_caching_options(False)
+
+        with dsl.If(ev.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a CEL comparison)
+            reg = register_model(config_json=conf.outputs["config"], model=train.outputs["model"],
+                                 model_pointer=train.outputs["model_pointer"],
+                                 metrics_json=ev.outputs["metrics_json"],
+                                 data_version=prep.outputs["data_version"], run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+            cpu_step(reg, cfg).set_display_name("registration").set_caching_options(False)
+
+    return rglcd_pipeline

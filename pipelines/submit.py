@@ -1,0 +1,179 @@
+"""Submit the pipeline to a Kubeflow Pipelines cluster (`kfp.Client`), and schedule recurring retraining.
+
+Everything that can be wrong is checked before anything is sent: the config (`check_cluster_config`),
+the cron expression, and the host (its healthz answers). The pipeline is compiled from the config
+into a temporary package and sent inline with the run, so the run records exactly what ran.
+"""
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from components.runtime import config_json_of
+from pipelines.compile import check_cluster_config, compile_pipeline
+from rglcd.config import Config, ConfigError
+
+TERMINAL = {"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED", "ERROR"}
+
+# robfig/cron (KFP's scheduler): 6 fields, seconds first. name -> (low, high, names allowed)
+_CRON_FIELDS = (("second", 0, 59, ()), ("minute", 0, 59, ()), ("hour", 0, 23, ()),
+                ("day of month", 1, 31, ()),
+                ("month", 1, 12, ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")),
+                ("day of week", 0, 6, ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")))
+_CRON_PART = re.compile(r"^(\*|\?|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?$")
+
+
+class SubmitError(RuntimeError):
+    """Submission refused before or while talking to KFP; the message says what to change."""
+
+
+def _cron_value(text: str, name: str, low: int, high: int, names: tuple[str, ...]) -> int:
+    if text.upper() in names:
+        return names.index(text.upper()) + low
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise ConfigError(f"cron {name} field: {text!r} is not allowed; allowed: {low}-{high}"
+                          + (f" or {names[0]}-{names[-1]}" if names else ""))
+    return int(text)
+
+
+def validate_cron(expr: str) -> str:
+    """Check a 6-field, seconds-first cron expression (robfig/cron, as KFP's scheduler reads it)."""
+    fields = expr.split()
+    if len(fields) == 5:
+        raise ConfigError(f"cron {expr!r} has 5 fields, but KFP schedules use 6 with seconds first "
+                          f"(robfig/cron): a 5-field expression would be read shifted by one field. "
+                          f"Did you mean '0 {expr.strip()}'? e.g. '0 0 3 * * *' = every day at 03:00:00")
+    if len(fields) != 6:
+        raise ConfigError(f"cron {expr!r} has {len(fields)} fields; allowed: 6 fields "
+                          "'second minute hour day-of-month month day-of-week', e.g. '0 0 3 * * *'")
+    for text, (name, low, high, names) in zip(fields, _CRON_FIELDS):
+        for part in text.split(","):
+            if not _CRON_PART.match(part):
+                raise ConfigError(f"cron {name} field: {part!r} is not allowed; allowed: *, ?, N, N-M, */S, N-M/S, "
+                                  "comma-separated lists")
+            base = part.split("/")[0]
+            if base not in ("*", "?"):
+                bounds = [_cron_value(v, name, low, high, names) for v in base.split("-")]
+                if bounds != sorted(bounds):
+                    raise ConfigError(f"cron {name} field: range {base!r} runs backwards")
+    return " ".join(fields)
+
+
+def check_host(host: str, timeout: float = 10.0) -> dict[str, Any]:
+    """GET <host>/apis/v2beta1/healthz; returns its JSON or raises SubmitError naming the host."""
+    if not re.match(r"^https?://[^/\s]+", host or ""):
+        raise SubmitError(f"--host {host!r} is not allowed; allowed: an http(s):// URL of the KFP API, "
+                          "e.g. http://ml-pipeline.kubeflow:8888")
+    url = host.rstrip("/") + "/apis/v2beta1/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        raise SubmitError(f"KFP at {host} answered {url} with HTTP {err.code}; is this the KFP API endpoint "
+                          "(ml-pipeline service, port 8888)?") from None
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise SubmitError(f"cannot reach KFP at {host} ({reason}); nothing was submitted. Check --host and that "
+                          "the API is reachable (e.g. kubectl -n kubeflow port-forward svc/ml-pipeline 8888:8888)") \
+            from None
+
+
+def _client(cfg: Config, host: str, log: Callable[[str], None]) -> tuple[Any, str | None]:
+    """kfp.Client for `host` (already checked), with the namespace set when KFP runs multi-user."""
+    import kfp
+
+    for warning in check_cluster_config(cfg):
+        log(f"warning: {warning}")
+    health = check_host(host)
+    namespace = cfg.pipeline.namespace if health.get("multi_user") else None
+    return kfp.Client(host=host, namespace=namespace or "kubeflow"), namespace
+
+
+def run_arguments(cfg: Config, data_uri: str = "", max_steps: int = 0) -> dict[str, Any]:
+    """The pipeline parameters a submission sets: the whole config plus the overrides."""
+    if max_steps < 0:
+        raise ConfigError(f"--max-steps {max_steps}; allowed: 0 (keep train.max_steps) or > 0")
+    return {"config_json": config_json_of(cfg), "preset": "", "data_uri": data_uri, "max_steps": max_steps}
+
+
+@dataclass
+class Submitted:
+    run_id: str
+    experiment_id: str
+    url: str
+    state: str | None = None       # final state when waited for
+
+
+def wait_for_run(client: Any, run_id: str, timeout: float | None = None, poll: float = 10.0,
+                 log: Callable[[str], None] = print) -> str:
+    """Poll the run, print each change of the run's and its tasks' states, return the final state."""
+    start, seen = time.monotonic(), {}
+    while True:
+        run = client.get_run(run_id)
+        state = str(run.state or "PENDING").upper()
+        changes = {"run": state}
+        for task in getattr(run.run_details, "task_details", None) or []:
+            changes[task.display_name or task.task_id] = str(task.state or "").upper()
+        for name, value in changes.items():
+            if seen.get(name) != value:
+                log(f"[{time.monotonic() - start:6.0f} s] {name}: {value}")
+        seen.update(changes)
+        if state in TERMINAL:
+            return state
+        if timeout is not None and time.monotonic() - start > timeout:
+            raise SubmitError(f"run {run_id} still {state} after {timeout:.0f} s (it keeps running on the cluster)")
+        time.sleep(poll)
+
+
+def submit(cfg: Config, host: str, *, run_name: str | None = None, experiment: str | None = None,
+           data_uri: str = "", max_steps: int = 0, wait: bool = True, timeout: float | None = None,
+           poll: float = 10.0, log: Callable[[str], None] = print) -> Submitted:
+    """Compile `cfg`, create (or reuse) the experiment, start a run as `pipeline.service_account`."""
+    arguments = run_arguments(cfg, data_uri, max_steps)
+    client, namespace = _client(cfg, host, log)
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_pipeline(cfg, Path(tmp) / "rglcd-pipeline.yaml")
+        result = client.create_run_from_pipeline_package(
+            str(package), arguments=arguments, run_name=run_name or f"rglcd-{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}",
+            experiment_name=experiment or cfg.pipeline.experiment, namespace=namespace,
+            service_account=cfg.pipeline.service_account)
+    out = Submitted(result.run_id, result.run_info.experiment_id, f"{host.rstrip('/')}/#/runs/details/{result.run_id}")
+    log(f"submitted run {out.run_id} in experiment {experiment or cfg.pipeline.experiment}: {out.url}")
+    if wait:
+        out.state = wait_for_run(client, out.run_id, timeout, poll, log)
+    return out
+
+
+@dataclass
+class Scheduled:
+    recurring_run_id: str
+    experiment_id: str
+    cron: str
+
+
+def schedule(cfg: Config, host: str, cron: str, *, name: str | None = None, experiment: str | None = None,
+             data_uri: str = "", max_steps: int = 0, max_concurrency: int = 1, catchup: bool = False,
+             log: Callable[[str], None] = print) -> Scheduled:
+    """Create a recurring run (6-field cron). Its pipeline re-runs data prep every time (prep caching
+    off), so new data behind the same URI is picked up; LRM pretraining stays cached per data version."""
+    cron = validate_cron(cron)
+    if max_concurrency < 1:
+        raise ConfigError(f"--max-concurrency {max_concurrency}; allowed: >= 1")
+    arguments = run_arguments(cfg, data_uri, max_steps)
+    client, namespace = _client(cfg, host, log)
+    exp = client.create_experiment(name=experiment or cfg.pipeline.experiment, namespace=namespace)
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_pipeline(cfg, Path(tmp) / "rglcd-pipeline.yaml", scheduled=True)
+        rec = client.create_recurring_run(
+            experiment_id=exp.experiment_id, job_name=name or f"rglcd-{cfg.preset}-retrain", cron_expression=cron,
+            max_concurrency=max_concurrency, no_catchup=not catchup, params=arguments,
+            pipeline_package_path=str(package), service_account=cfg.pipeline.service_account)
+    log(f"scheduled {rec.recurring_run_id} ({cron}) in experiment {experiment or cfg.pipeline.experiment}")
+    return Scheduled(rec.recurring_run_id, exp.experiment_id, cron)

@@ -1,0 +1,50 @@
+"""`rglcd evaluate --model DIR [--teacher REF] --out DIR`: FID, HPSv2.1, CLIP score, latency, HF monitor, gate."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from rglcd.cli._common import add_config_args, config_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("evaluate", help="evaluate an exported student against its teacher and apply the gate")
+    parser.add_argument("--model", required=True, metavar="DIR", help="exported student directory (rglcd export)")
+    parser.add_argument("--teacher", metavar="REF", help="teacher reference (default: model.teacher of the config)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory (metrics.json, report.html, images)")
+    parser.add_argument("--production-metrics", metavar="FILE",
+                        help="metrics.json (or flat JSON of numbers) of the production model, for the FID rule")
+    parser.add_argument("--strict", action="store_true", help="exit with status 3 when the gate fails")
+    add_config_args(parser)
+    parser.set_defaults(func=_evaluate)
+
+
+def _production(path: str | None) -> dict | None:
+    if path is None:
+        return None
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"--production-metrics: {path!r} does not exist")
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--production-metrics: {path!r} is not JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--production-metrics: {path!r} must hold a JSON object")
+    return data
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from rglcd.evaluate import evaluate
+
+    cfg = config_from_args(args)
+    result = evaluate(cfg, args.model, args.out, teacher=args.teacher, production_metrics=_production(args.production_metrics))
+    for key, value in result.metrics["summary"].items():
+        print(f"{key:<32} {value:.6g}" if isinstance(value, float) else f"{key:<32} {value}")
+    print(f"gate: {'PASSED' if result.gate.passed else 'FAILED'}")
+    for rule, reason in result.gate.reasons.items():
+        print(f"  {rule}: {reason}")
+    print(f"metrics: {result.metrics_path}\nreport:  {result.html_path}")
+    return 3 if args.strict and not result.gate.passed else 0

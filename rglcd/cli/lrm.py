@@ -1,0 +1,34 @@
+"""`rglcd pretrain-lrm`: contrastively pretrain the latent reward model (METHOD.md 4)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from rglcd.cli._common import add_config_args, config_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "pretrain-lrm", help="pretrain the latent reward model on (image, caption) data",
+        description="Encode images with the teacher's VAE and train the LRM with the symmetric CLIP loss for "
+                    "lrm.pretrain_steps steps of lrm.pretrain_batch_size; writes lrm_config.json + model.safetensors.")
+    parser.add_argument("--data", required=True,
+                        help="training data: an `rglcd prep` output dir (images or precomputed latents), .tar shards, "
+                             "a table, a folder of images with same-named .txt captions, or builtin:photos")
+    parser.add_argument("--out", required=True, help="output checkpoint directory (replaced atomically)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_config_args(parser)
+    parser.set_defaults(func=_pretrain)
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from rglcd.data import StreamSpec, make_loader, open_source
+    from rglcd.lrm import pretrain_lrm
+
+    cfg = config_from_args(args)
+    source = open_source(args.data)
+    spec = StreamSpec(batch_size=cfg.lrm.pretrain_batch_size, resolution=cfg.model.resolution, seed=cfg.train.seed)
+    loader = make_loader(source, spec, num_workers=cfg.data.num_workers)
+    result = pretrain_lrm(cfg, loader, args.out, device=args.device)
+    summary = {k: v for k, v in result.items() if k != "losses"}
+    print(json.dumps(summary, indent=2))

@@ -1,0 +1,33 @@
+"""`rglcd toy run [--quick]`: the CPU toy replication of the paper's claims (rglcd.toy)."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("toy", help="toy-world replication of the paper's claims on CPU")
+    cmds = parser.add_subparsers(dest="toy_command", metavar="ACTION", required=True)
+    run = cmds.add_parser("run", help="build (or reuse) the toy world, run every experiment, write the table")
+    run.add_argument("--quick", action="store_true", help="a seconds-to-a-minute version (numbers not meaningful)")
+    run.add_argument("--out", default=None,
+                     help="output directory (default: benchmarks/toy, or runs/toy-quick with --quick)")
+    run.add_argument("--cache-dir", default="~/.cache/rglcd/toy", help="where the trained world is cached "
+                     "(default: %(default)s)")
+    run.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    run.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
+    run.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> None:
+    import torch
+
+    from rglcd.toy import ToyConfig, quick_config, run_toy
+
+    if args.threads < 1:
+        raise ValueError(f"--threads: {args.threads} is not allowed; allowed: >= 1")
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    toy = quick_config() if args.quick else ToyConfig()
+    out = args.out or ("runs/toy-quick" if args.quick else "benchmarks/toy")
+    run_toy(toy, out, args.cache_dir, args.device, say=lambda msg: print(msg, flush=True))

@@ -1,0 +1,59 @@
+"""Opening local paths and URLs (s3://, http(s)://) through fsspec, and listing shard files.
+
+S3 endpoints other than AWS (MinIO, Ceph, a test server) come from AWS_ENDPOINT_URL_S3 or
+AWS_ENDPOINT_URL; credentials follow boto's usual chain.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import IO
+
+REMOTE_SCHEMES = ("s3://", "http://", "https://")
+
+
+def is_remote(url: str) -> bool:
+    return url.startswith(REMOTE_SCHEMES)
+
+
+def _s3_options() -> dict:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+
+
+def filesystem(url: str):
+    """The fsspec filesystem for a URL (local for plain paths)."""
+    import fsspec
+
+    if url.startswith("s3://"):
+        return fsspec.filesystem("s3", **_s3_options())
+    if url.startswith(("http://", "https://")):
+        return fsspec.filesystem("https" if url.startswith("https") else "http")
+    return fsspec.filesystem("file")
+
+
+def open_binary(url: str) -> IO[bytes]:
+    """A readable binary stream for a local path or URL."""
+    if not is_remote(url):
+        return open(Path(url).expanduser(), "rb")
+    return filesystem(url).open(url, "rb")
+
+
+def read_bytes(url: str) -> bytes:
+    with open_binary(url) as handle:
+        return handle.read()
+
+
+def list_tars(spec: str) -> list[str]:
+    """Shard URLs for a spec: a .tar file or URL, a brace pattern (shard-{000..009}.tar), or a folder/prefix."""
+    import braceexpand
+
+    if "{" in spec:
+        return list(braceexpand.braceexpand(spec))
+    if spec.endswith(".tar"):
+        return [spec]
+    if is_remote(spec):
+        fs = filesystem(spec)
+        names = sorted(p for p in fs.ls(spec.rstrip("/"), detail=False) if p.endswith(".tar"))
+        return [f"s3://{p}" if spec.startswith("s3://") and not p.startswith("s3://") else p for p in names]
+    return [str(p) for p in sorted(Path(spec).expanduser().glob("*.tar"))]

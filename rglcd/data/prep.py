@@ -1,0 +1,248 @@
+"""`rglcd prep`: validate any image-caption source and write sharded tars plus `manifest.json`.
+
+Each record is checked: the image decodes fully, its shorter side is >= data.min_image_size, the
+caption is non-empty and at most data.max_caption_tokens tokens with the teacher's tokenizer, and its
+decoded pixels are not an exact duplicate of an earlier record. Failures are dropped and counted by
+reason. Optionally the teacher's VAE latent moments (8 channels, centre crop at model.resolution) are
+stored with each record (data.precompute_latents). Output is written to a temporary sibling folder
+and renamed into place at the end, so an interrupted prep leaves nothing half-written.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from rglcd.data.images import BadImage, decode_image, encode_image, pixel_hash, to_training_tensor
+from rglcd.data.io import read_bytes
+from rglcd.data.manifest import DROP_REASONS, FORMAT, MANIFEST, content_hash
+from rglcd.data.sources import LATENT_KEY, Record, open_source
+
+ENCODE_BATCH = 16          # images per VAE encode call when precomputing latents
+_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+
+
+# ---------------------------------------------------------------- validation
+
+def _fetch(record: Record) -> bytes | Image.Image | None:
+    """The record's encoded bytes (read from its path/URL if need be) or its decoded image; None if unreadable."""
+    if not isinstance(record.image, str):
+        return record.image
+    try:
+        return read_bytes(record.image)
+    except Exception:  # missing file, HTTP/S3 error: fsspec and aiohttp raise various types
+        return None
+
+
+def check_record(record: Record, tokenizer, min_size: int, max_tokens: int,
+                 seen: set[str]) -> tuple[str | None, bytes | None, Image.Image | None]:
+    """(drop reason or None, original bytes, decoded image). Adds the image's pixel hash to `seen`."""
+    data = _fetch(record)
+    if data is None:
+        return "missing_image", None, None
+    if isinstance(data, Image.Image):
+        data, image = None, data.convert("RGB")
+    else:
+        try:
+            image = decode_image(data)
+        except BadImage:
+            return "corrupt_image", None, None
+    if min(image.size) < min_size:
+        return "too_small", None, None
+    caption = (record.caption or "").strip()
+    if not caption:
+        return "empty_caption", None, None
+    if len(tokenizer(caption, truncation=False, verbose=False).input_ids) > max_tokens:
+        return "caption_too_long", None, None
+    digest = pixel_hash(image)
+    if digest in seen:
+        return "duplicate", None, None
+    seen.add(digest)
+    return None, data, image
+
+
+def _stored_image(data: bytes | None, image: Image.Image) -> tuple[str, bytes]:
+    """Keep the original encoding when it is JPEG/PNG/WebP; otherwise store JPEG (quality 95)."""
+    if data is not None:
+        fmt = Image.open(io.BytesIO(data)).format
+        if fmt in _FORMATS:
+            return _FORMATS[fmt], data
+    return "jpg", encode_image(image, "jpeg")
+
+
+# ---------------------------------------------------------------- writing
+
+class ShardSet:
+    """Writes records into shard-000000.tar, shard-000001.tar, ... (reproducible tars: fixed mtime)."""
+
+    def __init__(self, folder: Path, shard_size: int):
+        self.folder, self.shard_size = folder, shard_size
+        self.shards: list[dict[str, Any]] = []
+        self._writer, self._file, self.count = None, None, 0
+
+    def write(self, sample: dict[str, Any]) -> None:
+        from webdataset import TarWriter
+
+        if self._writer is None:
+            name = f"shard-{len(self.shards):06d}.tar"
+            self._file = open(self.folder / name, "wb")
+            self._writer = TarWriter(self._file, encoder=False, mtime=0)
+            self.shards.append({"name": name, "count": 0})
+        self._writer.write(sample)
+        self.shards[-1]["count"] += 1
+        self.count += 1
+        if self.shards[-1]["count"] == self.shard_size:
+            self._close()
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._file.close()
+            self._writer = self._file = None
+            shard = self.shards[-1]
+            shard["sha256"] = hashlib.sha256((self.folder / shard["name"]).read_bytes()).hexdigest()
+
+    def finish(self) -> list[dict[str, Any]]:
+        self._close()
+        return self.shards
+
+
+def _sample(index: int, caption: str, data: bytes | None, image: Image.Image) -> tuple[dict[str, Any], Image.Image]:
+    """The shard sample, and the image exactly as stored (what latents must be computed from)."""
+    ext, payload = _stored_image(data, image)
+    meta = {"index": index, "width": image.size[0], "height": image.size[1]}
+    stored = image if payload is data else decode_image(payload)  # re-encoded JPEG: use the decoded copy
+    return {"__key__": f"{index:09d}", ext: payload, "txt": caption.encode("utf-8"),
+            "json": json.dumps(meta, sort_keys=True).encode()}, stored
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+@torch.no_grad()
+def encode_moments(vae: torch.nn.Module, images: list[Image.Image], resolution: int) -> np.ndarray:
+    """Centre-cropped images -> VAE posterior moments (N, 8, h, w) float32 (mean and log-variance)."""
+    pixels = torch.stack([to_training_tensor(im, resolution) for im in images])  # (N, 3, res, res)
+    params = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.parameters  # (N, 8, h, w)
+    return params.float().cpu().numpy()
+
+
+# ---------------------------------------------------------------- the whole prep
+
+def _load_teacher_parts(cfg, need_vae: bool):
+    """The teacher's tokenizer (always) and VAE (for latents), without loading its UNet."""
+    from transformers import CLIPTokenizer
+
+    from rglcd.models.sources import resolve
+    from rglcd.models.tokenizer import check_tokenizer
+
+    path = resolve(cfg.model.teacher, cfg.model.cache_dir, cfg.model.revision,
+                   allow_patterns=["tokenizer/*", "vae/*.json", "vae/diffusion_pytorch_model.safetensors"])
+    tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
+    check_tokenizer(tokenizer, str(path / "tokenizer"))
+    if not need_vae:
+        return tokenizer, None
+    from diffusers import AutoencoderKL
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae").to(device).eval().requires_grad_(False)
+    return tokenizer, vae
+
+
+def _write_all(cfg, source, tokenizer, vae, shards: ShardSet, dropped: Counter) -> int:
+    """Validate every record of `source` and write the kept ones; returns the number of records seen."""
+    seen_hashes: set[str] = set()
+    pending: list[tuple[dict[str, Any], Image.Image]] = []
+    seen = 0
+
+    def flush() -> None:
+        if vae is not None and pending:
+            moments = encode_moments(vae, [im for _, im in pending], cfg.model.resolution)
+            for (sample, _), m in zip(pending, moments):
+                sample[LATENT_KEY] = _npy(m)
+        for sample, _ in pending:
+            shards.write(sample)
+        pending.clear()
+
+    def truncated(url: str, err: Exception) -> None:
+        dropped["truncated"] += 1
+
+    for unit in range(source.num_units()):
+        for record in source.read_unit(unit, on_error=truncated):
+            seen += 1
+            reason, data, image = check_record(record, tokenizer, cfg.data.min_image_size,
+                                               cfg.data.max_caption_tokens, seen_hashes)
+            if reason is not None:
+                dropped[reason] += 1
+                continue
+            pending.append(_sample(shards.count + len(pending), record.caption.strip(), data, image))
+            if len(pending) == ENCODE_BATCH:
+                flush()
+    flush()
+    return seen
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished `tmp` into place at `out` (an empty or earlier prep output is replaced)."""
+    if out.exists():
+        if any(out.iterdir()) and not (out / MANIFEST).is_file():
+            raise FileExistsError(f"{out}: exists and is not a prep output; choose an empty or new folder")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
+
+
+def prep(cfg, source: str, out_dir: str | Path) -> dict[str, Any]:
+    """Ingest `source` (image folder, table, shards or builtin:photos[:N]) into shards at `out_dir`.
+
+    Returns the manifest (also written as out_dir/manifest.json). Raises ValueError when no record is valid.
+    """
+    out = Path(out_dir).expanduser().resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    src = open_source(source)
+    if getattr(src, "latents", False):
+        raise ValueError(f"{source}: already holds precomputed latents; prep reads image data sets")
+    tokenizer, vae = _load_teacher_parts(cfg, cfg.data.precompute_latents)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        shards, dropped = ShardSet(tmp, cfg.data.shard_size), Counter()
+        seen = _write_all(cfg, src, tokenizer, vae, shards, dropped)
+        written = shards.finish()
+        if shards.count == 0:
+            raise ValueError(f"{source}: no valid records among {seen} seen (dropped: {dict(dropped) or 'none'})")
+        manifest = _manifest(cfg, source, written, seen, dropped, vae)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        _replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def _manifest(cfg, source: str, shards: list[dict], seen: int, dropped: Counter, vae) -> dict[str, Any]:
+    latents: dict[str, Any] = {"precomputed": vae is not None}
+    if vae is not None:
+        f = 2 ** (len(vae.config.block_out_channels) - 1)
+        side = cfg.model.resolution // f
+        latents.update(resolution=cfg.model.resolution, vae=cfg.model.teacher, crop="center", dtype="float32",
+                       shape=[2 * vae.config.latent_channels, side, side], key=LATENT_KEY)
+    return {"format": FORMAT, "source": source, "num_records": sum(s["count"] for s in shards),
+            "seen": seen, "dropped": {r: dropped.get(r, 0) for r in DROP_REASONS}, "shards": shards,
+            "content_hash": content_hash(shards), "latents": latents,
+            "filters": {"min_image_size": cfg.data.min_image_size, "max_caption_tokens": cfg.data.max_caption_tokens,
+                        "tokenizer": cfg.model.teacher, "dedup": "sha256 of decoded RGB pixels"}}

@@ -1,0 +1,235 @@
+"""Record sources: webdataset tar shards, tables, image folders and the built-in photos.
+
+Every source is a list of *units* (a shard, a block of table rows, ...) with known record counts, read
+unit by unit from any offset. That is all the deterministic training stream (`rglcd.data.stream`)
+needs to place each process at an exact position, and all `rglcd prep` needs to ingest anything.
+Records carry raw bytes (or a path/URL); decoding happens only in the process that uses the record.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import numpy as np
+from PIL import Image
+
+from rglcd.data.images import IMAGE_EXTENSIONS
+from rglcd.data.io import is_remote, list_tars, open_binary
+from rglcd.data.manifest import read_manifest
+
+TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+IMAGE_COLUMNS = ("image", "image_path", "path", "file", "url", "image_url")
+CAPTION_COLUMNS = ("caption", "text", "prompt")
+TABLE_UNIT = 1000  # rows per unit of a table
+LATENT_KEY = "latent_moments.npy"
+
+ErrorHook = Callable[[str, Exception], None]
+
+
+@dataclass
+class Record:
+    index: int                                   # global index of the example in its data set
+    caption: str | None
+    image: bytes | str | Image.Image | None      # encoded bytes, a path/URL to read, or a decoded image
+    latent_moments: np.ndarray | None = None     # (8, h, w) VAE mean and log-variance, when precomputed
+    key: str = ""                                # where it came from (for messages)
+
+
+class Source(Protocol):
+    name: str
+    latents: bool          # records hold precomputed latent moments (only ever set from a manifest)
+
+    def num_units(self) -> int: ...
+    def unit_counts(self) -> list[int]: ...
+    def read_unit(self, unit: int, skip: int = 0, on_error: ErrorHook | None = None) -> Iterator[Record]: ...
+
+
+# ---------------------------------------------------------------- tar shards
+
+def iter_tar(url: str, on_error: ErrorHook | None = None) -> Iterator[dict]:
+    """Samples {"__key__", ext: bytes} of one tar (webdataset layout: files grouped by key).
+
+    A truncated or unreadable tar stops the iteration; `on_error(url, err)` decides what happens
+    (default: raise a ValueError naming the shard). A file cut short by the error is never yielded.
+    """
+    from webdataset.tariterators import base_plus_ext, tar_file_iterator
+
+    errors: list[Exception] = []
+
+    def stop(err: Exception) -> bool:  # webdataset handler: record the error, then stop reading
+        errors.append(err)
+        return False
+
+    current: dict | None = None
+    try:
+        with open_binary(url) as stream:
+            for item in tar_file_iterator(stream, handler=stop):
+                key, ext = base_plus_ext(item["fname"])
+                if key is None:
+                    continue
+                if current is not None and current["__key__"] != key:
+                    yield current
+                    current = None
+                current = current or {"__key__": key}
+                current[ext.lower()] = item["data"]
+    except Exception as err:  # tarfile raises ReadError/EOFError/OSError for cut or corrupt archives
+        errors.append(err)
+    if errors and on_error is None:
+        raise ValueError(f"shard {url}: unreadable or truncated ({errors[0]})") from None
+    if current is not None:  # holds only fully read files; a sample missing a part fails validation later
+        yield current
+    if errors:
+        on_error(url, errors[0])
+
+
+def sample_to_record(sample: dict, index: int) -> Record:
+    image_ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+    caption = sample.get("txt", sample.get("caption"))
+    if caption is None and "json" in sample:
+        caption = json.loads(sample["json"]).get("caption")
+    caption = caption.decode("utf-8", "replace") if isinstance(caption, bytes) else caption
+    moments = np.load(io.BytesIO(sample[LATENT_KEY])) if LATENT_KEY in sample else None
+    return Record(index, caption, sample[image_ext] if image_ext else None, moments, sample["__key__"])
+
+
+class ShardSource:
+    """Tar shards. Counts come from the manifest, or from one scan of the shards when there is none."""
+
+    def __init__(self, urls: list[str], counts: list[int] | None = None, latents: bool = False,
+                 keyed_by_index: bool = False, name: str = "shards"):
+        if not urls:
+            raise FileNotFoundError(f"{name}: no .tar shards found")
+        self.urls, self.latents, self.keyed_by_index, self.name = urls, latents, keyed_by_index, name
+        self._counts = counts
+
+    def num_units(self) -> int:
+        return len(self.urls)
+
+    def unit_counts(self) -> list[int]:
+        if self._counts is None:
+            # readable records per shard; a truncated shard is reported when it is read, not here
+            self._counts = [sum(1 for _ in iter_tar(url, on_error=lambda *_: None)) for url in self.urls]
+        return self._counts
+
+    def read_unit(self, unit: int, skip: int = 0, on_error: ErrorHook | None = None) -> Iterator[Record]:
+        offset = sum(self.unit_counts()[:unit]) if not self.keyed_by_index else 0
+        for j, sample in enumerate(iter_tar(self.urls[unit], on_error)):
+            if j >= skip:
+                yield sample_to_record(sample, int(sample["__key__"]) if self.keyed_by_index else offset + j)
+
+
+# ---------------------------------------------------------------- tables, folders, built-in photos
+
+def _pick(columns: list[str], candidates: tuple[str, ...], what: str, table: str) -> str:
+    found = next((c for c in candidates if c in columns), None)
+    if found is None:
+        raise ValueError(f"table {table}: no {what} column; allowed names: {', '.join(candidates)} "
+                         f"(columns present: {', '.join(columns)})")
+    return found
+
+
+class TableSource:
+    """A JSONL/JSON/CSV/TSV/parquet table of (image path or URL, caption); relative paths are from its folder."""
+
+    def __init__(self, table: str):
+        import pandas as pd
+
+        readers = {".jsonl": lambda f: pd.read_json(f, lines=True), ".json": pd.read_json, ".csv": pd.read_csv,
+                   ".tsv": lambda f: pd.read_csv(f, sep="\t"), ".parquet": pd.read_parquet}
+        with open_binary(table) as handle:
+            frame = readers[Path(table).suffix](handle)
+        image_col = _pick(list(frame.columns), IMAGE_COLUMNS, "image", table)
+        caption_col = _pick(list(frame.columns), CAPTION_COLUMNS, "caption", table)
+        base = table.rsplit("/", 1)[0] if is_remote(table) else str(Path(table).expanduser().parent)
+        self.images = [_join(base, str(v)) if isinstance(v, str) and v else None for v in frame[image_col]]
+        self.captions = [v if isinstance(v, str) else None for v in frame[caption_col]]
+        self.name, self.latents = table, False
+
+    def num_units(self) -> int:
+        return len(self.unit_counts())
+
+    def unit_counts(self) -> list[int]:
+        n = len(self.images)
+        return [min(TABLE_UNIT, n - s) for s in range(0, n, TABLE_UNIT)]
+
+    def read_unit(self, unit: int, skip: int = 0, on_error: ErrorHook | None = None) -> Iterator[Record]:
+        start = unit * TABLE_UNIT + skip
+        for i in range(start, min((unit + 1) * TABLE_UNIT, len(self.images))):
+            yield Record(i, self.captions[i], self.images[i], key=f"{self.name} row {i}")
+
+
+def _join(base: str, ref: str) -> str:
+    if is_remote(ref) or Path(ref).is_absolute():
+        return ref
+    return f"{base}/{ref}"
+
+
+class FolderSource:
+    """A folder of images with same-named .txt captions (x.jpg + x.txt), recursive, in sorted order."""
+
+    def __init__(self, folder: str):
+        root = Path(folder).expanduser()
+        self.files = sorted(p for p in root.rglob("*") if p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS)
+        if not self.files:
+            raise FileNotFoundError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+        self.name, self.latents = folder, False
+
+    def num_units(self) -> int:
+        return 1
+
+    def unit_counts(self) -> list[int]:
+        return [len(self.files)]
+
+    def read_unit(self, unit: int, skip: int = 0, on_error: ErrorHook | None = None) -> Iterator[Record]:
+        for i in range(skip, len(self.files)):
+            txt = self.files[i].with_suffix(".txt")
+            caption = txt.read_text(encoding="utf-8", errors="replace") if txt.is_file() else None
+            yield Record(i, caption, self.files[i].read_bytes(), key=str(self.files[i]))
+
+
+class BuiltinPhotos:
+    """`builtin:photos[:N]` (rglcd.data.builtin)."""
+
+    def __init__(self, spec: str = "builtin:photos"):
+        from rglcd.data.builtin import parse_photos_spec
+
+        self.n, self.name, self.latents = parse_photos_spec(spec), spec, False
+
+    def num_units(self) -> int:
+        return 1
+
+    def unit_counts(self) -> list[int]:
+        return [self.n]
+
+    def read_unit(self, unit: int, skip: int = 0, on_error: ErrorHook | None = None) -> Iterator[Record]:
+        from rglcd.data.builtin import photo_record
+
+        for i in range(skip, self.n):
+            image, caption = photo_record(i)
+            yield Record(i, caption, image, key=f"{self.name} #{i}")
+
+
+# ---------------------------------------------------------------- choosing a source
+
+def open_source(spec: str) -> Source:
+    """A data spec -> its source. Shards hold latents only when their manifest says so (never guessed)."""
+    if spec.startswith("builtin:"):
+        return BuiltinPhotos(spec)
+    if spec.lower().endswith(TABLE_SUFFIXES):
+        return TableSource(spec)
+    if "{" not in spec and not spec.endswith(".tar"):
+        manifest = read_manifest(spec)
+        if manifest is not None:
+            root = spec.rstrip("/")
+            return ShardSource([f"{root}/{s['name']}" for s in manifest["shards"]],
+                               [int(s["count"]) for s in manifest["shards"]],
+                               latents=bool(manifest["latents"].get("precomputed")), keyed_by_index=True, name=spec)
+        if not is_remote(spec) and Path(spec).expanduser().is_dir() and not list_tars(spec):
+            return FolderSource(spec)
+    if not is_remote(spec) and "{" not in spec and not Path(spec).expanduser().exists():
+        raise FileNotFoundError(f"data source {spec!r} does not exist (allowed: a prep output dir, .tar shards, "
+                                f"a table ({', '.join(TABLE_SUFFIXES)}), an image folder, builtin:photos[:N])")
+    return ShardSource(list_tars(spec), name=spec)

@@ -1,0 +1,17 @@
+"""Evaluation and the registration gate (METHOD.md 6; DESIGN.md `evaluate`).
+
+    result = evaluate(cfg, model_dir, out_dir, teacher=None, production_metrics=None)
+    result.metrics["summary"]   # plain numbers: fid, hps, teacher_hps, hps_margin, hf_ratio, speedup_<n>, ...
+    result.metrics_path, result.html_path, result.gate  # metrics.json, report.html, GateDecision
+
+Pieces usable on their own: `compute_fid` (clean-fid, cached reference statistics), `high_frequency_share`
+(reward-hacking monitor), `gate` (pure), `latency_report`, `benchmark_prompts`, `load_clip_scorer`.
+"""
+from rglcd.evaluate.core import EvalResult, evaluate
+from rglcd.evaluate.fid import FIDError, compute_fid, resolve_inception
+from rglcd.evaluate.gate import GateDecision, gate
+from rglcd.evaluate.latency import latency_report
+from rglcd.evaluate.spectrum import high_frequency_ratio, high_frequency_share
+
+__all__ = ["EvalResult", "FIDError", "GateDecision", "compute_fid", "evaluate", "gate", "high_frequency_ratio",
+           "high_frequency_share", "latency_report", "resolve_inception"]

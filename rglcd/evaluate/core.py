@@ -1,0 +1,274 @@
+"""`evaluate(cfg, model_dir, out_dir)`: the evaluation step of the DAG (METHOD.md 6, DESIGN.md `evaluate`).
+
+1. Sample the evaluation prompts with the teacher (50-step DDIM + CFG) and the student at each of
+   eval.steps, one image per prompt, same seeds; score them (registered rewards, CLIP score) and
+   measure their high-frequency energy (reward-hacking monitor).
+2. HPSv2.1 benchmark (4 styles), when eval.hps_benchmark is set.
+3. FID of the student at eval.gate_steps against eval.fid_reference (clean-fid).
+4. Latency per image, student vs teacher.
+5. metrics.json (summary = the plain numbers), report.html, and the registration gate's decision.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rglcd.config import ConfigError
+from rglcd.evaluate.gate import GateDecision, gate
+from rglcd.evaluate.generate import ImageSet, generate_set
+from rglcd.evaluate.spectrum import high_frequency_share
+
+HPS_SCALE = 100.0  # HPS is reported as 100 x cosine (HPSv2 README)
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, Any]
+    metrics_path: Path
+    html_path: Path
+    gate: GateDecision
+
+
+# ---------------------------------------------------------------- set-up
+
+def _check(cfg) -> None:
+    e = cfg.eval
+    if e.gate_steps not in e.steps:
+        raise ConfigError(f"eval.gate_steps: {e.gate_steps} is not one of eval.steps {e.steps}")
+    if "hpsv2.1" not in e.rewards:
+        raise ConfigError(f"eval.rewards: {e.rewards} lacks 'hpsv2.1'; the gate compares HPS (allowed: add it)")
+
+
+def device_and_dtype(eval_cfg) -> tuple[torch.device, torch.dtype]:
+    """eval.device / eval.precision -> (device, dtype); auto = CUDA + fp16 where there is a GPU, else CPU + fp32."""
+    name = eval_cfg.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"eval.device: {eval_cfg.device!r} but no CUDA device is visible; allowed here: cpu, auto")
+    precision = eval_cfg.precision
+    if precision == "auto":
+        precision = "fp16" if device.type == "cuda" else "fp32"
+    return device, DTYPES[precision]
+
+
+def _prompts(spec: str, what: str, count: int | None = None) -> list[str]:
+    from rglcd.data.prompts import load_prompts
+
+    try:
+        prompts = load_prompts(spec)
+    except (FileNotFoundError, ValueError) as err:
+        raise type(err)(f"{what}: {err}") from None
+    return prompts[:count] if count else prompts
+
+
+# ---------------------------------------------------------------- scoring one batch
+
+class Scorers:
+    """Everything measured on each generated batch: registered rewards, CLIP score, HF share."""
+
+    def __init__(self, cfg, device: torch.device):
+        from rglcd.evaluate.scores import load_clip_scorer, load_eval_rewards
+
+        e = cfg.eval
+        self.rewards = load_eval_rewards(e.rewards, e.reward_weights, device, cfg.model.cache_dir)
+        self.clip = load_clip_scorer(e.clip_model, e.clip_pretrained, device) if e.clip_model else None
+        self.cutoff = e.hf_cutoff
+
+    def __call__(self, images: torch.Tensor, prompts: list[str], only: tuple[str, ...] | None = None) -> dict:
+        from rglcd.evaluate.scores import reward_values
+        from rglcd.sample import to_pil
+
+        out = {"hf_share": high_frequency_share(images, self.cutoff)}
+        for name, model in self.rewards.items():
+            if only is None or name in only:
+                out[name] = reward_values(model, images, prompts) * (HPS_SCALE if name == "hpsv2.1" else 1.0)
+        if self.clip is not None and only is None:
+            out["clip_score"] = self.clip(to_pil(images), prompts)
+        return out
+
+    def describe(self) -> dict:
+        return {"rewards": {n: {"model": getattr(m, "name", n), "value": _reward_meaning(n)}
+                            for n, m in self.rewards.items()},
+                "clip_score": None if self.clip is None else {"model": self.clip.name,
+                                                              "value": "100 x max(cos, 0), open_clip preprocessing"}}
+
+
+def _reward_meaning(name: str) -> str:
+    return {"hpsv2.1": "100 x cosine (HPSv2.1)", "imagereward": "raw ImageReward r (not hinged)"}.get(
+        name, "cosine of L2-normalised image and text features")
+
+
+# ---------------------------------------------------------------- samplers
+
+def samplers(cfg, student, teacher) -> dict[str, Any]:
+    """label -> (prompts, generators) -> images, for the teacher and each student step count."""
+    from rglcd.sample import ddim_sample, lcm_sample
+
+    e, res = cfg.eval, cfg.model.resolution
+    out = {"teacher": lambda p, g: ddim_sample(teacher, p, e.teacher_steps, e.teacher_guidance, g,
+                                               height=res, width=res).images}
+    for s in e.steps:
+        out[f"student-{s}"] = lambda p, g, s=s: lcm_sample(student, p, s, e.guidance, g, height=res, width=res).images
+    return out
+
+
+def _label_text(label: str, cfg) -> str:
+    if label == "teacher":
+        return f"teacher {cfg.eval.teacher_steps}-step DDIM, CFG {cfg.eval.teacher_guidance}"
+    return f"student {label.split('-')[1]}-step LCM"
+
+
+# ---------------------------------------------------------------- the sections
+
+def prompt_set_section(sets: dict[str, ImageSet], cfg, scorers: Scorers, spec: str) -> dict:
+    """Per-model means on the evaluation prompts, and the student/teacher high-frequency ratios."""
+    teacher = sets["teacher"]
+    models = {}
+    for label, s in sets.items():
+        models[label] = {name: s.mean(name) for name in s.values}
+    hf = {label.split("-")[1]: {"ratio": s.mean("hf_share") / max(teacher.mean("hf_share"), 1e-30),
+                                "student_share": s.mean("hf_share")}
+          for label, s in sets.items() if label != "teacher"}
+    return {"prompts": spec, "num_prompts": len(teacher.prompts), "resolution": list(teacher.resolution),
+            "seed": cfg.eval.seed, "guidance": cfg.eval.guidance, "teacher_guidance": cfg.eval.teacher_guidance,
+            "teacher_steps": cfg.eval.teacher_steps, "means": models, **scorers.describe(),
+            "high_frequency": {"cutoff_cycles_per_pixel": cfg.eval.hf_cutoff, "teacher_share": teacher.mean("hf_share"),
+                               "measure": "share of Hann-windowed spectral energy above the cutoff",
+                               "by_steps": hf}}
+
+
+def benchmark_section(cfg, sampler_fns: dict, scorers: Scorers, out: Path) -> dict:
+    """HPSv2.1 benchmark: per style and mean of 100 x cosine, for the teacher and each student step count."""
+    from rglcd.evaluate.scores import benchmark_prompts, summarize_benchmark
+
+    e = cfg.eval
+    styles = benchmark_prompts(e.hps_benchmark, max(1, e.num_prompts // 4))
+    results = {}
+    for label, fn in sampler_fns.items():
+        scores = {}
+        for style, prompts in styles.items():
+            s = generate_set(label, fn, prompts, out / "images" / "hps" / style / label, batch_size=e.batch_size,
+                             seed=e.seed, measure=lambda x, p: scorers(x, p, only=("hpsv2.1",)))
+            scores[style] = s.values["hpsv2.1"]
+        results[label] = summarize_benchmark(scores)
+    return {"source": e.hps_benchmark, "version": "v2.1", "score": "100 x cosine", "per_style_prompts":
+            {k: len(v) for k, v in styles.items()}, "models": results}
+
+
+def fid_section(cfg, student_fn, prompts: list[str], out: Path, device: torch.device) -> dict:
+    """FID of the student at eval.gate_steps on eval.fid_num_images images against eval.fid_reference."""
+    from rglcd.evaluate.fid import compute_fid
+    from rglcd.evaluate.reference import resolve_reference
+
+    e = cfg.eval
+    reference = resolve_reference(e.fid_reference, cfg.model.cache_dir)
+    captions = [prompts[i % len(prompts)] for i in range(e.fid_num_images)]
+    folder = out / "images" / f"fid-student-{e.gate_steps}"
+    generate_set("fid", student_fn, captions, folder, batch_size=e.batch_size, seed=e.seed)
+    record = compute_fid(folder, reference, e.fid_mode, e.inception_weights, cfg.model.cache_dir, device,
+                         e.batch_size)
+    return {**record, "steps": e.gate_steps, "captions": e.fid_prompts or "evaluation prompts (cycled)",
+            "reference_spec": e.fid_reference}
+
+
+def summary(cfg, prompt_set: dict, bench: dict | None, fid: dict | None, latency: dict) -> dict:
+    """The plain numbers the pipeline compares and the registry stores (all finite floats or absent)."""
+    g = str(cfg.eval.gate_steps)
+    means = prompt_set["means"]
+    if bench is not None:
+        hps, teacher_hps = bench["models"][f"student-{g}"]["mean"], bench["models"]["teacher"]["mean"]
+    else:
+        hps, teacher_hps = means[f"student-{g}"]["hpsv2.1"], means["teacher"]["hpsv2.1"]
+    out = {"hps": hps, "teacher_hps": teacher_hps, "hps_margin": hps - teacher_hps,
+           "hf_ratio": prompt_set["high_frequency"]["by_steps"][g]["ratio"], "gate_steps": float(g)}
+    for label, values in means.items():
+        for name, v in values.items():
+            if name != "hf_share":
+                out[f"{name}_{label.replace('-', '_')}"] = v
+    for s, ratio in latency["speedup"].items():
+        out[f"speedup_{s}"] = ratio
+        out[f"latency_student_{s}_s"] = latency["student"][s]["seconds_per_image"]
+    out["latency_teacher_s"] = latency["teacher"]["seconds_per_image"]
+    if fid is not None:
+        out.update(fid=fid["value"], fid_num_images=float(fid["num_generated"]),
+                   fid_reference_key=float(int(fid["reference_sha256"][:12], 16)))  # 48 bits: exact in a float
+    return out
+
+
+# ---------------------------------------------------------------- the step
+
+def _run_info(cfg, model_dir: Path, teacher_ref: str, device, dtype) -> dict:
+    from rglcd.config.fields import to_dict
+    from rglcd.registry.provenance import code_revision, library_versions
+
+    manifest = {}
+    try:
+        from rglcd.export import read_manifest
+        manifest = read_manifest(model_dir)
+    except FileNotFoundError:
+        pass
+    versions = library_versions()
+    for extra in ("clean-fid", "open_clip_torch"):
+        try:
+            from importlib.metadata import version
+            versions[extra] = version(extra)
+        except Exception:
+            pass
+    return {"model_dir": str(model_dir), "teacher": teacher_ref, "student_trained_from": manifest.get("teacher"),
+            "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git_revision": code_revision(),
+            "versions": versions, "config": to_dict(cfg)}
+
+
+def evaluate(cfg, model_dir: str | Path, out_dir: str | Path, teacher: str | None = None,
+             production_metrics: dict | None = None) -> EvalResult:
+    """Evaluate the exported student in `model_dir` against its teacher; write metrics.json and report.html."""
+    from rglcd.evaluate.latency import latency_report
+    from rglcd.evaluate.report import write_html, write_metrics
+    from rglcd.sample import load_sampling_model
+
+    _check(cfg)
+    e, t0 = cfg.eval, time.perf_counter()
+    device, dtype = device_and_dtype(e)
+    out, model_dir = Path(out_dir), Path(model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (model_dir / "model_index.json").is_file():
+        raise FileNotFoundError(f"model_dir (--model): {str(model_dir)!r} is not an exported student (no model_index.json); "
+                                "allowed: a directory written by rglcd's export (a diffusers pipeline directory)")
+    teacher_ref = teacher or cfg.model.teacher
+    student = load_sampling_model(str(model_dir), cfg.model.cache_dir, device, dtype)
+    if not student.is_lcm:
+        raise ValueError(f"--model {str(model_dir)!r}: its UNet has no guidance embedding; expected an exported student")
+    teacher_m = load_sampling_model(teacher_ref, cfg.model.cache_dir, device, dtype)
+    scorers, fns = Scorers(cfg, device), samplers(cfg, student, teacher_m)
+
+    spec = e.prompts or cfg.data.prompts
+    prompts = _prompts(spec, "eval.prompts" if e.prompts else "data.prompts", e.num_prompts)
+    sets = {label: generate_set(label, fn, prompts, out / "images" / label, batch_size=e.batch_size, seed=e.seed,
+                                measure=scorers, keep=e.grid_prompts) for label, fn in fns.items()}
+    metrics: dict[str, Any] = {"summary": {}, "prompt_set": prompt_set_section(sets, cfg, scorers, spec)}
+    bench = benchmark_section(cfg, fns, scorers, out) if e.hps_benchmark else None
+    metrics["hps_benchmark"] = bench
+    fid_prompts = _prompts(e.fid_prompts, "eval.fid_prompts") if e.fid_prompts else prompts
+    fid = fid_section(cfg, fns[f"student-{e.gate_steps}"], fid_prompts, out, device) if e.fid_reference else None
+    metrics["fid"] = fid
+    metrics["latency"] = latency_report(student, teacher_m, e.steps, e.teacher_steps, e.guidance, e.teacher_guidance,
+                                        e.latency_batch_size, cfg.model.resolution, 1, e.latency_repeats)
+    metrics["summary"] = summary(cfg, metrics["prompt_set"], bench, fid, metrics["latency"])
+    decision = gate(metrics, e, production_metrics)
+    metrics["gate"] = {**asdict(decision), "production": production_metrics}
+    metrics["run"] = {**_run_info(cfg, model_dir, teacher_ref, device, dtype),
+                      "seconds": time.perf_counter() - t0}
+    metrics_path = write_metrics(metrics, out / "metrics.json")
+    columns = [(_label_text(label, cfg), s.preview) for label, s in sets.items()]
+    html_path = write_html(metrics, prompts[:e.grid_prompts], columns, out / "report.html",
+                           f"rglcd evaluation of {model_dir.name}")
+    return EvalResult(metrics, metrics_path, html_path, decision)

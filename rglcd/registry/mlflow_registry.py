@@ -1,0 +1,282 @@
+"""Model versions in the MLflow Model Registry, each pointing at its weights in the DVC remote.
+
+Layout (no second copy of the weights):
+- one MLflow run per registration in the experiment named like the model: params = the resolved config
+  (flattened `section.key`), metrics, tags (run key, DVC md5/remote, data version, code revision,
+  library versions, KFP run id) and small artifacts: `dvc-pointer/<name>.dvc`, `config.yaml`,
+  `provenance.json`;
+- a model version with source `runs:/<run>/dvc-pointer` (the pointer file MLflow serves) and the
+  pointer itself in its tags, so `get_pointer` + `rglcd.storage.pull` fetch the exact weights.
+Idempotent: the run key (weights md5 + config hash + KFP run id) is a tag; registering the same key again
+returns the existing version. Tracking URI: a SQLite file (embedded default) or an MLflow server URL.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+
+from rglcd.registry import provenance
+from rglcd.storage import Pointer, read_pointer, redact, verify
+
+POINTER_DIR = "dvc-pointer"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/ ]{0,254}$")
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that failed; names the registry (password stripped) and what to do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
+
+
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    name: str
+    version: int
+    run_id: str                      # the MLflow run holding config, metrics and provenance
+    run_key: str
+    source: str
+    pointer: Pointer | None          # None only for versions registered by something other than rglcd
+    metrics: dict[str, float]
+    aliases: list[str]
+    data_version: str | None
+    code_revision: str
+    kfp_run_id: str | None
+    created: bool = field(default=False)   # True when this call created the version
+
+    def summary(self) -> str:
+        state = "registered" if self.created else "already registered"
+        alias = f" [{', '.join(self.aliases)}]" if self.aliases else ""
+        where = f"{self.pointer.md5} in {self.pointer.remote}" if self.pointer else self.source
+        return f"{state}: {self.name} version {self.version}{alias} -> {where}"
+
+
+def safe_uri(uri: str) -> str:
+    """The tracking URI without a password (postgresql://user:pw@host -> postgresql://user:***@host)."""
+    parts = urlsplit(uri)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return uri
+
+
+@contextmanager
+def _errors(cfg: Any, action: str) -> Iterator[None]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as err:
+        raise RegistryError(f"{action} in registry {safe_uri(cfg.registry.tracking_uri)} failed: {err.message}") from None
+
+
+def _client(cfg: Any):
+    from mlflow import MlflowClient
+
+    uri = cfg.registry.tracking_uri
+    name = cfg.registry.model_name
+    if not _NAME.match(name) or "'" in name:
+        raise RegistryError(f"registry.model_name: {name!r} is not allowed; allowed: letters, digits, _ . - / space")
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _experiment_id(client: Any, cfg: Any) -> str:
+    name = cfg.registry.model_name
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    uri = cfg.registry.tracking_uri
+    if uri.startswith("sqlite:///"):   # artifacts beside the DB file, not in ./mlruns of the CWD
+        location = (Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent / "mlflow-artifacts").as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def _check_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    if not isinstance(metrics, dict):
+        raise RegistryError(f"metrics: expected a mapping name -> number, got {type(metrics).__name__}")
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise RegistryError(f"metrics: {key!r} = {value!r} is not allowed; allowed: finite numbers")
+        out[str(key)] = float(value)
+    return out
+
+
+def _redact_tree(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _redact_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_tree(v) for v in value]
+    return redact(value) if isinstance(value, str) else value
+
+
+def _as_pointer(pointer: Pointer | str | Path) -> Pointer:
+    return pointer if isinstance(pointer, Pointer) else read_pointer(pointer)
+
+
+def _find_version(client: Any, name: str, key: str):
+    found = client.search_model_versions(f"name='{name}' and tags.`rglcd.run_key`='{key}'")
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
+def _find_finished_run(client: Any, exp_id: str, key: str) -> str | None:
+    runs = client.search_runs([exp_id], f"tags.`rglcd.run_key` = '{key}' and attributes.status = 'FINISHED'",
+                              max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+@dataclass(frozen=True)
+class _Record:
+    """Everything one registration writes, secrets already scrubbed."""
+
+    pointer: Pointer
+    metrics: dict[str, float]
+    config: dict[str, Any]
+    provenance: dict[str, Any]
+    tags: dict[str, str]
+    key: str
+
+
+def _record(pointer: Pointer, metrics: dict[str, Any], config_dict: dict[str, Any], data_version: Any,
+            run_id: str | None) -> _Record:
+    config = _redact_tree(config_dict)
+    kfp = provenance.kfp_run_id(run_id)
+    data = data_version.md5 if isinstance(data_version, Pointer) else (str(data_version) if data_version else None)
+    prov = {"code_revision": provenance.code_revision(), "libraries": provenance.library_versions(),
+            "kfp_run_id": kfp, "data_version": data, "config_sha256": provenance.config_hash(config)}
+    key = provenance.run_key(pointer.md5, config, kfp)
+    tags = {"rglcd.run_key": key, "dvc.md5": pointer.md5, "dvc.remote": pointer.remote, "dvc.url": pointer.url,
+            "dvc.pointer": json.dumps(pointer.to_dvc()), "data_version": data or "", "code_revision":
+            prov["code_revision"], "kfp_run_id": kfp or "", "config_sha256": prov["config_sha256"]}
+    tags.update({f"lib.{k}": v for k, v in prov["libraries"].items()})
+    return _Record(pointer, _check_metrics(metrics), config, prov, {k: redact(v) for k, v in tags.items()}, key)
+
+
+def _log_run(client: Any, exp_id: str, rec: _Record) -> str:
+    """One MLflow run with config params, metrics, provenance tags and the pointer artifact; FINISHED last."""
+    from mlflow.entities import Metric, Param
+
+    run = client.create_run(exp_id, tags=rec.tags, run_name=f"register-{rec.pointer.md5[:8]}")
+    rid, now = run.info.run_id, int(time.time() * 1000)
+    params = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+              for k, v in provenance.flatten(rec.config).items()]
+    metrics = [Metric(k, v, now, 0) for k, v in rec.metrics.items()]
+    for i in range(0, max(len(params), len(metrics)), 100):     # MLflow caps a batch at 100 params
+        client.log_batch(rid, metrics=metrics[i:i + 100], params=params[i:i + 100])
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {f"{rec.pointer.path}.dvc": rec.pointer.dumps("yaml"),
+                 "config.yaml": yaml.safe_dump(rec.config, sort_keys=False),
+                 "provenance.json": json.dumps(rec.provenance, indent=2)}
+        for name, text in files.items():
+            (Path(tmp) / name).write_text(text)
+            client.log_artifact(rid, str(Path(tmp) / name), POINTER_DIR if name.endswith(".dvc") else None)
+    client.set_terminated(rid, "FINISHED")
+    return rid
+
+
+def register(cfg: Any, model_pointer: Pointer | str | Path, metrics: dict[str, Any], config_dict: dict[str, Any],
+             data_version: Any, run_id: str | None = None, verify_remote: bool = True) -> ModelVersionInfo:
+    """Register the weights behind `model_pointer` as a new version of `cfg.registry.model_name`.
+
+    Order that loses nothing: the pointer is verified in the remote first (unless `verify_remote` is
+    False because the caller just did), then the run is logged, then the version is created and given
+    `cfg.registry.alias`. Re-running with the same run key returns the existing version (`created=False`).
+    `run_id`: the KFP run id (default: $KFP_RUN_ID).
+    """
+    pointer = _as_pointer(model_pointer)
+    rec = _record(pointer, metrics, config_dict, data_version, run_id)
+    client, name = _client(cfg), cfg.registry.model_name
+    with _errors(cfg, f"registering {name}"):
+        existing = _find_version(client, name, rec.key)
+        if existing is not None:
+            return _info(client, client.get_model_version(name, existing.version))
+        if verify_remote:
+            verify(pointer)
+        exp_id = _experiment_id(client, cfg)
+        rid = _find_finished_run(client, exp_id, rec.key) or _log_run(client, exp_id, rec)
+        if not client.search_registered_models(f"name='{name}'"):
+            client.create_registered_model(name, description="RG-LCD students; weights live in the DVC remote")
+        version_tags = {k: v for k, v in rec.tags.items() if not k.startswith("lib.")}
+        mv = client.create_model_version(name, f"runs:/{rid}/{POINTER_DIR}", run_id=rid, tags=version_tags,
+                                         description=f"DVC {pointer.md5} in {pointer.remote}")
+        if cfg.registry.alias:
+            client.set_registered_model_alias(name, cfg.registry.alias, mv.version)
+        return _info(client, client.get_model_version(name, mv.version), created=True)
+
+
+def _info(client: Any, mv: Any, created: bool = False) -> ModelVersionInfo:
+    tags = mv.tags or {}
+    metrics = dict(client.get_run(mv.run_id).data.metrics) if mv.run_id else {}
+    pointer = tags.get("dvc.pointer")
+    return ModelVersionInfo(
+        name=mv.name, version=int(mv.version), run_id=mv.run_id or "", run_key=tags.get("rglcd.run_key", ""),
+        source=mv.source, pointer=Pointer.from_dvc(json.loads(pointer), f"{mv.name} v{mv.version}") if pointer else None,
+        metrics=metrics, aliases=sorted(mv.aliases or []), data_version=tags.get("data_version") or None,
+        code_revision=tags.get("code_revision", ""), kfp_run_id=tags.get("kfp_run_id") or None, created=created)
+
+
+def list_versions(cfg: Any) -> list[ModelVersionInfo]:
+    """Every version of `cfg.registry.model_name`, oldest first (empty if none is registered)."""
+    client, name = _client(cfg), cfg.registry.model_name
+    with _errors(cfg, f"listing {name}"):
+        found = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+        return [_info(client, client.get_model_version(name, str(v))) for v in found]   # search omits aliases
+
+
+def _get_version(client: Any, cfg: Any, version: int | str):
+    from mlflow.exceptions import MlflowException
+
+    name = cfg.registry.model_name
+    try:
+        return client.get_model_version(name, str(int(version)))
+    except (MlflowException, ValueError):
+        known = [int(v.version) for v in client.search_model_versions(f"name='{name}'")]
+        raise RegistryError(f"model {name!r} has no version {version!r} in registry "
+                            f"{safe_uri(cfg.registry.tracking_uri)}; versions: {sorted(known) or 'none'}") from None
+
+
+def promote(cfg: Any, version: int | str, alias: str = "production") -> ModelVersionInfo:
+    """Point `alias` at `version` (moving it from the version that held it)."""
+    client, name = _client(cfg), cfg.registry.model_name
+    with _errors(cfg, f"promoting {name} version {version} to {alias!r}"):
+        mv = _get_version(client, cfg, version)
+        client.set_registered_model_alias(name, alias, mv.version)
+        return _info(client, client.get_model_version(name, mv.version))
+
+
+def _by_alias(client: Any, name: str, alias: str):
+    found = client.search_registered_models(f"name='{name}'")
+    if not found or alias not in (found[0].aliases or {}):
+        return None
+    return client.get_model_version_by_alias(name, alias)
+
+
+def get_version(cfg: Any, version: int | str | None = None, alias: str | None = None) -> ModelVersionInfo | None:
+    """One version by number or alias (None when the alias is not set)."""
+    client, name = _client(cfg), cfg.registry.model_name
+    with _errors(cfg, f"reading {name}"):
+        mv = _get_version(client, cfg, version) if version is not None else _by_alias(client, name, alias or "production")
+        return _info(client, mv) if mv is not None else None
+
+
+def production_metrics(cfg: Any) -> dict[str, float] | None:
+    """Metrics of the version aliased 'production', or None when there is none (the evaluation gate's baseline)."""
+    info = get_version(cfg, alias="production")
+    return info.metrics if info is not None else None
+
+
+__all__ = ["RegistryError", "ModelVersionInfo", "register", "list_versions", "promote", "get_version",
+           "production_metrics", "safe_uri"]

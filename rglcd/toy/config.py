@@ -1,0 +1,111 @@
+"""Settings of the toy replication (`rglcd toy run`): the world (cached) and the experiments.
+
+The world (data, VAE, teacher, classifiers, pretrained LRM) is cached under a key made of `WorldConfig`,
+so changing an experiment setting never retrains the teacher. The method's own settings (distill,
+train, reward, lrm sections) travel as the project's `rglcd.config.Config`, built by `method_config`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+WORLD_FORMAT = 1   # bump when world-building code changes what a cached world holds
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    seed: int = 0
+    # Images rendered for training (VAE, teacher, classifiers, LRM) and, held out, for the FID-like reference.
+    train_images: int = 4096
+    reference_images: int = 1024
+    # Tiny AutoencoderKL (the tiny factory's shape): MSE + kl_weight * per-dimension KL.
+    vae_steps: int = 1000
+    vae_batch_size: int = 32
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-4
+    # Teacher: UNet + CLIP text encoder trained together with DDPM eps-prediction; 10% empty captions for CFG.
+    # Training stops once the EMA teacher's 50-step DDIM+CFG samples reach `teacher_target_accuracy`
+    # (judge classifier, all three attributes right), checked every `teacher_check_every` steps.
+    teacher_max_steps: int = 6000
+    teacher_check_every: int = 1000
+    teacher_target_accuracy: float = 0.9
+    teacher_batch_size: int = 64
+    teacher_lr: float = 5e-4
+    teacher_ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    teacher_guidance: float = 4.0       # CFG scale of the teacher's 50-step DDIM (its check and baseline row)
+    # Classifiers: `reward` is the expert RM, `judge` (held out, noise-augmented) grades the samples.
+    classifier_steps: int = 600
+    reward_width: int = 32
+    judge_width: int = 48
+    judge_noise: float = 0.2
+    # Latent reward model: contrastive pretraining on (VAE latent, caption); sizes from the `tiny` preset.
+    lrm_pretrain_steps: int = 400
+    lrm_pretrain_lr: float = 1e-3
+    lrm_pretrain_batch_size: int = 48
+
+    def key(self) -> str:
+        """Cache key: hash of every field and the world format."""
+        text = json.dumps({"format": WORLD_FORMAT, **dataclasses.asdict(self)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    world: WorldConfig = field(default_factory=WorldConfig)
+    seed: int = 0
+    # Student training, identical for every row except the reward term (same batches, same draws).
+    student_steps: int = 600
+    batch_size: int = 16
+    lr: float = 1e-4
+    ema_decay: float = 0.95
+    w_min: float = 2.0                  # guidance w ~ U[w_min, w_max] (LCM form; CFG scale w + 1)
+    w_max: float = 6.0
+    # RG-LCD rows: direct expert-reward guidance at each beta, LRM guidance at each lrm beta.
+    direct_betas: tuple[float, ...] = (0.5, 5.0, 50.0)
+    lrm_betas: tuple[float, ...] = (5.0, 50.0)
+    lrm_lr: float = 1e-4
+    lrm_batch_size: int = 8
+    # Evaluation: every caption `eval_repeats` times; student guidance g (w = g - 1).
+    eval_repeats: int = 4
+    eval_steps: tuple[int, ...] = (1, 2, 4, 8)
+    eval_guidance: float = 4.0
+    teacher_steps: int = 50
+    hf_cutoff: float = 0.25
+    latency_repeats: int = 5
+
+
+def quick_config() -> ToyConfig:
+    """A seconds-to-a-minute version of everything, for the test (numbers are not meaningful)."""
+    world = WorldConfig(train_images=256, reference_images=96, vae_steps=30, vae_batch_size=16,
+                        teacher_max_steps=40, teacher_check_every=20, teacher_batch_size=16,
+                        classifier_steps=40, lrm_pretrain_steps=10, lrm_pretrain_batch_size=16)
+    return ToyConfig(world=world, student_steps=6, batch_size=4, direct_betas=(1.0,), lrm_betas=(1.0,),
+                     lrm_batch_size=2, eval_repeats=1, eval_steps=(1, 2), teacher_steps=50, latency_repeats=1)
+
+
+def method_config(toy: ToyConfig, guidance: str = "direct", beta: float = 0.0, cache_dir: str | None = None):
+    """The project's Config for `rglcd.step.lcd_step` and the LRM code, from the `tiny` preset.
+
+    reward.name is "toy" (the toy classifier, `rglcd.toy.classifier.ToyReward`): the toy runner hands the
+    reward module to `lcd_step` itself; the training loop's registry does not know it.
+    """
+    from rglcd.config import load_config
+
+    w = toy.world
+    overrides = [
+        f"train.seed={toy.seed}", f"train.lr={toy.lr}", f"train.batch_size={toy.batch_size}",
+        f"train.max_steps={toy.student_steps}", f"distill.ema_decay={toy.ema_decay}",
+        f"distill.w_min={toy.w_min}", f"distill.w_max={toy.w_max}",
+        f"reward.name={'none' if beta == 0 else 'toy'}", f"reward.guidance={guidance}", f"reward.beta={beta}",
+        "reward.weights=null", f"lrm.lr={toy.lrm_lr}", f"lrm.batch_size={toy.lrm_batch_size}",
+        f"lrm.pretrain_steps={w.lrm_pretrain_steps}", f"lrm.pretrain_lr={w.lrm_pretrain_lr}",
+        f"lrm.pretrain_batch_size={w.lrm_pretrain_batch_size}", f"eval.guidance={toy.eval_guidance}",
+        f"eval.teacher_guidance={w.teacher_guidance}", f"eval.teacher_steps={toy.teacher_steps}",
+        f"eval.hf_cutoff={toy.hf_cutoff}", f"eval.steps={list(toy.eval_steps)}",
+    ]
+    if cache_dir is not None:
+        overrides.append(f"model.cache_dir={cache_dir}")
+    return load_config("tiny", overrides=overrides)

@@ -1,0 +1,311 @@
+"""Build, cache and load the toy world: data, VAE, teacher, reward and judge classifiers, pretrained LRM.
+
+    world = load_or_build_world(WorldConfig(), cache_dir="~/.cache/rglcd/toy", device="cpu")
+
+Build order: render the data -> train the tiny VAE (its scaling factor set to 1 / std of the latents,
+as SD's 0.18215 was chosen) -> train both classifiers on real images and their VAE reconstructions ->
+train the teacher (UNet + CLIP text encoder, DDPM eps-prediction, caption dropout) until its 50-step
+DDIM+CFG samples satisfy the judge -> contrastively pretrain the LRM with `rglcd.lrm.pretrain_lrm`.
+The world is saved as one directory keyed by `WorldConfig.key()`: `teacher/` (a stock diffusers
+Stable Diffusion directory), `classifiers.safetensors`, `moments.safetensors`, `lrm/`, `world.json`.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from rglcd import solver
+from rglcd.toy.classifier import ToyClassifier, predict, train_classifier
+from rglcd.toy.config import WorldConfig
+from rglcd.toy.data import ToyData, all_labels, caption, labels_of, make_dataset, prompt_set
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class World:
+    path: Path
+    config: WorldConfig
+    teacher: Any                    # rglcd.models.Teacher, frozen
+    train: ToyData
+    reference: ToyData
+    moments: torch.Tensor           # (N, 8, 16, 16) VAE posterior moments of `train`
+    reward_classifier: ToyClassifier
+    judge: ToyClassifier
+    lrm_dir: Path
+    info: dict[str, Any]
+
+
+# ---------------------------------------------------------------- VAE
+
+def train_vae(vae, images: torch.Tensor, cfg: WorldConfig, device: torch.device) -> list[float]:
+    """MSE reconstruction of images in [-1, 1] + kl_weight * KL per latent dimension."""
+    g = torch.Generator().manual_seed(cfg.seed + 10)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    vae.train()
+    losses = []
+    for _ in range(cfg.vae_steps):
+        x = images[torch.randint(images.shape[0], (cfg.vae_batch_size,), generator=g)].to(device) * 2 - 1
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(device)
+        rec = vae.decode(z).sample
+        kl = post.kl() / post.mean[0].numel()                                    # (B,) per dimension
+        loss = F.mse_loss(rec, x) + cfg.vae_kl_weight * kl.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+@torch.no_grad()
+def encode_moments(vae, images: torch.Tensor, device: torch.device, chunk: int = 256) -> torch.Tensor:
+    """(N, 8, h, w) posterior moments (mean, logvar) of images in [0, 1]."""
+    return torch.cat([vae.encode(part.to(device) * 2 - 1).latent_dist.parameters.cpu() for part in images.split(chunk)])
+
+
+@torch.no_grad()
+def decode_means(vae, moments: torch.Tensor, device: torch.device, chunk: int = 256) -> torch.Tensor:
+    """Images in [0, 1] decoded from the posterior means (the VAE's reconstructions)."""
+    out = [vae.decode(part[:, :4].to(device)).sample.cpu() for part in moments.split(chunk)]
+    return (torch.cat(out) / 2 + 0.5).clamp(0, 1)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB of images in [0, 1]."""
+    return float(10 * torch.log10(1.0 / F.mse_loss(a, b)))
+
+
+# ---------------------------------------------------------------- teacher
+
+def teacher_sampling_model(unet, vae, text_encoder, tokenizer):
+    from rglcd.models.tiny import sd_scheduler
+    from rglcd.sample import SamplingModel
+
+    return SamplingModel(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                         scheduler_config=dict(sd_scheduler("epsilon").config))
+
+
+@torch.no_grad()
+def judge_accuracy(judge: ToyClassifier, images: torch.Tensor, prompts: list[str]) -> float:
+    """Share of images whose colour, shape and position the judge reads as the prompt says."""
+    return float((predict(judge, images.to(next(judge.parameters()).device)).cpu() == labels_of(prompts)).all(1).float().mean())
+
+
+def teacher_check(model, judge: ToyClassifier, guidance: float, seed: int) -> float:
+    """Judge accuracy of 50-step DDIM+CFG samples, one per caption (48)."""
+    from rglcd.sample import ddim_sample
+
+    prompts = prompt_set(1)
+    out = ddim_sample(model, prompts, 50, guidance, torch.Generator().manual_seed(seed))
+    return judge_accuracy(judge, out.images, prompts)
+
+
+def _ema_decay(step: int, decay: float) -> float:
+    return min(decay, (1 + step) / (10 + step))   # warm-up as diffusers' EMAModel
+
+
+def train_teacher(parts: dict, moments: torch.Tensor, captions: list[str], judge: ToyClassifier,
+                  cfg: WorldConfig, device: torch.device) -> dict[str, Any]:
+    """DDPM eps-prediction on scaled latents z = sf * sample(moments), UNet and text encoder together.
+
+    Returns the EMA models in `parts` (replacing the trained ones) and the training record.
+    """
+    from rglcd.models import ema_update
+    from rglcd.models.tiny import sd_scheduler
+
+    unet, text_encoder, tokenizer, vae = parts["unet"], parts["text_encoder"], parts["tokenizer"], parts["vae"]
+    sf, abar = vae.config.scaling_factor, _alphas_cumprod(sd_scheduler("epsilon")).to(device)
+    table = sorted(set(captions)) + [""]                                        # K captions + the empty one
+    ids = tokenizer(table, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids.to(device)                   # (K + 1, 77)
+    which = torch.tensor([table.index(c) for c in captions])
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.teacher_lr, weight_decay=0.0)
+    warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
+    ema_unet, ema_text = (copy.deepcopy(m).requires_grad_(False).eval() for m in (unet, text_encoder))
+    g = torch.Generator().manual_seed(cfg.seed + 20)
+    losses, checks, step = [], [], 0
+    unet.train(), text_encoder.train()
+    while step < cfg.teacher_max_steps:
+        step += 1
+        idx = torch.randint(moments.shape[0], (cfg.teacher_batch_size,), generator=g)
+        mean, logvar = moments[idx].chunk(2, dim=1)                             # (B, 4, h, w) each
+        z = sf * (mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=g)).to(device)
+        t = torch.randint(abar.shape[0], (z.shape[0],), generator=g).to(device)
+        eps = torch.randn(z.shape, generator=g).to(device)
+        cap = torch.where(torch.rand(z.shape[0], generator=g) < cfg.caption_dropout, len(table) - 1, which[idx])
+        out = unet(solver.add_noise(z, eps, abar, t), t, encoder_hidden_states=text_encoder(ids[cap.to(device)])[0]).sample
+        loss = F.mse_loss(out, eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        warmup.step()
+        ema_update(ema_unet, unet, _ema_decay(step, cfg.teacher_ema_decay))
+        ema_update(ema_text, text_encoder, _ema_decay(step, cfg.teacher_ema_decay))
+        losses.append(loss.item())
+        if step % cfg.teacher_check_every == 0 or step == cfg.teacher_max_steps:
+            model = teacher_sampling_model(ema_unet, vae, ema_text, tokenizer)
+            checks.append({"step": step, "accuracy": teacher_check(model, judge, cfg.teacher_guidance, cfg.seed),
+                           "loss_recent": sum(losses[-100:]) / len(losses[-100:])})
+            log.info("toy teacher step %d: %s", step, checks[-1])
+            if checks[-1]["accuracy"] >= cfg.teacher_target_accuracy:
+                break
+    parts["unet"], parts["text_encoder"] = ema_unet, ema_text
+    return {"steps": step, "checks": checks, "first_loss": losses[0], "last_loss_mean100": checks[-1]["loss_recent"],
+            "reached_target": checks[-1]["accuracy"] >= cfg.teacher_target_accuracy}
+
+
+def _alphas_cumprod(scheduler) -> torch.Tensor:
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(scheduler.config).alphas_cumprod
+
+
+def save_teacher(parts: dict, out: Path) -> Path:
+    """A stock diffusers Stable Diffusion directory (loads with `rglcd.models.load_teacher`)."""
+    from diffusers import StableDiffusionPipeline
+
+    from rglcd.models.tiny import sd_scheduler
+
+    pipe = StableDiffusionPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+                                   unet=parts["unet"], scheduler=sd_scheduler("epsilon"), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.to("cpu").save_pretrained(str(out), safe_serialization=True)
+    return out
+
+
+# ---------------------------------------------------------------- LRM
+
+def lrm_batches(moments: torch.Tensor, labels: torch.Tensor, steps: int, batch_size: int, seed: int):
+    """Contrastive batches (moments (B, 8, h, w), captions) whose B captions are all different
+    (48 combinations; a repeated caption would be a false negative of the InfoNCE loss)."""
+    combos = all_labels()
+    if batch_size > len(combos):
+        raise ValueError(f"lrm_pretrain_batch_size: {batch_size} exceeds the {len(combos)} distinct toy captions")
+    key = (labels * torch.tensor([100, 10, 1])).sum(1)
+    members = [torch.nonzero(key == 100 * c + 10 * s + p)[:, 0] for c, s, p in combos]
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        chosen = torch.randperm(len(combos), generator=g)[:batch_size].tolist()
+        idx = [int(members[k][torch.randint(len(members[k]), (1,), generator=g)]) for k in chosen if len(members[k])]
+        yield moments[idx], [caption(combos[k]) for k in chosen if len(members[k])]
+
+
+# ---------------------------------------------------------------- build / load
+
+def _classifier_state(reward: ToyClassifier, judge: ToyClassifier) -> dict[str, torch.Tensor]:
+    state = {f"reward.{k}": v for k, v in reward.state_dict().items()}
+    state.update({f"judge.{k}": v for k, v in judge.state_dict().items()})
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def build_world(cfg: WorldConfig, out: Path, device: torch.device, method_cfg) -> dict[str, Any]:
+    """Train everything and write the world directory `out` (see the module docstring)."""
+    from safetensors.torch import save_file
+    from transformers import CLIPTokenizer
+
+    from rglcd.lrm import pretrain_lrm
+    from rglcd.models import write_clip_tokenizer
+    from rglcd.models.tiny import tiny_text_encoder, tiny_unet, tiny_vae
+
+    timings, t0 = {}, time.perf_counter()
+    data, ref = make_dataset(cfg.train_images, cfg.seed), make_dataset(cfg.reference_images, cfg.seed + 1)
+    torch.manual_seed(cfg.seed)
+    vae = tiny_vae().to(device)
+    vae_losses = train_vae(vae, data.images, cfg, device)
+    vae.eval().requires_grad_(False)
+    moments = encode_moments(vae, data.images, device)                          # (N, 8, h, w)
+    vae.register_to_config(scaling_factor=float(1.0 / moments[:, :4].std()))
+    recon_ref = decode_means(vae, encode_moments(vae, ref.images, device), device)
+    timings["vae_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    x = torch.cat([data.images, decode_means(vae, moments, device)])            # real + reconstructions
+    y = torch.cat([data.labels, data.labels])
+    reward_cls, reward_losses = train_classifier(x, y, cfg.classifier_steps, cfg.seed + 2, cfg.reward_width)
+    judge, judge_losses = train_classifier(x, y, cfg.classifier_steps, cfg.seed + 3, cfg.judge_width,
+                                           noise=cfg.judge_noise)
+    timings["classifiers_s"] = time.perf_counter() - t0
+    reward_cls, judge = reward_cls.to(device), judge.to(device)
+
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed + 4)
+    tokenizer = CLIPTokenizer.from_pretrained(str(write_clip_tokenizer(out / "tokenizer-src")))
+    parts = {"unet": tiny_unet().to(device), "text_encoder": tiny_text_encoder().to(device), "tokenizer": tokenizer,
+             "vae": vae}
+    teacher_record = train_teacher(parts, moments, data.captions, judge, cfg, device)
+    save_teacher(parts, out / "teacher")
+    shutil.rmtree(out / "tokenizer-src")
+    timings["teacher_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    batches = lrm_batches(moments, data.labels, cfg.lrm_pretrain_steps, cfg.lrm_pretrain_batch_size, cfg.seed + 5)
+    lrm_record = pretrain_lrm(method_cfg, batches, out / "lrm", vae=vae, device=device)
+    timings["lrm_s"] = time.perf_counter() - t0
+
+    save_file(_classifier_state(reward_cls, judge), str(out / "classifiers.safetensors"))
+    save_file({"moments": moments.contiguous()}, str(out / "moments.safetensors"))
+    ref_acc = {name: judge_accuracy(m, ref.images, ref.captions) for name, m in (("reward", reward_cls), ("judge", judge))}
+    recon_acc = judge_accuracy(judge, recon_ref, ref.captions)
+    return {
+        "format": 1, "config": asdict(cfg), "key": cfg.key(), "device": str(device), "timings_s": timings,
+        "vae": {"steps": cfg.vae_steps, "last_loss": vae_losses[-1], "scaling_factor": vae.config.scaling_factor,
+                "reference_psnr_db": psnr(recon_ref, ref.images)},
+        "classifiers": {"reward_last_loss": reward_losses[-1], "judge_last_loss": judge_losses[-1],
+                        "reference_accuracy": ref_acc, "judge_accuracy_on_vae_reconstructions": recon_acc},
+        "teacher": teacher_record,
+        "lrm": {k: v for k, v in lrm_record.items() if k != "losses"},
+    }
+
+
+def _load(path: Path, cfg: WorldConfig, info: dict[str, Any], device: torch.device) -> World:
+    from safetensors.torch import load_file
+
+    from rglcd.models import load_teacher
+
+    teacher = load_teacher(str(path / "teacher"), device=device)
+    state = load_file(str(path / "classifiers.safetensors"))
+    classifiers = {}
+    for name, width in (("reward", cfg.reward_width), ("judge", cfg.judge_width)):
+        model = ToyClassifier(width)
+        model.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(name + ".")})
+        classifiers[name] = model.to(device).eval().requires_grad_(False)
+    moments = load_file(str(path / "moments.safetensors"))["moments"]
+    return World(path, cfg, teacher, make_dataset(cfg.train_images, cfg.seed),
+                 make_dataset(cfg.reference_images, cfg.seed + 1), moments, classifiers["reward"],
+                 classifiers["judge"], path / "lrm", info)
+
+
+def load_or_build_world(cfg: WorldConfig, cache_dir: str | Path, device: str | torch.device, method_cfg) -> World:
+    """The cached world for `cfg` (built atomically on first use)."""
+    device = torch.device(device)
+    root = Path(os.path.expanduser(str(cache_dir)))
+    final = root / f"world-{cfg.key()}"
+    if not (final / "world.json").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+        try:
+            info = build_world(cfg, tmp, device, method_cfg)
+            (tmp / "world.json").write_text(json.dumps(info, indent=2))
+            try:
+                tmp.rename(final)
+            except OSError:                      # built concurrently by another process: keep theirs
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    info = json.loads((final / "world.json").read_text())
+    return _load(final, cfg, info, device)

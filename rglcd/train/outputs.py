@@ -1,0 +1,128 @@
+"""Everything a run writes besides checkpoints: run info, metrics, progress bar, validation grids, curves,
+the HTML report and, at the end, the exported student (main process only, except collective saves)."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rglcd.train.checkpoint import list_checkpoints, save_checkpoint
+from rglcd.train.metrics import MetricsLog, read_metrics
+from rglcd.train.report import plot_curves, write_report
+from rglcd.train.validation import pick_prompts, validation_grid
+
+
+class Outputs:
+    def __init__(self, run, data_info: dict[str, Any], resumed: Path | None):
+        from rglcd.train.runinfo import write_run_info
+
+        self.run, self.main = run, run.accelerator.is_main_process
+        self.data_info, self.resumed = data_info, resumed
+        self.metrics_path = run.out / "metrics.jsonl"
+        self.metrics = None
+        self.prompts: list[str] = []
+        if self.main:
+            write_run_info(run.cfg, run.out, data_info, run.accelerator.num_processes, str(run.accelerator.device))
+            self.metrics = MetricsLog(self.metrics_path, run.state.step, run.out / "tensorboard")
+            from rglcd.data.prompts import load_prompts
+
+            self.prompts = pick_prompts(load_prompts(run.cfg.data.prompts), run.cfg.train.validation_prompts)
+
+    @contextlib.contextmanager
+    def progress(self):
+        from tqdm.auto import tqdm
+
+        cfg = self.run.cfg
+        bar = tqdm(total=cfg.train.max_steps, initial=self.run.state.step, disable=not self.main,
+                   desc="rglcd train", unit="step", dynamic_ncols=True)
+        try:
+            yield bar
+        finally:
+            bar.close()
+            if self.metrics is not None:
+                self.metrics.close()
+
+    def after_step(self, record: dict[str, Any], bar) -> None:
+        run = self.run
+        if self.main:
+            self.metrics.log(record)
+            shown = {k: f"{record[k]:.4g}" for k in ("lcd_loss", "reward", "lrm_loss") if record.get(k) is not None}
+            bar.set_postfix(**shown, img_s=f"{record['examples_per_s']:.1f}")
+            bar.update(1)
+        if record["step"] % run.cfg.train.validation_every == 0:
+            self.validate()
+        run.hook("step", run=run, step=record["step"], record=record)
+
+    def validate(self) -> Path | None:
+        run, path = self.run, None
+        if self.main:
+            path = run.out / "validation" / f"step-{run.state.step:08d}.png"
+            with run.accelerator.autocast():
+                validation_grid(run.teacher, run.accelerator.unwrap_model(run.student), run.target, self.prompts,
+                                path, seed=run.cfg.train.seed)
+        run.accelerator.wait_for_everyone()
+        return path
+
+    def checkpoint(self) -> Path:
+        run = self.run
+        path = save_checkpoint(run.accelerator, run.out, run.state, run.cfg.train.keep_checkpoints)
+        self.write_report()
+        return path
+
+    def write_report(self) -> Path | None:
+        if not self.main:
+            return None
+        run = self.run
+        records = read_metrics(self.metrics_path)
+        curves = plot_curves(records, run.out / "loss_curves.png")
+        grids = sorted((run.out / "validation").glob("step-*.png"))
+        summary = {"steps": run.state.step, "max_steps": run.cfg.train.max_steps, "examples": run.state.examples,
+                   "processes": run.accelerator.num_processes, "bad_steps": run.state.bad_total,
+                   "data": self.data_info, "resumed_from": str(self.resumed) if self.resumed else None,
+                   "reward": f"{run.cfg.reward.name} ({run.cfg.reward.guidance})", "preset": run.cfg.preset}
+        return write_report(run.out, records, summary, grids, curves)
+
+
+def start_outputs(run, data_info: dict[str, Any], resumed: Path | None) -> Outputs:
+    return Outputs(run, data_info, resumed)
+
+
+def export_model(run) -> Path:
+    """Stock diffusers pipeline of the (LoRA-merged) student at <output_dir>/model; the LoRA adapter at
+    <output_dir>/lora and the fine-tuned LRM at <output_dir>/lrm when the run has them."""
+    from rglcd.export import export_student
+    from rglcd.models import load_teacher
+    from rglcd.train.setup import merged_unet, save_lora_adapter
+
+    cfg, student = run.cfg, run.accelerator.unwrap_model(run.student)
+    teacher = run.teacher
+    if next(teacher.vae.parameters()).dtype != torch.float32:  # export full-precision VAE/text encoder
+        teacher = load_teacher(cfg.model.teacher, cfg.model.cache_dir, cfg.model.revision)
+    unet = merged_unet(student).float().cpu()
+    out = export_student(unet, teacher, run.out / "model", cfg=cfg, teacher_ref=cfg.model.teacher, overwrite=True)
+    if cfg.train.lora_rank > 0 and cfg.train.lora_save_adapter:
+        save_lora_adapter(student, run.out / "lora")
+    if run.guidance.finetunes:  # the fine-tuned LRM with its own optimizer state (METHOD.md 7)
+        from rglcd.lrm import save_lrm
+
+        save_lrm(run.guidance.lrm, run.out / "lrm", run.guidance.lrm_optimizer, extra={"steps": run.state.step})
+    return out
+
+
+def finish_run(run, outputs: Outputs, interrupted: bool, resumed: Path | None, record: dict[str, Any]):
+    from rglcd.train.loop import TrainResult
+
+    done = list_checkpoints(run.out)
+    if not interrupted and (not done or done[-1][0] != run.state.step):
+        outputs.checkpoint()
+    report = outputs.write_report()
+    model_dir = None
+    if not interrupted and outputs.main:
+        model_dir = export_model(run)
+    run.accelerator.wait_for_everyone()
+    done = list_checkpoints(run.out)
+    return TrainResult(output_dir=run.out, steps=run.state.step, interrupted=interrupted, resumed_from=resumed,
+                       checkpoint=done[-1][1] if done else None, model_dir=model_dir, report=report,
+                       bad_steps=run.state.bad_total, last=record)

@@ -1,0 +1,246 @@
+"""The compiled pipeline: every variant's PipelineSpec/PlatformSpec carries the GPU, pool, Secret, /dev/shm,
+PVC, retry, caching and gating settings the config asks for; the config parameter round-trips."""
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from components.runtime import (LRM_SECTIONS, PREP_SECTIONS, config_json_of, load_step_config, parse_config_json,
+                                resolve_config)
+from pipelines.compile import check_cluster_config, compile_pipeline, version_name
+from rglcd.cli import main
+from rglcd.config import ConfigError, load_config
+
+POOL = "pipeline.node_selector={cloud.google.com/gke-accelerator: nvidia-h100-80gb}"
+
+
+def compiled(tmp_path, preset, *overrides, **kwargs):
+    """(pipeline spec, kubernetes platform executors) of the compiled pipeline for a preset + overrides."""
+    cfg = load_config(preset, overrides=list(overrides))
+    out = compile_pipeline(cfg, tmp_path / "p.yaml", **kwargs)
+    docs = list(yaml.safe_load_all(out.read_text()))
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if len(docs) > 1 else {}
+    return docs[0], platform
+
+
+def tasks(spec):
+    return spec["root"]["dag"]["tasks"]
+
+
+def container(spec, task):
+    name = f"exec-{task}"
+    return spec["deploymentSpec"]["executors"][name]["container"]
+
+
+def caching(task_spec):
+    return task_spec.get("cachingOptions", {}).get("enableCache", False)
+
+
+@pytest.fixture(scope="module")
+def gpu_lrm(tmp_path_factory):
+    return compiled(tmp_path_factory.mktemp("gpu"), "sd21-base-hpsv21-lrm", POOL, "pipeline.gpus=4",
+                    "pipeline.retries=2", "pipeline.shm_size=32Gi")
+
+
+def test_dag_shape_and_gate(gpu_lrm):
+    spec, _ = gpu_lrm
+    t = tasks(spec)
+    assert set(t) == {"configure", "prep-data", "pretrain-lrm", "train-student", "evaluate-student", "condition-1"}
+    assert {"prep-data", "pretrain-lrm", "configure"} <= set(t["train-student"]["dependentTasks"])
+    assert t["train-student"]["inputs"]["artifacts"]["lrm"]["taskOutputArtifact"]["producerTask"] == "pretrain-lrm"
+    # LRM pretraining reads the data by DVC pointer (a plain parameter), so its cache key is the data version
+    pre = t["pretrain-lrm"]["inputs"]
+    assert "artifacts" not in pre and pre["parameters"]["data_pointer"]["taskOutputParameter"] == {
+        "outputParameterKey": "data_pointer", "producerTask": "prep-data"}
+    cond = t["condition-1"]
+    assert cond["triggerPolicy"]["condition"] == \
+        "inputs.parameter_values['pipelinechannel--evaluate-student-Output'] == true"
+    assert list(spec["components"]["comp-condition-1"]["dag"]["tasks"]) == ["register-model"]
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"config_json", "preset", "data_uri", "max_steps"}
+    outputs = spec["components"]["comp-evaluate-student"]["outputDefinitions"]["parameters"]
+    assert outputs["Output"]["parameterType"] == "BOOLEAN"
+    assert outputs["fid"]["parameterType"] == outputs["hps"]["parameterType"] == "NUMBER_DOUBLE"
+
+
+def test_gpu_steps_request_the_pool(gpu_lrm):
+    spec, platform = gpu_lrm
+    counts = {"train-student": "4", "evaluate-student": "1", "pretrain-lrm": "1"}
+    for task, count in counts.items():
+        acc = container(spec, task)["resources"]["accelerator"]
+        assert (acc["resourceType"], acc["resourceCount"]) == ("nvidia.com/gpu", count)
+        ex = platform[f"exec-{task}"]
+        assert ex["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+        assert ex["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        assert ex["emptyDirMounts"] == [{"volumeName": "dshm", "mountPath": "/dev/shm", "medium": "Memory",
+                                         "sizeLimit": "32Gi"}]
+        assert container(spec, task)["image"] == "ghcr.io/rglcd/rglcd-train:0.1.0"
+    for task in ("configure", "prep-data", "register-model"):
+        assert "resources" not in container(spec, task)
+        assert "nodeSelector" not in platform[f"exec-{task}"] and "tolerations" not in platform[f"exec-{task}"]
+        assert container(spec, task)["image"] == "ghcr.io/rglcd/rglcd-cpu:0.1.0"
+
+
+def test_secret_pvc_retries_and_caching(gpu_lrm):
+    spec, platform = gpu_lrm
+    for ex in platform.values():   # every step may touch the DVC remote
+        (secret,) = ex["secretAsEnv"]
+        assert secret["secretName"] == "rglcd-s3"
+        assert {(m["secretKey"], m["envVar"]) for m in secret["keyToEnv"]} == {
+            ("AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"), ("AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY")}
+    mounts = {m["constant"]: m["mountPath"] for m in platform["exec-train-student"]["pvcMount"]}
+    assert mounts == {"rglcd-checkpoints": "/checkpoints", "rglcd-model-cache": "/cache"}
+    env = {e["name"]: e["value"] for e in container(spec, "train-student")["env"]}
+    assert env == {"HF_HOME": "/cache/huggingface", "TORCH_HOME": "/cache/torch", "RGLCD_MODEL_CACHE_DIR": "/cache/rglcd"}
+    t = tasks(spec)
+    assert t["train-student"]["inputs"]["parameters"]["checkpoint_root"]["runtimeValue"]["constant"] == "/checkpoints"
+    assert t["train-student"]["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    assert t["train-student"]["retryPolicy"]["maxRetryCount"] == 2
+    assert "retryPolicy" not in t["evaluate-student"]
+    cached = {name: caching(task) for name, task in t.items() if name != "condition-1"}
+    assert cached == {"configure": True, "prep-data": True, "pretrain-lrm": True, "train-student": False,
+                      "evaluate-student": False}
+    reg = spec["components"]["comp-condition-1"]["dag"]["tasks"]["register-model"]
+    assert caching(reg) is False
+
+
+def test_components_install_nothing_at_pod_start(gpu_lrm):
+    spec, _ = gpu_lrm
+    for name, ex in spec["deploymentSpec"]["executors"].items():
+        command = " ".join(ex["container"]["command"])
+        assert "pip install" not in command, name
+        assert "kfp.dsl.executor_main" in command
+
+
+def test_direct_reward_has_no_lrm_step(tmp_path):
+    spec, _ = compiled(tmp_path, "sd21-base-hpsv21")
+    assert "pretrain-lrm" not in tasks(spec)
+    assert "lrm" not in tasks(spec)["train-student"]["inputs"].get("artifacts", {})
+    spec, _ = compiled(tmp_path, "sd21-base-hpsv21-lrm", "lrm.checkpoint=s3://bucket/lrm")   # pretrained LRM given
+    assert "pretrain-lrm" not in tasks(spec)
+
+
+def test_tiny_preset_runs_on_cpu(tmp_path):
+    spec, platform = compiled(tmp_path, "tiny")
+    assert "pretrain-lrm" in tasks(spec)   # the tiny preset is LRM-guided: every step runs
+    for name, ex in spec["deploymentSpec"]["executors"].items():
+        assert "accelerator" not in ex["container"].get("resources", {}), name
+    assert all("tolerations" not in ex for ex in platform.values())
+
+
+def test_scheduled_variant_never_caches_prep(tmp_path):
+    spec, _ = compiled(tmp_path, "tiny", scheduled=True)
+    assert caching(tasks(spec)["prep-data"]) is False
+    assert caching(tasks(spec)["pretrain-lrm"]) is True    # still keyed by the data version
+
+
+def test_multi_node_training_goes_through_the_launcher(tmp_path):
+    spec, platform = compiled(tmp_path, "sd21-base-hpsv21", "pipeline.distributed=pytorchjob", "pipeline.num_nodes=4")
+    t = tasks(spec)
+    assert "train-student" not in t and "launch-training" in t
+    assert "resources" not in container(spec, "launch-training")      # GPUs are on the job's pods
+    assert container(spec, "launch-training")["image"] == "ghcr.io/rglcd/rglcd-cpu:0.1.0"
+    mounts = {m["constant"]: m["mountPath"] for m in platform["exec-launch-training"]["pvcMount"]}
+    assert mounts["rglcd-checkpoints"] == "/checkpoints"
+    assert t["launch-training"]["retryPolicy"]["maxRetryCount"] == 3
+    assert t["evaluate-student"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]["producerTask"] == \
+        "launch-training"
+
+
+def test_kubernetes_manifest_form(tmp_path):
+    cfg = load_config("sd21-base-hpsv21")
+    out = compile_pipeline(cfg, tmp_path / "m.yaml", kubernetes_manifest=True, namespace="kubeflow")
+    pipeline, version = yaml.safe_load_all(out.read_text())
+    assert (pipeline["kind"], pipeline["metadata"]) == ("Pipeline", {"name": "rglcd", "namespace": "kubeflow"})
+    assert version["kind"] == "PipelineVersion" and version["spec"]["pipelineName"] == "rglcd"
+    assert version["metadata"]["name"] == version_name(cfg)
+    assert "train-student" in version["spec"]["pipelineSpec"]["root"]["dag"]["tasks"]
+    assert version["spec"]["platformSpec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert version_name(load_config("sd21-base-hpsv21", overrides=["train.lr=1e-5"])) != version_name(cfg)
+
+
+def test_default_config_parameter_round_trips(tmp_path):
+    cfg = load_config("sd21-768-hpsv21", overrides=["train.max_steps=123"])
+    spec, _ = compiled(tmp_path, "sd21-768-hpsv21", "train.max_steps=123")
+    default = spec["root"]["inputDefinitions"]["parameters"]["config_json"]["defaultValue"]
+    assert load_step_config(default) == cfg
+
+
+def test_resolve_config_overrides_and_errors():
+    full = config_json_of(load_config("tiny"))
+    cfg = resolve_config(full, data_uri="s3://bucket/shards", max_steps=7)
+    assert (cfg.data.train, cfg.train.max_steps, cfg.preset) == ("s3://bucket/shards", 7, "tiny")
+    cfg = resolve_config('{"train": {"lr": 2e-5}}', preset="sd21-768-hpsv21")   # a preset plus a few keys
+    assert (cfg.model.resolution, cfg.train.lr, cfg.preset) == (768, 2e-5, "sd21-768-hpsv21")
+    with pytest.raises(ConfigError, match="conflicts with config_json"):
+        resolve_config(full, preset="sd21-768-hpsv21")
+    with pytest.raises(ConfigError, match=r"config_json: not valid JSON \(Expecting"):
+        resolve_config('{"train": {"lr": }')
+    with pytest.raises(ConfigError, match="expected a JSON object"):
+        parse_config_json("[1, 2]")
+    with pytest.raises(ConfigError, match="train.lrr"):
+        resolve_config('{"train": {"lrr": 1}}')
+    with pytest.raises(ConfigError, match="max_steps"):
+        resolve_config(full, max_steps=-1)
+
+
+def test_configure_component_slices_the_config():
+    from components.configure import configure
+
+    full = config_json_of(load_config("tiny"))
+    out = configure.python_func(config_json=full, preset="", data_uri="", max_steps=5)
+    assert json.loads(out.config)["train"]["max_steps"] == 5
+    assert set(json.loads(out.prep_config)) == set(PREP_SECTIONS)
+    lrm = json.loads(out.lrm_config)
+    assert set(lrm) == {name.split(".")[0] for name in LRM_SECTIONS}
+    assert lrm["train"] == {"seed": 0}          # only the key LRM pretraining reads
+    # the prep slice does not change when only training settings do: its cache key stays the same
+    other = configure.python_func(config_json=full, preset="", data_uri="", max_steps=9)
+    assert other.prep_config == out.prep_config and other.config != out.config
+
+
+def test_cluster_checks():
+    with pytest.raises(ConfigError, match="pipeline.s3_secret"):
+        check_cluster_config(load_config("tiny", overrides=["storage.remote=s3://b/p", "pipeline.s3_secret=null"]))
+    warnings = check_cluster_config(load_config("tiny"))
+    assert any("storage.remote" in w for w in warnings) and any("registry.tracking_uri" in w for w in warnings)
+    ok = load_config("tiny", overrides=["storage.remote=s3://b/p", "registry.tracking_uri=http://mlflow:5000"])
+    assert check_cluster_config(ok) == []
+
+
+def test_cli_compile(tmp_path, capsys):
+    out = tmp_path / "pipe.yaml"
+    assert main(["pipeline", "compile", "--preset", "sd15-hpsv21", "--out", str(out)]) == 0
+    assert "compiled pipeline (sd15-hpsv21)" in capsys.readouterr().out
+    assert yaml.safe_load_all(out.read_text()).__next__()["pipelineInfo"]["name"] == "rglcd"
+    assert main(["pipeline", "compile", "--set", "storage.remote=s3://b/p", "--set", "pipeline.s3_secret=null",
+                 "--out", str(out)]) == 2
+    assert "pipeline.s3_secret" in capsys.readouterr().err
+
+
+def test_rglcd_never_imports_kfp():
+    code = ("import sys; from rglcd.cli import build_parser; build_parser(); "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('kfp', 'kubernetes', 'pipelines', 'components')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_run_requires_local_flag(capsys):
+    assert main(["pipeline", "run"]) == 1
+    assert "--local" in capsys.readouterr().err
+
+
+def test_pod_model_cache_and_local_settings(monkeypatch, tmp_path):
+    from pipelines.local import local_config
+
+    text = config_json_of(load_config("tiny"))
+    assert load_step_config(text).model.cache_dir == "~/.cache/rglcd"
+    monkeypatch.setenv("RGLCD_MODEL_CACHE_DIR", "/cache/rglcd")        # set on pods that mount the PVC
+    assert load_step_config(text).model.cache_dir == "/cache/rglcd"
+    monkeypatch.chdir(tmp_path)
+    cfg = local_config(load_config("tiny"))
+    assert (cfg.pipeline.retries, cfg.pipeline.model_cache_pvc) == (0, None)
+    assert cfg.storage.remote == str(tmp_path / ".rglcd" / "remote")
+    assert cfg.registry.tracking_uri == f"sqlite:///{tmp_path / '.rglcd' / 'mlflow.db'}"

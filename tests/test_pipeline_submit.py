@@ -1,0 +1,173 @@
+"""`rglcd pipeline submit|schedule` over real HTTP against a fake KFP v2beta1 API server on loopback
+(tests/fake_kfp.py): what is sent, and what is refused before anything is sent."""
+import json
+import socket
+import urllib.error
+import urllib.request
+
+import pytest
+import yaml
+
+from components.runtime import load_step_config
+from fake_kfp import FakeKFP
+from pipelines.submit import validate_cron
+from rglcd.cli import main
+from rglcd.config import ConfigError, load_config
+
+CLUSTER = ["--set", "storage.remote=s3://rglcd-bucket/dvc", "--set", "registry.tracking_uri=http://mlflow:5000"]
+
+
+@pytest.fixture
+def kfp_api():
+    with FakeKFP(run_states=("PENDING", "RUNNING", "SUCCEEDED")) as api:
+        yield api
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_submit_creates_experiment_and_run_and_waits(kfp_api, capsys):
+    rc = main(["pipeline", "submit", "--preset", "tiny", "--host", kfp_api.url, *CLUSTER, "--data", "s3://d/shards",
+               "--max-steps", "12", "--experiment", "nightly", "--run-name", "r1", "--poll", "0.01"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    (exp,) = kfp_api.posted("/experiments")
+    assert exp["display_name"] == "nightly"
+    (run,) = kfp_api.posted("/runs")
+    assert run["display_name"] == "r1" and run["service_account"] == "rglcd-pipeline"
+    assert run["experiment_id"] in kfp_api.experiments
+    params = run["runtime_config"]["parameters"]
+    assert (params["data_uri"], params["max_steps"], params["preset"]) == ("s3://d/shards", 12, "")
+    sent = load_step_config(params["config_json"])
+    assert sent == load_config("tiny", overrides=CLUSTER[1::2])
+    spec = run["pipeline_spec"]     # the compiled package, inline: PipelineSpec + kubernetes PlatformSpec
+    assert "train-student" in spec["pipeline_spec"]["root"]["dag"]["tasks"]
+    assert "exec-train-student" in spec["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    # progress: every state change printed once, then the final state
+    assert [line.split("] ")[1] for line in out.splitlines() if line.startswith("[") and "run:" in line] == \
+        ["run: PENDING", "run: RUNNING", "run: SUCCEEDED"]
+    assert f"run {next(iter(kfp_api.runs))} finished: SUCCEEDED" in out
+    polls = [r for r in kfp_api.requests if r["method"] == "GET" and "/runs/" in r["path"]]
+    assert len(polls) == 3
+
+
+def test_failed_run_exits_nonzero(capsys):
+    with FakeKFP(run_states=("RUNNING", "FAILED")) as api:
+        assert main(["pipeline", "submit", "--host", api.url, *CLUSTER, "--poll", "0.01"]) == 1
+    assert "finished: FAILED" in capsys.readouterr().out
+
+
+def test_no_wait_returns_after_creating_the_run(kfp_api):
+    assert main(["pipeline", "submit", "--host", kfp_api.url, *CLUSTER, "--no-wait"]) == 0
+    assert len(kfp_api.posted("/runs")) == 1
+    assert not [r for r in kfp_api.requests if r["method"] == "GET" and "/runs/" in r["path"]]
+
+
+def test_multi_user_cluster_gets_the_namespace(capsys):
+    with FakeKFP(multi_user=True) as api:
+        assert main(["pipeline", "submit", "--host", api.url, *CLUSTER, "--set", "pipeline.namespace=team-a",
+                     "--no-wait"]) == 0
+        (exp,) = api.posted("/experiments")
+    assert exp["namespace"] == "team-a"
+
+
+def test_schedule_creates_a_recurring_run(kfp_api, capsys):
+    assert main(["pipeline", "schedule", "--preset", "tiny", "--host", kfp_api.url, *CLUSTER,
+                 "--cron", "0 30 2 * * MON-FRI", "--name", "weekday-retrain", "--max-steps", "40"]) == 0
+    (rec,) = kfp_api.posted("/recurringruns")
+    assert rec["trigger"]["cron_schedule"]["cron"] == "0 30 2 * * MON-FRI"
+    assert (rec["display_name"], rec["mode"], rec["no_catchup"]) == ("weekday-retrain", "ENABLE", True)
+    assert int(rec["max_concurrency"]) == 1 and rec["service_account"] == "rglcd-pipeline"
+    assert rec["runtime_config"]["parameters"]["max_steps"] == 40
+    prep = rec["pipeline_spec"]["pipeline_spec"]["root"]["dag"]["tasks"]["prep-data"]
+    assert not prep.get("cachingOptions", {}).get("enableCache", False)   # re-reads the data every time
+    assert "scheduled" in capsys.readouterr().out
+
+
+def refused(api, argv, capsys):
+    """Run the CLI; assert it failed and that the server got no request at all; return stderr."""
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc != 0 and api.requests == [], err
+    return err
+
+
+def test_five_field_cron_is_refused_with_a_hint(kfp_api, capsys):
+    err = refused(kfp_api, ["pipeline", "schedule", "--host", kfp_api.url, *CLUSTER, "--cron", "0 3 * * *"], capsys)
+    assert "5 fields" in err and "seconds first" in err and "'0 0 3 * * *'" in err
+
+
+@pytest.mark.parametrize("cron, needle", [("0 0 25 * * *", "hour field: '25'"), ("0 0 3 * * MON-XYZ", "day of week"),
+                                          ("0 0 3 * *", "5 fields"), ("0 0 3 * * * *", "7 fields"),
+                                          ("0 0 3 1 13 *", "month field: '13'"), ("0 0 5-3 * * *", "backwards")])
+def test_cron_validation(cron, needle):
+    with pytest.raises(ConfigError, match=needle):
+        validate_cron(cron)
+
+
+def test_valid_crons():
+    for cron in ("0 0 3 * * *", "*/30 * * * * ?", "0 0 0 1,15 JAN-JUN SUN", "0 0/15 8-18 * * 1-5"):
+        assert validate_cron(cron) == cron
+
+
+def test_unreachable_host_is_a_clear_error(capsys):
+    port = free_port()
+    assert main(["pipeline", "submit", "--host", f"http://127.0.0.1:{port}", *CLUSTER]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot reach KFP at http://127.0.0.1:{port}" in err and "nothing was submitted" in err
+
+
+def test_host_must_be_a_url(kfp_api, capsys):
+    assert "--host 'ml-pipeline:8888' is not allowed" in refused(
+        kfp_api, ["pipeline", "submit", "--host", "ml-pipeline:8888", *CLUSTER], capsys)
+
+
+def test_bad_config_is_refused_before_submission(kfp_api, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"train": {"lr": 1e-5,}}')
+    assert "is not valid JSON" in refused(kfp_api, ["pipeline", "submit", "--host", kfp_api.url, "--config",
+                                                     str(bad)], capsys)
+    err = refused(kfp_api, ["pipeline", "submit", "--host", kfp_api.url, "--preset", "sd99"], capsys)
+    assert "preset: 'sd99' is not a known preset" in err
+    err = refused(kfp_api, ["pipeline", "schedule", "--host", kfp_api.url, "--cron", "0 0 3 * * *",
+                            "--set", "storage.remote=s3://b/p", "--set", "pipeline.s3_secret=null"], capsys)
+    assert "pipeline.s3_secret" in err and "AWS_ACCESS_KEY_ID" in err
+
+
+def test_fake_server_rejects_what_the_api_server_would(kfp_api):
+    def post(path, body):
+        req = urllib.request.Request(kfp_api.url + path, json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(req)
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())["error"]
+        return 200, ""
+
+    exp = post("/apis/v2beta1/experiments", {"display_name": "e"})
+    assert exp[0] == 200
+    exp_id = next(iter(kfp_api.experiments))
+    code, msg = post("/apis/v2beta1/runs", {"experiment_id": exp_id, "pipeline_spec": {"root": {"dag": 5}}})
+    assert code == 400 and "invalid pipeline spec" in msg
+    spec = {"pipelineInfo": {"name": "p"}, "root": {"inputDefinitions": {"parameters": {
+        "n": {"parameterType": "NUMBER_INTEGER"}}}}}
+    code, msg = post("/apis/v2beta1/runs", {"experiment_id": exp_id, "pipeline_spec": spec,
+                                            "runtime_config": {"parameters": {"m": 1}}})
+    assert code == 400 and "unknown pipeline parameters ['m']" in msg
+    code, msg = post("/apis/v2beta1/recurringruns", {"experiment_id": exp_id, "pipeline_spec": spec,
+                                                     "trigger": {"cron_schedule": {"cron": "0 3 * * *"}}})
+    assert code == 400 and "6 fields" in msg
+
+
+def test_uploaded_package_parses(kfp_api, tmp_path):
+    import kfp
+
+    package = tmp_path / "p.yaml"
+    assert main(["pipeline", "compile", "--out", str(package)]) == 0
+    client = kfp.Client(host=kfp_api.url)
+    pipe = client.upload_pipeline(str(package), pipeline_name="rglcd-tiny")
+    assert client.get_pipeline_id("rglcd-tiny") == pipe.pipeline_id
+    assert len(list(yaml.safe_load_all(package.read_text()))) == 2
