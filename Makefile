@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 run: install
-	$(VENV)/bin/rglcd models tiny --out runs/tiny-teacher
+	$(VENV)/bin/rglcd pipeline run --local
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -230,8 +230,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--cache-dir", default="~/.cache/rglcd")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cpu":
         args.precision = "no"
@@ -244,7 +247,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
         torch.manual_seed(0)
         models = build_models(args, cfg, device, weight_dtype(cfg.train.mixed_precision, device))
-        rows = [measure(v, args, cfg, *models, device) for v in variants]
+        rows = []
+        for v in variants:
+            rows.append(measure(v, args, cfg, *models, device))
+            print("measured " + json.dumps(rows[-1]), flush=True)  # partial results survive a time limit
     if args.child:
         print("RESULT " + json.dumps(rows[0]))
         return rows

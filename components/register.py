@@ -12,7 +12,10 @@ _DEFAULTS = PipelineConfig()
 @dsl.component(base_image=_DEFAULTS.cpu_image, install_kfp_package=False)
 def register_model(config_json: str, model: Input[Model], model_pointer: str, metrics_json: str,
                    data_version: str, run_id: str) -> NamedTuple("Outputs", version=str, model_name=str):
-    """Register the student's DVC pointer with its metrics, config, data version and KFP run id."""
+    """Register the student's DVC pointer with its metrics, config, data version and KFP run id.
+
+    `model` is an input for lineage only (KFP links the registered version to the trained artifact);
+    the registry stores the pointer, never a second copy of the weights."""
     import json
     from collections import namedtuple
 

@@ -159,6 +159,22 @@ def pretrain_lrm_from_dir(cfg: Config, data_dir: str, out_dir: str) -> dict[str,
     return {key: info[key] for key in ("steps", "first_loss", "last_loss")}
 
 
+def publish_training(cfg: Config, output_dir: str, model: Any, metrics: Any, report: Any,
+                     **metadata: Any) -> str:
+    """Copy a finished training's student, report and metrics JSONL into the step's artifacts, push the
+    student to the DVC remote (pointer in `model.metadata["dvc"]`), log the last metrics; -> pointer JSON."""
+    found = train_outputs(output_dir)
+    copy_into(found["model_dir"], model.path)
+    copy_into(found["report"], report.path)
+    copy_into(found["metrics_file"], metrics.path)
+    pointer = push(model.path, cfg)
+    model.metadata.update(plain({"dvc": pointer, "steps": found["metrics"].get("step"), "checkpoint_dir": output_dir,
+                                 **metadata}))
+    for key, value in found["metrics"].items():
+        metrics.log_metric(key, value)
+    return json.dumps(pointer)
+
+
 # --- multi-node training (components.k8s_launcher) -----------------------------------------------------
 
 def job_name(run_id: str) -> str:

@@ -18,11 +18,10 @@ def train_student(config_json: str, dataset: Input[Dataset], checkpoint_root: st
                   model: Output[Model], metrics: Output[Metrics], report: Output[HTML],
                   lrm: Optional[Input[Model]] = None) -> NamedTuple("Outputs", model_pointer=str):
     """Train, copy the exported student and the HTML report into the artifacts, push the student."""
-    import json
     import os
     from collections import namedtuple
 
-    from components.runtime import copy_into, load_step_config, plain, push, train_outputs
+    from components.runtime import load_step_config, publish_training
     from rglcd.train import train
 
     cfg = load_step_config(config_json)
@@ -32,16 +31,8 @@ def train_student(config_json: str, dataset: Input[Dataset], checkpoint_root: st
     result = train(cfg, dataset.path, lrm_checkpoint=lrm_checkpoint, resume="auto")
     if result.interrupted:   # SIGTERM (preemption): checkpointed; failing lets KFP retry, and the retry resumes
         raise RuntimeError(f"training interrupted at step {result.steps}; checkpoint {result.checkpoint}")
-    summary = train_outputs(cfg.train.output_dir)
-    copy_into(summary["model_dir"], model.path)
-    copy_into(summary["report"], report.path)
-    copy_into(summary["metrics_file"], metrics.path)
-    pointer = push(model.path, cfg)
-    model.metadata.update(plain({"dvc": pointer, "steps": summary["metrics"].get("step"),
-                                 "checkpoint_dir": cfg.train.output_dir}))
-    for key, value in summary["metrics"].items():
-        metrics.log_metric(key, value)
-    return namedtuple("Outputs", ["model_pointer"])(json.dumps(pointer))
+    pointer = publish_training(cfg, cfg.train.output_dir, model, metrics, report)
+    return namedtuple("Outputs", ["model_pointer"])(pointer)
 
 
 @dsl.component(base_image=_DEFAULTS.cpu_image, install_kfp_package=False)
@@ -51,12 +42,11 @@ def launch_training(config_json: str, dataset: Input[Dataset], run_id: str, mode
     """Multi-node training: stage the inputs on the shared checkpoint PVC, run a PyTorchJob/TrainJob
     (`components.k8s_launcher`, `pipeline.distributed`) to its end, then publish its outputs like
     `train_student`. A retried launcher pod re-attaches to the job of the same run."""
-    import json
     from collections import namedtuple
 
     from components import k8s_launcher
-    from components.runtime import (copy_into, job_name, launcher_job_exists, load_step_config, plain, push,
-                                    stage_inputs, train_args, train_outputs)
+    from components.runtime import (job_name, launcher_job_exists, load_step_config, publish_training, stage_inputs,
+                                    train_args)
 
     cfg = load_step_config(config_json)
     name = job_name(run_id)
@@ -67,13 +57,6 @@ def launch_training(config_json: str, dataset: Input[Dataset], run_id: str, mode
         k8s_launcher.launch(api, cfg, name, train_args(data_dir, lrm_dir or cfg.lrm.checkpoint),
                             annotations={"pipelines.kubeflow.org/run_id": run_id})
     result = k8s_launcher.wait(api, cfg, name)
-    summary = train_outputs(result.output_dir)
-    copy_into(summary["model_dir"], model.path)
-    copy_into(summary["report"], report.path)
-    copy_into(summary["metrics_file"], metrics.path)
-    pointer = push(model.path, cfg)
-    model.metadata.update(plain({"dvc": pointer, "job": f"{result.kind} {result.namespace}/{name}",
-                                 "checkpoint_dir": result.output_dir, "nodes": result.pod_nodes}))
-    for key, value in summary["metrics"].items():
-        metrics.log_metric(key, value)
-    return namedtuple("Outputs", ["model_pointer", "job_name"])(json.dumps(pointer), name)
+    pointer = publish_training(cfg, result.output_dir, model, metrics, report,
+                               job=f"{result.kind} {result.namespace}/{name}", nodes=result.pod_nodes)
+    return namedtuple("Outputs", ["model_pointer", "job_name"])(pointer, name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,5 +133,8 @@ def run_local(cfg: Config, workdir: str | Path = "runs/pipeline", cache: bool = 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True,
                enable_caching=cache)
     before = set(root.glob(f"{PIPELINE_NAME}-*"))
-    build_pipeline(cfg, checkpoint_root=str(workdir / "checkpoints"))()
+    with warnings.catch_warnings():   # expected locally: pod settings and images are not used (module doc)
+        warnings.filterwarnings("ignore", message=r".*have no effect in the current local runner")
+        warnings.filterwarnings("ignore", message=r".*custom or non-Python base image")
+        build_pipeline(cfg, checkpoint_root=str(workdir / "checkpoints"))()
     return read_run(_new_run_dir(root, before), cfg.registry.tracking_uri)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from rglcd.fsutil import replace_dir
 from rglcd.sample import from_teacher, lcm_scheduler
 
 MANIFEST = "rglcd.json"
@@ -101,22 +102,11 @@ def export_student(student: torch.nn.Module | str | Path, teacher, out_dir: str 
     try:
         pipe.save_pretrained(str(tmp), safe_serialization=True)
         (tmp / MANIFEST).write_text(json.dumps(_manifest(teacher, teacher_ref, cfg), indent=2, default=str))
-        _replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Move tmp to out; an existing out is moved aside first and deleted only after the swap."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{time.time_ns()}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_manifest(model_dir: str | Path) -> dict:

@@ -15,6 +15,9 @@ import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+# Real local servers (moto S3, MLflow), one per test session, for every module that asks for them.
+pytest_plugins = ["servers"]
+
 
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory) -> str:

@@ -1,8 +1,7 @@
 """Real local servers for tests, on loopback and free ports, started and stopped by the tests.
 
-Use them by importing the fixtures into a test module:
-
-    from servers import moto_s3, s3_remote, mlflow_db, mlflow_server  # noqa: F401
+`tests/conftest.py` registers this module as a plugin (`pytest_plugins = ["servers"]`), so every
+test module can ask for these fixtures by name:
 
 - `moto_s3` (session): an S3 HTTP endpoint (moto's ThreadedMotoServer, in-process). `.stop()` and
   `.start()` simulate an outage (the stored objects survive: moto keeps them in process memory);

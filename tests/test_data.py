@@ -14,7 +14,6 @@ from rglcd.config import load_config
 from rglcd.data import StreamSpec, TrainStream, load_prompts, open_source, photo_record, photos, prep, vbench_prompts
 from rglcd.data.images import to_training_tensor
 from rglcd.data.stream import global_records
-from servers import moto_s3, s3_remote  # noqa: F401  (real S3 server on loopback)
 
 
 def _cfg(model_cache, *overrides):

@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from servers import moto_s3, s3_remote  # noqa: F401  (real S3 server fixtures)
 
 from rglcd.lrm import (latent_size_for, load_lrm, load_lrm_optimizer, lrm_finetune_step,
                        make_lrm_optimizer, new_lrm, pair_kl, permute_with_captions, pretrain_lrm, save_lrm,

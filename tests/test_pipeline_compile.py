@@ -244,3 +244,71 @@ def test_pod_model_cache_and_local_settings(monkeypatch, tmp_path):
     assert (cfg.pipeline.retries, cfg.pipeline.model_cache_pvc) == (0, None)
     assert cfg.storage.remote == str(tmp_path / ".rglcd" / "remote")
     assert cfg.registry.tracking_uri == f"sqlite:///{tmp_path / '.rglcd' / 'mlflow.db'}"
+
+
+def test_launch_training_stages_inputs_reattaches_and_publishes(tmp_path, monkeypatch):
+    """The multi-node step's own logic, with the cluster calls of components.k8s_launcher replaced by a job
+    that 'runs' by writing what `rglcd train` writes (the launcher itself is tested against a real API server)."""
+    from kfp.dsl import HTML, Dataset, Metrics, Model
+
+    from components import k8s_launcher
+    from components import runtime
+    from components.train import launch_training
+    from rglcd.storage import Pointer, verify
+
+    cfg = load_config("tiny", overrides=["pipeline.distributed=pytorchjob", f"storage.remote={tmp_path / 'remote'}"])
+    calls, existing = [], set()
+    ckpt = tmp_path / "checkpoints"
+    monkeypatch.setattr(k8s_launcher, "CHECKPOINT_DIR", str(ckpt))
+    monkeypatch.setattr(k8s_launcher, "api_client", lambda: "api")
+    monkeypatch.setattr(runtime, "launcher_job_exists", lambda api, c, name: name in existing)
+
+    def launch(api, c, name, train_args, annotations):
+        calls.append((name, train_args, annotations))
+        existing.add(name)
+
+    def wait(api, c, name):
+        out = ckpt / name
+        (out / "model" / "unet").mkdir(parents=True, exist_ok=True)
+        (out / "model" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+        (out / "report.html").write_text("<!doctype html><p>report</p>")
+        (out / "metrics.jsonl").write_text('{"step": 1, "lcd_loss": 0.5}\n{"step": 2, "lcd_loss": 0.25}\n')
+        return k8s_launcher.JobResult(name, "rglcd", "PyTorchJob", "Succeeded", str(out), 1.0, {"p-0": "gpu-node-1"})
+
+    monkeypatch.setattr(k8s_launcher, "launch", launch)
+    monkeypatch.setattr(k8s_launcher, "wait", wait)
+    data = tmp_path / "dataset"
+    data.mkdir()
+    (data / "manifest.json").write_text("{}")
+    lrm = tmp_path / "lrm"
+    lrm.mkdir()
+    (lrm / "lrm_config.json").write_text("{}")
+
+    def artifacts(n):
+        return {name: cls(name=name, uri=str(tmp_path / f"out{n}" / name))
+                for name, cls in (("model", Model), ("metrics", Metrics), ("report", HTML))}
+
+    run_id = "0f6c2c1e-5e7a-4a43-9a3e-0b9d0c1f2a3b"
+    for attempt in (1, 2):      # the second attempt (a retried launcher pod) must not create a second job
+        out = artifacts(attempt)
+        res = launch_training.python_func(config_json=config_json_of(cfg), dataset=Dataset(uri=str(data)),
+                                          run_id=run_id, lrm=Model(uri=str(lrm)), **out)
+    (name, args, annotations), = calls
+    assert name == res.job_name == f"rglcd-{run_id}" and len(name) <= 45
+    staged = ckpt / name / "inputs"
+    assert args == ("--data", str(staged / "data"), "--resume", "auto", "--lrm-checkpoint", str(staged / "lrm"))
+    assert (staged / "data" / "manifest.json").is_file() and (staged / "lrm" / "lrm_config.json").is_file()
+    assert annotations == {"pipelines.kubeflow.org/run_id": run_id}
+    pointer = Pointer.from_dvc(json.loads(res.model_pointer))
+    assert (pointer.nfiles, verify(pointer)) == (1, 2)      # model_index.json and the .dir object are in the remote
+    assert out["model"].metadata["nodes"] == {"p-0": "gpu-node-1"}
+    assert out["metrics"].metadata == {"step": 2.0, "lcd_loss": 0.25}
+    assert (tmp_path / "out2" / "report").read_text().startswith("<!doctype html>")
+
+
+def test_train_outputs_names_what_is_missing(tmp_path):
+    from components.runtime import train_outputs
+
+    (tmp_path / "model").mkdir()
+    with pytest.raises(FileNotFoundError, match="report.html.*metrics.jsonl"):
+        train_outputs(str(tmp_path))

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 ALL_TASKS = {"configure", "prep-data", "pretrain-lrm", "train-student", "evaluate-student", "register-model"}
 FAST = ["train.max_steps=4", "train.checkpoint_every=2", "train.validation_every=4", "lrm.pretrain_steps=6",
-        "eval.num_prompts=4", "data.train=builtin:photos:16"]
+        "data.train=builtin:photos:16", "eval.num_prompts=4", "eval.steps=[1, 4]", "eval.teacher_steps=8",
+        "eval.latency_repeats=1", "eval.fid_num_images=4"]
 OPEN = ["eval.gate_min_hps_margin=-1000", "eval.gate_max_hf_ratio=1000"]
 SHUT = ["eval.gate_min_hps_margin=1000"]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from fsspec.callbacks import Callback
-from servers import isolate_aws_env, mlflow_db, mlflow_server, mlflow_template, moto_s3, s3_remote  # noqa: F401
+from servers import isolate_aws_env
 
 from rglcd.cli import main
 from rglcd.config.fields import to_dict

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from servers import moto_s3, s3_remote  # noqa: F401  (real S3 server fixtures)
 
 from rglcd.rewards import MissingRewardWeights, RewardWeightsError, available_rewards, load_reward
 from rglcd.rewards.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_preprocess

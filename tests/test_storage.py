@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from servers import moto_s3, s3_remote  # noqa: F401  (fixtures)
 
 from rglcd.cli import main
 from rglcd.storage import (Pointer, PointerError, StorageError, make_remote, pull, push, read_pointer, verify,

@@ -74,14 +74,15 @@ def _run_with_crashes(tiny_cfg, tmp_path, name, crashes, *overrides, data=DATA, 
 # ---------------------------------------------------------------- resume
 
 def test_resume_after_a_crash_mid_accumulation_is_bit_exact(tiny_cfg, tmp_path):
-    ref = _run_with_crashes(tiny_cfg, tmp_path, "ref", [], "train.grad_accum=2")
-    res = _run_with_crashes(tiny_cfg, tmp_path, "res", [(2, 0)], "train.grad_accum=2")  # in step 3, after micro 0
-    assert ref.steps == res.steps == 4 and res.resumed_from.name == "step-00000002"
+    over = ["train.grad_accum=2", "train.batch_size=1", "train.max_steps=3", "train.checkpoint_every=1"]
+    ref = _run_with_crashes(tiny_cfg, tmp_path, "ref", [], *over)
+    res = _run_with_crashes(tiny_cfg, tmp_path, "res", [(2, 0)], *over)  # in step 3, after micro-batch 0
+    assert ref.steps == res.steps == 3 and res.resumed_from.name == "step-00000002"
     _assert_identical(ref.checkpoint, res.checkpoint)
-    assert [r["step"] for r in read_metrics(res.output_dir / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert [r["step"] for r in read_metrics(res.output_dir / "metrics.jsonl")] == [1, 2, 3]
     assert [r["lcd_loss"] for r in read_metrics(res.output_dir / "metrics.jsonl")] == \
            [r["lcd_loss"] for r in read_metrics(ref.output_dir / "metrics.jsonl")]
-    assert [s for s, _ in list_checkpoints(res.output_dir)] == [2, 4]            # keep_checkpoints=2
+    assert [s for s, _ in list_checkpoints(res.output_dir)] == [2, 3]            # keep_checkpoints=2
     assert not list((res.output_dir / "checkpoints").glob(".tmp-*"))
 
 

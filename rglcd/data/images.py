@@ -10,7 +10,7 @@ import io
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
 
@@ -20,11 +20,11 @@ class BadImage(ValueError):
 
 
 def decode_image(data: bytes) -> Image.Image:
-    """Encoded bytes -> fully decoded RGB image; truncated or non-image bytes raise BadImage."""
+    """Encoded bytes -> fully decoded RGB image (EXIF orientation applied); truncated or non-image bytes raise BadImage."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            return img.convert("RGB")
+            return ImageOps.exif_transpose(img).convert("RGB")  # camera photos stored rotated stand upright
     except Exception as err:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
         raise BadImage(f"{type(err).__name__}: {err}") from None
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
 import tempfile
 from collections import Counter
@@ -25,6 +24,7 @@ from PIL import Image
 
 from rglcd.data.images import BadImage, decode_image, encode_image, pixel_hash, to_training_tensor
 from rglcd.data.io import read_bytes
+from rglcd.fsutil import replace_dir
 from rglcd.data.manifest import DROP_REASONS, FORMAT, MANIFEST, content_hash
 from rglcd.data.sources import LATENT_KEY, Record, open_source
 
@@ -197,15 +197,9 @@ def _write_all(cfg, source, tokenizer, vae, shards: ShardSet, dropped: Counter) 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
     """Move the finished `tmp` into place at `out` (an empty or earlier prep output is replaced)."""
-    if out.exists():
-        if any(out.iterdir()) and not (out / MANIFEST).is_file():
-            raise FileExistsError(f"{out}: exists and is not a prep output; choose an empty or new folder")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise FileExistsError(f"{out}: exists and is not a prep output; choose an empty or new folder")
+    replace_dir(tmp, out)
 
 
 def prep(cfg, source: str, out_dir: str | Path) -> dict[str, Any]:

@@ -99,10 +99,11 @@ class ShardSource:
     """Tar shards. Counts come from the manifest, or from one scan of the shards when there is none."""
 
     def __init__(self, urls: list[str], counts: list[int] | None = None, latents: bool = False,
-                 keyed_by_index: bool = False, name: str = "shards"):
+                 keyed_by_index: bool = False, name: str = "shards", manifest: dict | None = None):
         if not urls:
             raise FileNotFoundError(f"{name}: no .tar shards found")
         self.urls, self.latents, self.keyed_by_index, self.name = urls, latents, keyed_by_index, name
+        self.manifest = manifest  # the prep manifest the shards came with, if any
         self._counts = counts
 
     def num_units(self) -> int:
@@ -226,7 +227,8 @@ def open_source(spec: str) -> Source:
             root = spec.rstrip("/")
             return ShardSource([f"{root}/{s['name']}" for s in manifest["shards"]],
                                [int(s["count"]) for s in manifest["shards"]],
-                               latents=bool(manifest["latents"].get("precomputed")), keyed_by_index=True, name=spec)
+                               latents=bool(manifest["latents"].get("precomputed")), keyed_by_index=True, name=spec,
+                               manifest=manifest)
         if not is_remote(spec) and Path(spec).expanduser().is_dir() and not list_tars(spec):
             return FolderSource(spec)
     if not is_remote(spec) and "{" not in spec and not Path(spec).expanduser().exists():

@@ -134,7 +134,15 @@ class TrainStream(IterableDataset):
                 items = []
 
 
+def _ignore_sigterm(worker_id: int) -> None:
+    """Loader workers leave SIGTERM to the training process, which checkpoints first; they end with it."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(source: Source, spec: StreamSpec, num_workers: int = 0) -> DataLoader:
     """An endless DataLoader over this process's micro-batches (batches are built in the stream)."""
     return DataLoader(TrainStream(source, spec), batch_size=None, num_workers=num_workers,
-                      prefetch_factor=2 if num_workers else None, persistent_workers=False)
+                      prefetch_factor=2 if num_workers else None, persistent_workers=False,
+                      worker_init_fn=_ignore_sigterm if num_workers else None)

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import open_clip
 import torch
 from torch import nn
 
+from rglcd.fsutil import replace_dir
 from rglcd.rewards.base import RewardModel, freeze, params_frozen
 from rglcd.rewards.openclip import create_model
 
@@ -144,17 +143,6 @@ def unlock_for_finetune(lrm: LatentRewardModel, visual_blocks: int, text_blocks:
 
 # ---------------------------------------------------------------- checkpoints
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move a finished `tmp` dir to `out`; an existing `out` is only removed once the new one is in place."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def save_lrm(lrm: LatentRewardModel, out_dir: str | Path, optimizer: torch.optim.Optimizer | None = None,
              extra: dict[str, Any] | None = None) -> Path:
     """Write `lrm_config.json` + `model.safetensors` (+ the LRM's own optimizer state) atomically."""
@@ -172,7 +160,7 @@ def save_lrm(lrm: LatentRewardModel, out_dir: str | Path, optimizer: torch.optim
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
         meta["optimizer"] = {"file": OPTIMIZER_FILE, "params": names}
     (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, default=str))
-    _replace_dir(tmp, out)
+    replace_dir(tmp, out)
     return out
 
 

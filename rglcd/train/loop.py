@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import torch
 
-from rglcd.train.checkpoint import TrainState, check_compatible, find_resume, list_checkpoints, save_checkpoint
+from rglcd.train.checkpoint import TrainState, check_compatible, find_resume, list_checkpoints
 from rglcd.train.guidance import Guidance, build_guidance, finetune_lrm
 
 Hook = Callable[..., None]
@@ -53,24 +53,24 @@ def make_accelerator(cfg):
     if cfg.train.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("train.mixed_precision: 'fp16' needs a CUDA GPU; allowed on CPU: no, bf16")
     # Accumulation is explicit in the loop (no_sync + loss / A), and the schedule steps once per update.
+    # cpu=True without CUDA: accelerate then picks up torchrun's env vars as a gloo process group.
     return Accelerator(mixed_precision=cfg.train.mixed_precision, step_scheduler_with_optimizer=False,
+                       cpu=not torch.cuda.is_available(),
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
 
 
 def open_training_data(cfg, spec: str):
     """The source, and the data description recorded with the run; refuses latents that do not fit."""
-    from rglcd.data.manifest import read_manifest
     from rglcd.data.sources import open_source
 
     source = open_source(spec)
-    manifest = None if spec.startswith("builtin:") or spec.endswith((".tar", ".jsonl", ".csv", ".parquet")) \
-        else read_manifest(spec)
-    latents = (manifest or {}).get("latents", {})
+    manifest = getattr(source, "manifest", None) or {}
+    latents = manifest.get("latents", {})
     if latents.get("precomputed") and latents.get("resolution") != cfg.model.resolution:
         raise ValueError(f"{spec}: latents were precomputed at {latents.get('resolution')} px, model.resolution is "
                          f"{cfg.model.resolution}; allowed: re-run `rglcd prep` at this resolution")
-    info = {"spec": spec, "content_hash": (manifest or {}).get("content_hash"), "num_records":
-            sum(source.unit_counts()), "latents": bool(latents.get("precomputed"))}
+    info = {"spec": spec, "content_hash": manifest.get("content_hash"), "num_records": sum(source.unit_counts()),
+            "latents": bool(latents.get("precomputed"))}
     return source, info
 
 
@@ -166,6 +166,7 @@ def check_bad_steps(run, bad: bool, terms: dict[str, float], norm: float) -> Non
 
 @dataclass
 class Run:
+    """Everything one training run holds (what the step functions and the outputs read)."""
     cfg: Any
     accelerator: Any
     out: Path
@@ -185,12 +186,16 @@ class Run:
 
 
 def build_run(cfg, lrm_checkpoint: str | None, hooks: dict[str, Hook] | None) -> Run:
+    """Teacher, student (+ EMA target), reward side, optimizer and schedule, all prepared by accelerate."""
+    from accelerate.utils import set_seed
+
     from rglcd.models import load_teacher, make_target
     from rglcd.train.setup import build_student, make_optimizer, make_scheduler, trainable, weight_dtype
 
     acc = make_accelerator(cfg)
     dtype = weight_dtype(cfg.train.mixed_precision, acc.device)
     teacher = load_teacher(cfg.model.teacher, cfg.model.cache_dir, cfg.model.revision, dtype=dtype, device=acc.device)
+    set_seed(cfg.train.seed)  # right before the student's new guidance projection is drawn: runs repeat exactly
     student = build_student(teacher.unet, cfg.train, cfg.model.time_cond_proj_dim).to(acc.device)
     target = make_target(student)
     guidance = build_guidance(cfg, lrm_checkpoint, acc.device, dtype)
@@ -250,8 +255,11 @@ def train_step(run: Run, batches) -> dict[str, Any]:
     examples = cfg.train.batch_size * cfg.train.grad_accum * acc.num_processes
     run.state.examples += examples
     check_bad_steps(run, bad, terms, norm)
-    terms = {k: float(acc.reduce(torch.tensor(v, device=acc.device), reduction="mean")) for k, v in terms.items()}
+    names = list(terms)
+    means = acc.reduce(torch.tensor([terms[k] for k in names], device=acc.device), reduction="mean")
+    terms = dict(zip(names, means.tolist()))  # over all processes: the loss of the global batch
     elapsed = time.perf_counter() - started
     return {"step": run.state.step, **terms, "reward": terms["reward"] if run.guidance.student_reward else None,
-            "lrm_loss": lrm.get("lrm_loss"), "lrm_acc": lrm.get("lrm_acc"), "grad_norm": norm, "lr": run.scheduler.get_last_lr()[0], "bad_step": bad,
-            "examples": run.state.examples, "step_time_s": elapsed, "examples_per_s": examples / elapsed}
+            "lrm_loss": lrm.get("lrm_loss"), "lrm_acc": lrm.get("lrm_acc"), "grad_norm": norm,
+            "lr": run.scheduler.get_last_lr()[0], "bad_step": bad, "examples": run.state.examples,
+            "step_time_s": elapsed, "examples_per_s": examples / elapsed}

@@ -51,7 +51,8 @@ def make_optimizer(params: list[torch.nn.Parameter], train_cfg, lr: float | None
 
             return bnb.optim.AdamW8bit(params, **kwargs)
         except ImportError:
-            warnings.warn("train.use_8bit_adam: bitsandbytes is not installed; using torch AdamW (pip install bitsandbytes)")
+            warnings.warn("train.use_8bit_adam: bitsandbytes is not installed; using torch AdamW "
+                          "(pip install bitsandbytes)")
     fused = bool(params) and all(p.is_cuda for p in params)
     return torch.optim.AdamW(params, fused=fused or None, **kwargs)
 

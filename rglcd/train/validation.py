@@ -32,7 +32,8 @@ def validation_grid(teacher, student: torch.nn.Module, target: torch.nn.Module, 
     for unet in (student, target):
         was_training = unet.training
         unet.eval()
-        model = SamplingModel(unet, teacher.vae, teacher.text_encoder, teacher.tokenizer, scheduler_config, teacher.path)
+        model = SamplingModel(unet, teacher.vae, teacher.text_encoder, teacher.tokenizer, scheduler_config,
+                              teacher.path)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         rows.append(lcm_sample(model, prompts, VALIDATION_STEPS, VALIDATION_GUIDANCE, generator=generator).images)
         unet.train(was_training)
