@@ -62,11 +62,12 @@ def features(model: ToyClassifier, images: torch.Tensor, chunk: int = 256) -> to
 
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, steps: int, seed: int, width: int,
-                     batch_size: int = 128, lr: float = 2e-3, noise: float = 0.0) -> tuple[ToyClassifier, list[float]]:
+                     batch_size: int = 128, lr: float = 2e-3, noise: float = 0.0,
+                     device: str | torch.device = "cpu") -> tuple[ToyClassifier, list[float]]:
     """Cross-entropy on the three attributes; `noise` adds Gaussian pixel noise of random strength in [0, noise]."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = ToyClassifier(width)
+    model = ToyClassifier(width).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     losses = []
@@ -76,7 +77,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, steps: int, see
         if noise > 0:
             sigma = noise * torch.rand((batch_size, 1, 1, 1), generator=g)
             x = (x + sigma * torch.randn(x.shape, generator=g)).clamp(0, 1)
-        loss = -attribute_log_probs(model, x, labels[idx]).sum(1).mean()
+        loss = -attribute_log_probs(model, x.to(device), labels[idx]).sum(1).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

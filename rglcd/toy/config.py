@@ -34,6 +34,7 @@ class WorldConfig:
     teacher_batch_size: int = 64
     teacher_lr: float = 5e-4
     teacher_ema_decay: float = 0.999
+    teacher_max_weight: float = 50.0    # cap of the (1 + snr) / snr weight of the eps MSE (`world.loss_weight`)
     caption_dropout: float = 0.1
     teacher_guidance: float = 4.0       # CFG scale of the teacher's 50-step DDIM (its check and baseline row)
     # Classifiers: `reward` is the expert RM, `judge` (held out, noise-augmented) grades the samples.
@@ -78,11 +79,11 @@ class ToyConfig:
 
 
 def quick_config() -> ToyConfig:
-    """A seconds-to-a-minute version of everything, for the test (numbers are not meaningful)."""
-    world = WorldConfig(train_images=256, reference_images=96, vae_steps=30, vae_batch_size=16,
-                        teacher_max_steps=40, teacher_check_every=20, teacher_batch_size=16,
-                        classifier_steps=40, lrm_pretrain_steps=10, lrm_pretrain_batch_size=16)
-    return ToyConfig(world=world, student_steps=6, batch_size=4, direct_betas=(1.0,), lrm_betas=(1.0,),
+    """A seconds-to-a-minute version of everything, for the test (its numbers mean nothing)."""
+    world = WorldConfig(train_images=96, reference_images=48, vae_steps=10, vae_batch_size=8, teacher_max_steps=10,
+                        teacher_check_every=10, teacher_batch_size=8, classifier_steps=20, lrm_pretrain_steps=5,
+                        lrm_pretrain_batch_size=16)
+    return ToyConfig(world=world, student_steps=3, batch_size=4, direct_betas=(1.0,), lrm_betas=(1.0,),
                      lrm_batch_size=2, eval_repeats=1, eval_steps=(1, 2), teacher_steps=50, latency_repeats=1)
 
 

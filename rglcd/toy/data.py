@@ -17,7 +17,7 @@ import torch.nn.functional as F
 COLOURS = {"red": (0.90, 0.15, 0.15), "green": (0.15, 0.72, 0.20), "blue": (0.15, 0.30, 0.90),
            "yellow": (0.95, 0.85, 0.15)}
 SHAPES = ("circle", "square", "triangle")
-POSITIONS = {"left": (0.27, 0.50), "right": (0.73, 0.50), "top": (0.50, 0.27), "bottom": (0.50, 0.73)}
+POSITIONS = {"left": (0.28, 0.50), "right": (0.72, 0.50), "top": (0.50, 0.28), "bottom": (0.50, 0.72)}
 ATTRIBUTES = (tuple(COLOURS), SHAPES, tuple(POSITIONS))   # (colour, shape, position) class names
 NUM_CLASSES = tuple(len(a) for a in ATTRIBUTES)           # (4, 3, 4)
 RESOLUTION, SUPERSAMPLE = 32, 4
@@ -80,8 +80,8 @@ def render(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     n, size = labels.shape[0], RESOLUTION * SUPERSAMPLE
     u = torch.rand((n, 8), generator=generator)                             # all nuisance draws at once
     anchor = torch.tensor(list(POSITIONS.values()))[labels[:, 2]]           # (n, 2)
-    cx, cy = anchor[:, 0] + 0.10 * (u[:, 0] - 0.5), anchor[:, 1] + 0.10 * (u[:, 1] - 0.5)
-    r = 0.13 + 0.06 * u[:, 2]
+    cx, cy = anchor[:, 0] + 0.08 * (u[:, 0] - 0.5), anchor[:, 1] + 0.08 * (u[:, 1] - 0.5)
+    r = 0.18 + 0.06 * u[:, 2]                                               # 5.8 to 7.7 px
     mask = _masks(labels[:, 1], cx, cy, r, size)[:, None]                   # (n, 1, S, S)
     colour = torch.tensor(list(COLOURS.values()))[labels[:, 0]]             # (n, 3)
     colour = (colour + 0.08 * (u[:, 3:4] - 0.5)).clamp(0, 1)[:, :, None, None]

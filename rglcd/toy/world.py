@@ -89,6 +89,19 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # ---------------------------------------------------------------- teacher
 
+def toy_unet(cross_attention_dim: int = 32):
+    """The teacher UNet: the tiny factory's blocks plus a third level (16 -> 8 -> 4 latent px, cross-attention
+    at 8 and 4). The tiny factory's two levels see too little of the image to place a shape "on the left":
+    the third level's receptive field covers the whole latent, and zero padding there tells where the edges are."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=32)
+
+
 def teacher_sampling_model(unet, vae, text_encoder, tokenizer):
     from rglcd.models.tiny import sd_scheduler
     from rglcd.sample import SamplingModel
@@ -98,18 +111,37 @@ def teacher_sampling_model(unet, vae, text_encoder, tokenizer):
 
 
 @torch.no_grad()
+def judge_correct(judge: ToyClassifier, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """(N, 3) bool: the judge reads colour, shape, position as the prompt says."""
+    return predict(judge, images.to(next(judge.parameters()).device)).cpu() == labels_of(prompts)
+
+
 def judge_accuracy(judge: ToyClassifier, images: torch.Tensor, prompts: list[str]) -> float:
     """Share of images whose colour, shape and position the judge reads as the prompt says."""
-    return float((predict(judge, images.to(next(judge.parameters()).device)).cpu() == labels_of(prompts)).all(1).float().mean())
+    return float(judge_correct(judge, images, prompts).all(1).float().mean())
 
 
-def teacher_check(model, judge: ToyClassifier, guidance: float, seed: int) -> float:
-    """Judge accuracy of 50-step DDIM+CFG samples, one per caption (48)."""
+def teacher_check(model, judge: ToyClassifier, guidance: float, seed: int) -> dict[str, float]:
+    """Judge accuracy (all three attributes, and each) of 50-step DDIM+CFG samples, one per caption (48)."""
     from rglcd.sample import ddim_sample
 
     prompts = prompt_set(1)
     out = ddim_sample(model, prompts, 50, guidance, torch.Generator().manual_seed(seed))
-    return judge_accuracy(judge, out.images, prompts)
+    correct = judge_correct(judge, out.images, prompts).float()
+    return {"accuracy": float(correct.all(1).float().mean()),
+            **{f"{name}_accuracy": float(correct[:, i].mean()) for i, name in enumerate(("colour", "shape", "position"))}}
+
+
+def loss_weight(abar: torch.Tensor, max_weight: float) -> torch.Tensor:
+    """Per-example weight of the eps-prediction MSE: (1 + snr) / snr, capped at `max_weight`.
+
+    eps error e means an x0 error e / sqrt(snr), so plain eps MSE weighs the x0 error by snr: at the
+    high noise levels where the layout of a sample is decided (SD's schedule: snr 0.005 at t = 999) the
+    teacher is barely asked to get it right, and then places shapes wherever the noise suggests, ignoring
+    "on the left". This weight makes the loss the v-prediction loss (x0 error weighted by 1 + snr;
+    Salimans & Ho 2022) while the network still predicts eps. abar: (B,) -> (B,)."""
+    snr = abar / (1 - abar)
+    return ((1 + snr) / snr).clamp(max=max_weight)
 
 
 def _ema_decay(step: int, decay: float) -> float:
@@ -147,7 +179,7 @@ def train_teacher(parts: dict, moments: torch.Tensor, captions: list[str], judge
         eps = torch.randn(z.shape, generator=g).to(device)
         cap = torch.where(torch.rand(z.shape[0], generator=g) < cfg.caption_dropout, len(table) - 1, which[idx])
         out = unet(solver.add_noise(z, eps, abar, t), t, encoder_hidden_states=text_encoder(ids[cap.to(device)])[0]).sample
-        loss = F.mse_loss(out, eps)
+        loss = (loss_weight(abar[t], cfg.teacher_max_weight) * (out - eps).square().mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -158,7 +190,7 @@ def train_teacher(parts: dict, moments: torch.Tensor, captions: list[str], judge
         losses.append(loss.item())
         if step % cfg.teacher_check_every == 0 or step == cfg.teacher_max_steps:
             model = teacher_sampling_model(ema_unet, vae, ema_text, tokenizer)
-            checks.append({"step": step, "accuracy": teacher_check(model, judge, cfg.teacher_guidance, cfg.seed),
+            checks.append({"step": step, **teacher_check(model, judge, cfg.teacher_guidance, cfg.seed),
                            "loss_recent": sum(losses[-100:]) / len(losses[-100:])})
             log.info("toy teacher step %d: %s", step, checks[-1])
             if checks[-1]["accuracy"] >= cfg.teacher_target_accuracy:
@@ -183,7 +215,9 @@ def save_teacher(parts: dict, out: Path) -> Path:
     pipe = StableDiffusionPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
                                    unet=parts["unet"], scheduler=sd_scheduler("epsilon"), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
+    device = pipe.device
     pipe.to("cpu").save_pretrained(str(out), safe_serialization=True)
+    pipe.to(device)
     return out
 
 
@@ -219,7 +253,7 @@ def build_world(cfg: WorldConfig, out: Path, device: torch.device, method_cfg) -
 
     from rglcd.lrm import pretrain_lrm
     from rglcd.models import write_clip_tokenizer
-    from rglcd.models.tiny import tiny_text_encoder, tiny_unet, tiny_vae
+    from rglcd.models.tiny import tiny_text_encoder, tiny_vae
 
     timings, t0 = {}, time.perf_counter()
     data, ref = make_dataset(cfg.train_images, cfg.seed), make_dataset(cfg.reference_images, cfg.seed + 1)
@@ -235,16 +269,16 @@ def build_world(cfg: WorldConfig, out: Path, device: torch.device, method_cfg) -
     t0 = time.perf_counter()
     x = torch.cat([data.images, decode_means(vae, moments, device)])            # real + reconstructions
     y = torch.cat([data.labels, data.labels])
-    reward_cls, reward_losses = train_classifier(x, y, cfg.classifier_steps, cfg.seed + 2, cfg.reward_width)
+    reward_cls, reward_losses = train_classifier(x, y, cfg.classifier_steps, cfg.seed + 2, cfg.reward_width,
+                                                 device=device)
     judge, judge_losses = train_classifier(x, y, cfg.classifier_steps, cfg.seed + 3, cfg.judge_width,
-                                           noise=cfg.judge_noise)
+                                           noise=cfg.judge_noise, device=device)
     timings["classifiers_s"] = time.perf_counter() - t0
-    reward_cls, judge = reward_cls.to(device), judge.to(device)
 
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed + 4)
     tokenizer = CLIPTokenizer.from_pretrained(str(write_clip_tokenizer(out / "tokenizer-src")))
-    parts = {"unet": tiny_unet().to(device), "text_encoder": tiny_text_encoder().to(device), "tokenizer": tokenizer,
+    parts = {"unet": toy_unet().to(device), "text_encoder": tiny_text_encoder().to(device), "tokenizer": tokenizer,
              "vae": vae}
     teacher_record = train_teacher(parts, moments, data.captions, judge, cfg, device)
     save_teacher(parts, out / "teacher")
@@ -295,6 +329,9 @@ def load_or_build_world(cfg: WorldConfig, cache_dir: str | Path, device: str | t
     root = Path(os.path.expanduser(str(cache_dir)))
     final = root / f"world-{cfg.key()}"
     if not (final / "world.json").is_file():
+        from dataclasses import replace
+
+        method_cfg = replace(method_cfg, model=replace(method_cfg.model, teacher=str(final / "teacher")))
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
         try:

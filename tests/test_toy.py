@@ -1,0 +1,177 @@
+"""The toy world (rglcd.toy): data, reward, LRM batches, claim verdicts, and the quick end-to-end run."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from rglcd.toy.classifier import ToyClassifier, ToyReward
+from rglcd.toy.config import ToyConfig, WorldConfig, method_config, quick_config
+from rglcd.toy.data import COLOURS, NUM_CLASSES, all_labels, caption, labels_of, make_dataset, parse_caption, prompt_set
+from rglcd.toy.report import evaluate_claims
+from rglcd.toy.world import lrm_batches
+
+
+def test_captions_round_trip_and_bad_captions_are_refused():
+    labels = all_labels()
+    assert len(labels) == 48 == math.prod(NUM_CLASSES)
+    assert caption((0, 0, 0)) == "a red circle on the left"
+    assert caption((3, 2, 3)) == "a yellow triangle at the bottom"
+    assert [parse_caption(caption(lab)) for lab in labels] == labels
+    for bad in ("a purple circle on the left", "a red circle in the middle", "red circle on the left", ""):
+        with pytest.raises(ValueError, match="not allowed; allowed: 'a <colour> <shape> <where>'"):
+            parse_caption(bad)
+    assert prompt_set(2)[:48] == prompt_set(2)[48:] == [caption(lab) for lab in labels]
+
+
+def _shape_mask(images: torch.Tensor) -> torch.Tensor:
+    """Saturated pixels: the shape (backgrounds are grey, r = g = b)."""
+    return (images.max(1).values - images.min(1).values) > 0.3                  # (N, 32, 32)
+
+
+def test_dataset_is_seeded_balanced_and_shows_what_the_caption_says():
+    a, b, c = make_dataset(96, seed=5), make_dataset(96, seed=5), make_dataset(96, seed=6)
+    assert torch.equal(a.images, b.images) and a.captions == b.captions
+    assert not torch.equal(a.images, c.images)
+    assert a.images.shape == (96, 3, 32, 32) and 0 <= a.images.min() and a.images.max() <= 1
+    combos, counts = torch.unique(a.labels, dim=0, return_counts=True)
+    assert len(combos) == 48 and counts.tolist() == [2] * 48
+    assert a.captions == [caption(tuple(r)) for r in a.labels.tolist()]
+    mask = _shape_mask(a.images)
+    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    for img, m, (col, _, pos) in zip(a.images, mask, a.labels.tolist()):
+        cx, cy = (xs * m).sum() / m.sum(), (ys * m).sum() / m.sum()
+        where = {0: cx < 14, 1: cx > 18, 2: cy < 14, 3: cy > 18}[pos]                # left, right, top, bottom
+        assert where, (col, pos, float(cx), float(cy))
+        rgb = img[:, m].mean(1)                                                  # (3,) mean shape colour
+        expected = torch.tensor(list(COLOURS.values())[col])
+        assert (rgb - expected).abs().max() < 0.15
+    with pytest.raises(ValueError, match="n >= 1"):
+        make_dataset(0, seed=0)
+
+
+def test_toy_reward_is_the_mean_attribute_probability_with_gradients_to_the_images_only():
+    torch.manual_seed(0)
+    reward = ToyReward(ToyClassifier(width=8, feature_dim=16))
+    images = torch.rand(3, 3, 32, 32, requires_grad=True)
+    prompts = ["a red circle on the left", "a blue square at the top", "a yellow triangle at the bottom"]
+    r = reward.score(images, prompts)
+    logits = reward.classifier(images.detach())
+    labels = labels_of(prompts)
+    by_hand = torch.stack([logits[i].softmax(1)[torch.arange(3), labels[:, i]] for i in range(3)], 1).mean(1)
+    torch.testing.assert_close(r.detach(), by_hand)
+    assert r.shape == (3,) and ((0 < r) & (r < 1)).all()
+    r.sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in reward.parameters())
+    torch.testing.assert_close(reward.logits(images.detach(), prompts), by_hand * 20.0)
+    assert reward.input_kind == "image"
+    with pytest.raises(ValueError, match="not allowed"):
+        reward.score(images.detach(), ["a cat", "a dog", "a bird"])
+    with pytest.raises(ValueError, match="one prompt per input"):
+        reward.score(images.detach(), prompts[:2])
+
+
+def test_lrm_pretraining_batches_have_distinct_captions_matching_their_latents():
+    data = make_dataset(96, seed=1)
+    moments = torch.arange(96.0)[:, None, None, None].expand(96, 8, 2, 2).clone()   # row i holds the value i
+    batches = list(lrm_batches(moments, data.labels, steps=3, batch_size=20, seed=0))
+    assert len(batches) == 3
+    for x, captions in batches:
+        assert x.shape == (20, 8, 2, 2) and len(set(captions)) == 20
+        rows = x[:, 0, 0, 0].long()
+        assert [data.captions[i] for i in rows.tolist()] == captions
+    with pytest.raises(ValueError, match="exceeds the 48 distinct toy captions"):
+        next(lrm_batches(moments, data.labels, steps=1, batch_size=49, seed=0))
+
+
+def _rows(lcd, direct, lrm, teacher=(0.9, 2.0)):
+    """Rows at 4 steps: lcd = (reward, acc, fd, hf); direct / lrm: {beta: (reward, acc, fd, hf)}."""
+    def row(model, guidance, beta, v):
+        return {"model": model, "guidance": guidance, "beta": beta, "steps": 4, "reward": v[0], "accuracy": v[1],
+                "fd": v[2], "hf_ratio": v[3], "speedup": 12.0}
+    rows = [{"model": "teacher", "guidance": "-", "beta": None, "steps": 50, "reward": 0.5,
+             "accuracy": teacher[0], "fd": teacher[1], "hf_ratio": 1.0}, row("lcd", "none", 0.0, lcd)]
+    rows += [row(f"rg-direct-b{b:g}", "direct", b, v) for b, v in direct.items()]
+    rows += [row(f"rg-lrm-b{b:g}", "lrm", b, v) for b, v in lrm.items()]
+    return rows
+
+
+def test_claim_verdicts_follow_the_numbers():
+    toy = ToyConfig()
+    rows = _rows(lcd=(0.5, 0.85, 3.0, 1.0), direct={1.0: (0.6, 0.8, 3.5, 1.2), 10.0: (0.8, 0.7, 6.0, 2.0)},
+                 lrm={10.0: (0.7, 0.8, 4.0, 1.1)})
+    claims = {c["claim"]: c for c in evaluate_claims(rows, toy)}
+    assert len(claims) == 5 and all(c["holds"] for c in claims.values())
+    matched = claims["The LRM variant raises high-frequency energy less at similar reward"]["evidence"]["rg-lrm-b10"]
+    assert matched["direct_hf_ratio_at_same_reward"] == pytest.approx(1.6)   # halfway between (0.6, 1.2), (0.8, 2.0)
+    assert matched["direct_fd_at_same_reward"] == pytest.approx(4.75)
+
+    rows = _rows(lcd=(0.5, 0.5, 5.0, 1.0), direct={10.0: (0.45, 0.5, 5.0, 1.05)}, lrm={10.0: (0.6, 0.5, 9.0, 1.5)})
+    verdicts = {c["claim"]: c["holds"] for c in evaluate_claims(rows, toy)}
+    assert verdicts == {
+        "Few-step LCM approaches the 50-step teacher": False,           # accuracy 0.5 < 0.9 * 0.9
+        "The reward rises with RG-LCD": False,                          # direct reward fell
+        "Direct reward optimisation with a large beta raises high-frequency energy (reward hacking)": False,
+        "The LRM variant raises high-frequency energy less at similar reward": False,   # 1.5 > 1.05 (clamped end)
+        "The LRM variant has a better FD than direct optimisation at similar reward": False,
+    }
+
+
+def test_world_key_and_method_config():
+    assert WorldConfig().key() == WorldConfig().key() != WorldConfig(teacher_lr=1e-3).key()
+    assert len(WorldConfig().key()) == 12
+    toy = ToyConfig()
+    lcd, direct, lrm = method_config(toy), method_config(toy, "direct", 5.0), method_config(toy, "lrm", 50.0)
+    assert (lcd.reward.name, lcd.reward.beta) == ("none", 0.0)
+    assert (direct.reward.name, direct.reward.guidance, direct.reward.beta) == ("toy", "direct", 5.0)
+    assert (lrm.reward.name, lrm.reward.guidance, lrm.lrm.batch_size) == ("toy", "lrm", toy.lrm_batch_size)
+    assert (lcd.distill.w_min, lcd.distill.w_max, lcd.train.lr) == (toy.w_min, toy.w_max, toy.lr)
+    assert lcd.model.resolution == 32 and lcd.distill.num_ddim_timesteps == 50
+
+
+@pytest.mark.slow
+def test_quick_run_end_to_end_and_the_world_cache_is_reused(tmp_path, monkeypatch):
+    from rglcd.cli import main
+    from rglcd.toy import world as world_mod
+
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    assert main(["toy", "run", "--quick", "--out", str(out), "--cache-dir", str(cache)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    toy = quick_config()
+    names = ["lcd"] + [f"rg-direct-b{b:g}" for b in toy.direct_betas] + [f"rg-lrm-b{b:g}" for b in toy.lrm_betas]
+    got = [(r["model"], r["steps"]) for r in results["rows"]]
+    assert got == [("data", None), ("teacher", 50)] + [(n, s) for n in names for s in toy.eval_steps]
+    for r in results["rows"]:
+        for key in ("reward", "accuracy", "fd", "hf_ratio", "hf_share"):
+            assert math.isfinite(r[key]), (r["model"], key)
+        assert 0 <= r["reward"] <= 1 and 0 <= r["accuracy"] <= 1
+    assert results["rows"][1]["hf_ratio"] == pytest.approx(1.0)          # the teacher against itself
+    assert all(r["latency_ms"] > 0 for r in results["rows"][1:])
+    assert [c["claim"] for c in results["claims"]][0] == "Few-step LCM approaches the 50-step teacher"
+    assert all(isinstance(c["holds"], bool) for c in results["claims"])
+    lrm_run = next(t for t in results["training"] if t["guidance"] == "lrm")
+    assert {"lrm_loss", "lrm_acc", "train_reward"} <= set(lrm_run["last_20pct"])
+    text = (out / "RESULTS.md").read_text()
+    assert "| model | reward guidance |" in text and "## Claims" in text
+    assert (out / "samples.png").stat().st_size > 0
+    worlds = list(cache.glob("world-*"))
+    assert [w.name for w in worlds] == [f"world-{toy.world.key()}"]
+    assert (worlds[0] / "teacher" / "model_index.json").is_file() and (worlds[0] / "lrm" / "lrm_config.json").is_file()
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the cached world was rebuilt")
+    monkeypatch.setattr(world_mod, "build_world", no_rebuild)
+    again = world_mod.load_or_build_world(toy.world, cache, "cpu", method_config(toy))
+    assert again.path == worlds[0] and again.info == results["world"]
+    assert again.teacher.unet.config.time_cond_proj_dim is None and again.moments.shape[1:] == (8, 16, 16)
+
+
+def test_teacher_loss_weight_is_the_v_loss_weight_capped():
+    from rglcd.toy.world import loss_weight
+
+    abar = torch.tensor([0.5, 0.9, 0.0047])
+    # snr = abar / (1 - abar) = 1, 9, 0.00472: (1 + snr) / snr = 2, 10/9, 212.8 -> capped at 50
+    torch.testing.assert_close(loss_weight(abar, 50.0), torch.tensor([2.0, 10 / 9, 50.0]))
