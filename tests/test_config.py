@@ -71,6 +71,16 @@ def test_bad_values_are_refused_with_key_value_and_allowed(override, words):
         assert word in str(err.value), (word, str(err.value))
 
 
+def test_yaml_bare_no_reaches_a_literal_field_as_the_word(tmp_path):
+    """YAML 1.1 reads `no` as False; `--set train.mixed_precision=no` and a file's `mixed_precision: no` still mean "no"."""
+    assert load_config("tiny", overrides=["train.mixed_precision=no"]).train.mixed_precision == "no"
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  mixed_precision: no\n")
+    assert load_config(path=path).train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="mixed_precision: True is not allowed"):
+        load_config("tiny", overrides=["train.mixed_precision=yes"])
+
+
 def test_unknown_preset_and_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="sd99.*allowed: .*tiny"):
         load_config("sd99")

@@ -121,7 +121,7 @@ def test_claim_verdicts_follow_the_numbers():
 
 
 def test_world_key_and_method_config():
-    assert WorldConfig().key() == WorldConfig().key() != WorldConfig(teacher_lr=1e-3).key()
+    assert WorldConfig().key() == WorldConfig().key() != WorldConfig(teacher_lr=2e-3).key()
     assert len(WorldConfig().key()) == 12
     toy = ToyConfig()
     lcd, direct, lrm = method_config(toy), method_config(toy, "direct", 5.0), method_config(toy, "lrm", 50.0)
@@ -175,3 +175,39 @@ def test_teacher_loss_weight_is_the_v_loss_weight_capped():
     abar = torch.tensor([0.5, 0.9, 0.0047])
     # snr = abar / (1 - abar) = 1, 9, 0.00472: (1 + snr) / snr = 2, 10/9, 212.8 -> capped at 50
     torch.testing.assert_close(loss_weight(abar, 50.0), torch.tensor([2.0, 10 / 9, 50.0]))
+
+
+def test_teacher_loss_eps_and_v_branches_against_hand_values():
+    from rglcd.toy.world import teacher_loss
+
+    abar = torch.tensor([0.36, 0.64])                    # a = 0.6, s = 0.8 at t = 0; a = 0.8, s = 0.6 at t = 1
+    t = torch.tensor([0, 1])
+    z0, eps = torch.ones(2, 1, 1, 1), torch.full((2, 1, 1, 1), 2.0)
+    out = torch.zeros(2, 1, 1, 1)
+    # eps: per-example (0 - 2)^2 = 4, weights (1 + snr) / snr = 1 / abar = 2.778, 1.5625 (under the cap 50)
+    eps_cfg = WorldConfig()
+    torch.testing.assert_close(teacher_loss(out, z0, eps, abar, t, eps_cfg), torch.tensor(4 * (1 / 0.36 + 1 / 0.64) / 2))
+    # v = a eps - s z0 = 0.6*2 - 0.8 = 0.4 and 0.8*2 - 0.6 = 1.0: MSE to 0 = (0.16 + 1) / 2
+    v_cfg = WorldConfig(teacher_prediction_type="v_prediction")
+    torch.testing.assert_close(teacher_loss(out, z0, eps, abar, t, v_cfg), torch.tensor(0.58))
+    assert v_cfg.key() != eps_cfg.key()
+    with pytest.raises(ValueError, match="teacher_prediction_type: 'sample' is not allowed; allowed: epsilon, v_prediction"):
+        WorldConfig(teacher_prediction_type="sample")
+
+
+def test_published_results_are_what_the_default_config_and_report_code_make():
+    """benchmarks/toy/ was written by `rglcd toy run` with today's defaults; its verdicts follow its numbers."""
+    from pathlib import Path
+
+    from rglcd.toy.report import markdown
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks" / "toy"
+    results = json.loads((folder / "results.json").read_text())
+    cfg = dict(results["config"])
+    world = WorldConfig(**cfg.pop("world"))
+    toy = ToyConfig(world=world, **{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    assert toy == ToyConfig(), "the published table was made with other defaults: rerun `rglcd toy run`"
+    assert results["world"]["key"] == world.key()
+    assert [c["holds"] for c in evaluate_claims(results["rows"], toy)] == [c["holds"] for c in results["claims"]]
+    assert (folder / "RESULTS.md").read_text() == markdown(results)
+    assert (folder / "samples.png").stat().st_size > 10_000

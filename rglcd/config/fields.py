@@ -34,6 +34,16 @@ def _type_name(tp: Any) -> str:
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
+_YAML_BOOL_WORDS = {False: ("no", "off", "false"), True: ("yes", "on", "true")}
+
+
+def _yaml_word(value: Any, allowed: tuple) -> Any:
+    """YAML 1.1 reads a bare `no`/`off`/`yes`/`on` as a bool: give back the word a Literal field allows."""
+    if isinstance(value, bool):
+        return next((w for w in _YAML_BOOL_WORDS[value] if w in allowed), value)
+    return value
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Check `value` against type `tp`; ints are accepted for floats. Returns the typed value."""
     origin = get_origin(tp)
@@ -42,6 +52,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{key}: expected a mapping (section), got {value!r}")
         return from_dict(tp, value, prefix=key)
     if origin is Literal:
+        value = _yaml_word(value, get_args(tp))
         if value not in get_args(tp):
             raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {_type_name(tp)}")
         return value

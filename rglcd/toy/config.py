@@ -10,6 +10,9 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+PredictionType = Literal["epsilon", "v_prediction"]
 
 WORLD_FORMAT = 1   # bump when world-building code changes what a cached world holds
 
@@ -21,31 +24,40 @@ class WorldConfig:
     train_images: int = 4096
     reference_images: int = 1024
     # Tiny AutoencoderKL (the tiny factory's shape): MSE + kl_weight * per-dimension KL.
-    vae_steps: int = 1000
-    vae_batch_size: int = 32
+    vae_steps: int = 400
+    vae_batch_size: int = 16
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-4
-    # Teacher: UNet + CLIP text encoder trained together with DDPM eps-prediction; 10% empty captions for CFG.
-    # Training stops once the EMA teacher's 50-step DDIM+CFG samples reach `teacher_target_accuracy`
-    # (judge classifier, all three attributes right), checked every `teacher_check_every` steps.
-    teacher_max_steps: int = 6000
-    teacher_check_every: int = 1000
+    # Teacher: `world.toy_unet` + the tiny CLIP text encoder, trained together with DDPM eps-prediction
+    # (loss weighted as `world.loss_weight`), 10% empty captions for CFG. Training stops once the EMA
+    # teacher's 50-step DDIM+CFG samples reach `teacher_target_accuracy` (held-out judge: colour, shape and
+    # position all right, one sample per caption), checked every `teacher_check_every` steps.
+    teacher_max_steps: int = 3000
+    teacher_check_every: int = 500
     teacher_target_accuracy: float = 0.9
-    teacher_batch_size: int = 64
-    teacher_lr: float = 5e-4
+    teacher_batch_size: int = 32
+    teacher_lr: float = 1e-3
     teacher_ema_decay: float = 0.999
+    teacher_prediction_type: PredictionType = "epsilon"
+    text_embedding_std: float = 1.0     # init std of the text encoder's token embeddings (`world.toy_text_encoder`)
     teacher_max_weight: float = 50.0    # cap of the (1 + snr) / snr weight of the eps MSE (`world.loss_weight`)
     caption_dropout: float = 0.1
     teacher_guidance: float = 4.0       # CFG scale of the teacher's 50-step DDIM (its check and baseline row)
-    # Classifiers: `reward` is the expert RM, `judge` (held out, noise-augmented) grades the samples.
-    classifier_steps: int = 600
-    reward_width: int = 32
-    judge_width: int = 48
+    # Classifiers: `reward` is the expert RM, `judge` (held out, wider, noise-augmented) grades the samples.
+    classifier_steps: int = 300
+    reward_width: int = 16
+    judge_width: int = 32
     judge_noise: float = 0.2
     # Latent reward model: contrastive pretraining on (VAE latent, caption); sizes from the `tiny` preset.
-    lrm_pretrain_steps: int = 400
+    lrm_pretrain_steps: int = 300
     lrm_pretrain_lr: float = 1e-3
     lrm_pretrain_batch_size: int = 48
+
+    def __post_init__(self) -> None:
+        allowed = get_args(PredictionType)
+        if self.teacher_prediction_type not in allowed:
+            raise ValueError(f"teacher_prediction_type: {self.teacher_prediction_type!r} is not allowed; "
+                             f"allowed: {', '.join(allowed)}")
 
     def key(self) -> str:
         """Cache key: hash of every field and the world format."""
@@ -58,7 +70,7 @@ class ToyConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
     seed: int = 0
     # Student training, identical for every row except the reward term (same batches, same draws).
-    student_steps: int = 600
+    student_steps: int = 500
     batch_size: int = 16
     lr: float = 1e-4
     ema_decay: float = 0.95

@@ -126,9 +126,11 @@ def _world_md(world: dict) -> str:
         "grey backgrounds of random level and gradient, generated in code.",
         f"- VAE: the tiny factory's AutoencoderKL (2x down, 4x16x16 latents) trained {w['vae_steps']} steps; "
         f"held-out PSNR {world['vae']['reference_psnr_db']:.1f} dB, scaling factor {world['vae']['scaling_factor']:.4f}.",
-        f"- Teacher: tiny UNet2DConditionModel + tiny CLIP text encoder (real 49,408-token tokenizer), DDPM "
-        f"eps-prediction, {t['steps']} steps (batch {w['teacher_batch_size']}); 50-step DDIM+CFG {w['teacher_guidance']} "
-        f"judge accuracy by check: {', '.join(str(round(k['accuracy'], 3)) + ' @' + str(k['step']) for k in t['checks'])}.",
+        f"- Teacher: UNet2DConditionModel (the tiny factory's blocks plus a third level, `rglcd.toy.world.toy_unet`) + "
+        f"tiny CLIP text encoder (real 49,408-token tokenizer), DDPM {w['teacher_prediction_type']}-prediction, "
+        f"{t['steps']} steps (batch {w['teacher_batch_size']}); judge accuracy of its 50-step DDIM+CFG "
+        f"{w['teacher_guidance']} samples (one per caption) at each check: "
+        f"{', '.join(str(round(k['accuracy'], 3)) + ' @' + str(k['step']) for k in t['checks'])}.",
         f"- Expert reward: CNN classifier, R = mean over colour/shape/position of p(caption attribute | image); "
         f"judge (held out, noise-augmented CNN) accuracy on held-out real images "
         f"{c['reference_accuracy']['judge']:.3f} (reward classifier {c['reference_accuracy']['reward']:.3f}).",
