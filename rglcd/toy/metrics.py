@@ -30,21 +30,11 @@ def sample_images(sampler, prompts: list[str], seed: int, batch_size: int = 96) 
     return torch.cat(out)
 
 
-def teacher_sampler(model, steps: int, guidance: float):
-    from rglcd.sample import ddim_sample
-
-    return lambda prompts, gens: ddim_sample(model, prompts, steps, guidance, gens).images
-
-
-def student_sampler(model, steps: int, guidance: float):
-    from rglcd.sample import lcm_sample
-
-    return lambda prompts, gens: lcm_sample(model, prompts, steps, guidance, gens).images
-
-
 def gaussian_stats(feats: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    x = feats.double().cpu().numpy()
-    return x.mean(0), np.cov(x, rowvar=False)
+    """(mu, sigma) of (N, D) features, as `rglcd.evaluate.fid.gaussian` computes them for FID."""
+    from rglcd.evaluate.fid import gaussian
+
+    return gaussian(feats.double().cpu().numpy())
 
 
 def frechet_to(feats: torch.Tensor, reference: tuple[np.ndarray, np.ndarray]) -> float:

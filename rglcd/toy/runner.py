@@ -23,7 +23,8 @@ import torch
 from rglcd.toy.classifier import ToyReward, features
 from rglcd.toy.config import ToyConfig, method_config
 from rglcd.toy.data import prompt_set
-from rglcd.toy.metrics import data_images, gaussian_stats, measure, sample_images, student_sampler, teacher_sampler
+from rglcd.toy.metrics import data_images, gaussian_stats, measure, sample_images
+from rglcd.train.guidance import Guidance
 
 log = logging.getLogger(__name__)
 Log = Callable[[str], None]
@@ -45,25 +46,17 @@ def experiments(toy: ToyConfig) -> list[Experiment]:
 
 # ---------------------------------------------------------------- student training
 
-@dataclass
-class RewardSide:
-    student_reward: torch.nn.Module | None = None   # what lcd_step scores the prediction with
-    lrm: Any = None                                 # the LRM being fine-tuned online
-    lrm_optimizer: Any = None
-    expert: torch.nn.Module | None = None
-
-
-def reward_side(world, exp: Experiment, mcfg, device: torch.device) -> RewardSide:
+def reward_side(world, exp: Experiment, mcfg, device: torch.device) -> Guidance:
     """Nothing (LCD), the expert (direct), or the pretrained LRM + its optimizer + the expert (lrm)."""
     from rglcd.lrm import load_lrm, make_lrm_optimizer
 
     if exp.guidance == "none":
-        return RewardSide()
+        return Guidance()
     expert = ToyReward(world.reward_classifier).to(device)
     if exp.guidance == "direct":
-        return RewardSide(student_reward=expert)
+        return Guidance(student_reward=expert)
     lrm = load_lrm(world.lrm_dir, device=device)
-    return RewardSide(student_reward=lrm, lrm=lrm, lrm_optimizer=make_lrm_optimizer(lrm, mcfg), expert=expert)
+    return Guidance(student_reward=lrm, lrm=lrm, lrm_optimizer=make_lrm_optimizer(lrm, mcfg), expert=expert)
 
 
 def train_student(world, toy: ToyConfig, exp: Experiment, device: torch.device, say: Log) -> tuple[torch.nn.Module, dict]:
@@ -89,7 +82,7 @@ def train_student(world, toy: ToyConfig, exp: Experiment, device: torch.device, 
         out.loss.backward()
         record = {"lcd_loss": out.lcd_loss.item(), "grad_norm": optimizer_update(student, target, optimizer, mcfg),
                   "train_reward": None if out.reward is None else out.reward.item()}
-        if side.lrm is not None:                                  # METHOD.md 4: after the student's update
+        if side.finetunes:                                        # METHOD.md 4: after the student's update
             record.update(lrm_finetune_step(side.lrm, side.lrm_optimizer, side.expert, teacher.vae,
                                             out.pred.detach() / sf, out.target / sf, out.z0 / sf,
                                             batch["captions"], mcfg, generator=lrm_gen))
@@ -119,6 +112,7 @@ def _config_dict(cfg) -> dict:
 def run_toy(toy: ToyConfig, out_dir: str | Path, cache_dir: str | Path, device: str = "cpu",
             say: Log = print) -> dict[str, Any]:
     """Build or load the world, run every experiment, write results.json, RESULTS.md and samples.png."""
+    from rglcd.evaluate.core import samplers
     from rglcd.evaluate.latency import latency_report
     from rglcd.sample import from_teacher
     from rglcd.toy.report import evaluate_claims, write_results
@@ -126,14 +120,14 @@ def run_toy(toy: ToyConfig, out_dir: str | Path, cache_dir: str | Path, device: 
 
     started, device = time.perf_counter(), torch.device(device)
     say(f"toy world {toy.world.key()} (cache {cache_dir}) ...")
-    world = load_or_build_world(toy.world, cache_dir, device, method_config(toy))
+    mcfg = method_config(toy)                                     # its eval section: steps, guidance scales
+    world = load_or_build_world(toy.world, cache_dir, device, mcfg)
     say(f"  world ready in {time.perf_counter() - started:.0f} s: teacher {world.info['teacher']['checks'][-1]}")
     expert = ToyReward(world.reward_classifier).to(device)
     prompts = prompt_set(toy.eval_repeats)
     reference = gaussian_stats(features(world.judge, world.reference.images.to(device)))
     teacher_model = from_teacher(world.teacher)
-    teacher_images = sample_images(teacher_sampler(teacher_model, toy.teacher_steps, toy.world.teacher_guidance),
-                                   prompts, toy.seed)
+    teacher_images = sample_images(samplers(mcfg, None, teacher_model)["teacher"], prompts, toy.seed)
     cols = (expert, world.judge, reference, teacher_images, toy.hf_cutoff)
     real_images = data_images(world, prompts)
     rows = [{"model": "data", "guidance": "-", "beta": None, "steps": None, **measure(real_images, prompts, *cols)},
@@ -150,7 +144,7 @@ def run_toy(toy: ToyConfig, out_dir: str | Path, cache_dir: str | Path, device: 
         if rows[1].get("latency_ms") is None:
             rows[1].update(latency_ms=1e3 * lat["teacher"]["seconds_per_image"], speedup=1.0)
         for steps in toy.eval_steps:
-            images = sample_images(student_sampler(model, steps, toy.eval_guidance), prompts, toy.seed)
+            images = sample_images(samplers(mcfg, model, teacher_model)[f"student-{steps}"], prompts, toy.seed)
             rows.append({"model": exp.name, "guidance": exp.guidance, "beta": exp.beta, "steps": steps,
                          **measure(images, prompts, *cols),
                          "latency_ms": 1e3 * lat["student"][str(steps)]["seconds_per_image"],

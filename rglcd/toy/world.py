@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from rglcd import solver
 from rglcd.toy.classifier import ToyClassifier, predict, train_classifier
-from rglcd.toy.config import WorldConfig
+from rglcd.toy.config import WORLD_FORMAT, WorldConfig
 from rglcd.toy.data import ToyData, all_labels, caption, labels_of, make_dataset, prompt_set
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ def train_teacher(parts: dict, moments: torch.Tensor, captions: list[str], judge
     from rglcd.models.tiny import sd_scheduler
 
     unet, text_encoder, tokenizer, vae = parts["unet"], parts["text_encoder"], parts["tokenizer"], parts["vae"]
-    sf, abar = vae.config.scaling_factor, _alphas_cumprod(sd_scheduler(cfg.teacher_prediction_type)).to(device)
+    sf, abar = vae.config.scaling_factor, sd_scheduler(cfg.teacher_prediction_type).alphas_cumprod.to(device)
     table = sorted(set(captions)) + [""]                                        # K captions + the empty one
     ids = tokenizer(table, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids.to(device)                   # (K + 1, 77)
@@ -227,12 +227,6 @@ def train_teacher(parts: dict, moments: torch.Tensor, captions: list[str], judge
     parts["unet"], parts["text_encoder"] = ema_unet, ema_text
     return {"steps": step, "checks": checks, "first_loss": losses[0], "last_loss_mean100": checks[-1]["loss_recent"],
             "reached_target": checks[-1]["accuracy"] >= cfg.teacher_target_accuracy}
-
-
-def _alphas_cumprod(scheduler) -> torch.Tensor:
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler.from_config(scheduler.config).alphas_cumprod
 
 
 def save_teacher(parts: dict, out: Path, prediction_type: str) -> Path:
@@ -324,7 +318,7 @@ def build_world(cfg: WorldConfig, out: Path, device: torch.device, method_cfg) -
     ref_acc = {name: judge_accuracy(m, ref.images, ref.captions) for name, m in (("reward", reward_cls), ("judge", judge))}
     recon_acc = judge_accuracy(judge, recon_ref, ref.captions)
     return {
-        "format": 1, "config": asdict(cfg), "key": cfg.key(), "device": str(device), "timings_s": timings,
+        "format": WORLD_FORMAT, "config": asdict(cfg), "key": cfg.key(), "device": str(device), "timings_s": timings,
         "vae": {"steps": cfg.vae_steps, "last_loss": vae_losses[-1], "scaling_factor": vae.config.scaling_factor,
                 "reference_psnr_db": psnr(recon_ref, ref.images)},
         "classifiers": {"reward_last_loss": reward_losses[-1], "judge_last_loss": judge_losses[-1],
