@@ -68,6 +68,16 @@ def test_vbench_prompts_and_prompt_files(tmp_path):
         load_prompts("builtin:parti")
     with pytest.raises(FileNotFoundError, match="nope.txt"):
         load_prompts(str(tmp_path / "nope.txt"))
+    # every error names the setting the spec came from, once; broken JSON is a ValueError, not a traceback
+    (tmp_path / "broken.json").write_text("[\"x\",")
+    with pytest.raises(ValueError, match=r"^eval.prompts: .*broken.json: not valid JSON"):
+        load_prompts(tmp_path / "broken.json", field="eval.prompts")
+    (tmp_path / "dict.json").write_text(json.dumps([{"text": "x"}]))
+    with pytest.raises(ValueError, match=r"^--prompts-file: .*expected a JSON list of strings"):
+        load_prompts(tmp_path / "dict.json", field="--prompts-file")
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(ValueError, match=r"^data.prompts: .*holds no prompts$"):
+        load_prompts(tmp_path / "empty.txt")
 
 
 # ---------------------------------------------------------------- the resolution transform

@@ -223,6 +223,9 @@ def test_cli_register_list_promote(local_cfg, model_dir, tmp_path, capsys):
     (tmp_path / "bad.json").write_text(json.dumps({"fid": 30.0, "device": "cpu"}))
     assert main([*argv[:3], "--metrics", str(tmp_path / "bad.json"), *sets]) == 1
     assert "'device' = 'cpu' is not a number" in capsys.readouterr().err
+    (tmp_path / "broken.yaml").write_text("fid: [30.0\n")
+    assert main([*argv[:3], "--metrics", str(tmp_path / "broken.yaml"), *sets]) == 1
+    assert "broken.yaml' is not valid JSON or YAML" in capsys.readouterr().err
 
 
 def test_versions_registered_by_others_are_listed(local_cfg, model_dir):

@@ -116,6 +116,11 @@ def test_sigterm_checkpoints_then_stops_and_the_run_resumes(tiny_cfg, tmp_path):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL                      # handler restored
     second = train(cfg, DATA)
     assert not second.interrupted and second.steps == 4 and second.resumed_from.name == "step-00000001"
+    # a fresh run in the same output_dir would prune its own checkpoints behind these: refused, nothing touched
+    kept = list_checkpoints(second.output_dir)
+    with pytest.raises(ValueError, match=r"past step 0 \(newest step-00000004\); use a new output_dir, or resume=auto"):
+        train(cfg, DATA, resume="none")
+    assert list_checkpoints(second.output_dir) == kept
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"rglcd: config error: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, RuntimeError, ValueError) as err:
+    except (FileNotFoundError, FileExistsError, RuntimeError, ValueError) as err:
         if os.environ.get("RGLCD_DEBUG"):
             raise
         print(f"rglcd {args.command}: error: {err}", file=sys.stderr)

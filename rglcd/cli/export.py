@@ -25,8 +25,5 @@ def _export(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
     ref = args.teacher or cfg.model.teacher
     teacher = load_teacher(ref, cfg.model.cache_dir, cfg.model.revision)
-    try:
-        out = export_student(args.student, teacher, args.out, cfg=cfg, teacher_ref=ref, overwrite=args.overwrite)
-    except FileExistsError as err:
-        raise ValueError(str(err)) from None
+    out = export_student(args.student, teacher, args.out, cfg=cfg, teacher_ref=ref, overwrite=args.overwrite)
     print(f"student exported to {out} (LatentConsistencyModelPipeline, safetensors; provenance in rglcd.json)")

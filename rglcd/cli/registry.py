@@ -49,7 +49,10 @@ def read_metrics(path: str) -> dict[str, float]:
     file = Path(path)
     if not file.is_file():
         raise ValueError(f"metrics file {path!r} does not exist")
-    data = yaml.safe_load(file.read_text())
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"metrics file {path!r} is not valid JSON or YAML: {err}") from None
     if not isinstance(data, dict):
         raise ValueError(f"metrics file {path!r} must hold a mapping of name -> number")
     flat = flatten(data)

@@ -62,5 +62,5 @@ def to_training_tensor(image: Image.Image, resolution: int,
     image = TF.resize(image.convert("RGB"), resolution, interpolation=InterpolationMode.BILINEAR)
     top, left = crop_box(image.size, resolution, generator)
     image = TF.crop(image, top, left, resolution, resolution)
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, H, W)
+    pixels = TF.pil_to_tensor(image)                                             # (3, H, W) uint8
     return pixels.float() / 127.5 - 1.0

@@ -144,5 +144,4 @@ def _ignore_sigterm(worker_id: int) -> None:
 def make_loader(source: Source, spec: StreamSpec, num_workers: int = 0) -> DataLoader:
     """An endless DataLoader over this process's micro-batches (batches are built in the stream)."""
     return DataLoader(TrainStream(source, spec), batch_size=None, num_workers=num_workers,
-                      prefetch_factor=2 if num_workers else None, persistent_workers=False,
-                      worker_init_fn=_ignore_sigterm if num_workers else None)
+                      worker_init_fn=_ignore_sigterm)

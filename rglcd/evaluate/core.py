@@ -61,10 +61,7 @@ def device_and_dtype(eval_cfg) -> tuple[torch.device, torch.dtype]:
 def _prompts(spec: str, what: str, count: int | None = None) -> list[str]:
     from rglcd.data.prompts import load_prompts
 
-    try:
-        prompts = load_prompts(spec)
-    except (FileNotFoundError, ValueError) as err:
-        raise type(err)(f"{what}: {err}") from None
+    prompts = load_prompts(spec, field=what)
     return prompts[:count] if count else prompts
 
 
@@ -214,13 +211,7 @@ def _run_info(cfg, model_dir: Path, teacher_ref: str, device, dtype) -> dict:
         manifest = read_manifest(model_dir)
     except FileNotFoundError:
         pass
-    versions = library_versions()
-    for extra in ("clean-fid", "open_clip_torch"):
-        try:
-            from importlib.metadata import version
-            versions[extra] = version(extra)
-        except Exception:
-            pass
+    versions = library_versions(extra=("clean-fid",))
     return {"model_dir": str(model_dir), "teacher": teacher_ref, "student_trained_from": manifest.get("teacher"),
             "device": str(device), "dtype": str(dtype).replace("torch.", ""),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

@@ -123,10 +123,6 @@ def _redact_tree(value: Any) -> Any:
     return redact(value) if isinstance(value, str) else value
 
 
-def _as_pointer(pointer: Pointer | str | Path) -> Pointer:
-    return pointer if isinstance(pointer, Pointer) else read_pointer(pointer)
-
-
 def _find_version(client: Any, name: str, key: str):
     found = client.search_model_versions(f"name='{name}' and tags.`rglcd.run_key`='{key}'")
     return min(found, key=lambda v: int(v.version)) if found else None
@@ -196,7 +192,7 @@ def register(cfg: Any, model_pointer: Pointer | str | Path, metrics: dict[str, A
     `cfg.registry.alias`. Re-running with the same run key returns the existing version (`created=False`).
     `run_id`: the KFP run id (default: $KFP_RUN_ID).
     """
-    pointer = _as_pointer(model_pointer)
+    pointer = read_pointer(model_pointer)
     rec = _record(pointer, metrics, config_dict, data_version, run_id)
     client, name = _client(cfg), cfg.registry.model_name
     with _errors(cfg, f"registering {name}"):

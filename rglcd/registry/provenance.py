@@ -36,10 +36,11 @@ def code_revision() -> str:
     return f"{sha}-dirty" if dirty else sha
 
 
-def library_versions() -> dict[str, str]:
-    """Installed versions of the libraries that shape a model (absent ones are left out), plus python."""
+def library_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """Installed versions of the libraries that shape a model and of `extra` ones (absent ones are left out),
+    plus python."""
     versions = {"python": platform.python_version()}
-    for name in LIBRARIES:
+    for name in (*LIBRARIES, *extra):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

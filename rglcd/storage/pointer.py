@@ -88,8 +88,11 @@ class Pointer:
                    remote=meta["remote"], endpoint_url=meta.get("endpoint_url"), region=meta.get("region"))
 
 
-def read_pointer(path: str | Path) -> Pointer:
-    """Read a pointer written by `write_pointer` (JSON) or any `.dvc` file with the rglcd meta (YAML)."""
+def read_pointer(path: str | Path | Pointer) -> Pointer:
+    """Read a pointer written by `write_pointer` (JSON) or any `.dvc` file with the rglcd meta (YAML);
+    a `Pointer` is returned as it is."""
+    if isinstance(path, Pointer):
+        return path
     path = Path(path)
     if not path.is_file():
         raise PointerError(f"pointer file {str(path)!r} does not exist")

@@ -119,7 +119,7 @@ def verify(pointer: Pointer | str | Path, remote: RemoteSpec | None = None) -> i
     from dvc_data.hashfile.hash_info import HashInfo
     from dvc_data.hashfile.tree import Tree
 
-    pointer = pointer if isinstance(pointer, Pointer) else read_pointer(pointer)
+    pointer = read_pointer(pointer)
     spec = remote or remote_from_pointer(pointer)
     with remote_errors(spec, f"verify of {pointer.md5}"):
         odb = open_remote(spec)
@@ -150,7 +150,7 @@ def pull(pointer: Pointer | str | Path, dest: str | Path, cache_dir: str | Path 
     `remote`: reach the pointer's remote by another URL/endpoint.
     """
     start = time.perf_counter()
-    pointer = pointer if isinstance(pointer, Pointer) else read_pointer(pointer)
+    pointer = read_pointer(pointer)
     dest = Path(dest).resolve()
     _check_dest(dest)
     spec = remote or remote_from_pointer(pointer)

@@ -14,6 +14,8 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from rglcd.fsutil import replace_dir
+
 PATTERN = re.compile(r"^step-(\d{8})$")
 INFO = "checkpoint.json"
 
@@ -62,6 +64,16 @@ def find_resume(output_dir: str | Path, resume: str | None) -> Path | None:
     return path
 
 
+def refuse_newer_checkpoints(output_dir: str | Path, resumed: Path | None) -> None:
+    """A run must not start behind checkpoints already in its output_dir: pruning keeps the highest steps,
+    so its own checkpoints would be deleted and a later resume="auto" would continue the other run."""
+    start = json.loads((resumed / INFO).read_text())["step"] if resumed is not None else 0
+    newer = [path for step, path in list_checkpoints(output_dir) if step > start]
+    if newer:
+        raise ValueError(f"train.output_dir {str(output_dir)!r} already holds checkpoints past step {start} "
+                         f"(newest {newer[-1].name}); use a new output_dir, or resume=auto to continue that run")
+
+
 def save_checkpoint(accelerator, output_dir: str | Path, state: TrainState, keep: int) -> Path:
     """Collective: every process calls it. Returns the final checkpoint path."""
     root = checkpoint_root(output_dir)
@@ -75,9 +87,7 @@ def save_checkpoint(accelerator, output_dir: str | Path, state: TrainState, keep
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / INFO).write_text(json.dumps({**state.state_dict(), "num_processes": accelerator.num_processes}) + "\n")
-        if final.exists():  # a re-save of the same step (e.g. SIGTERM right after a scheduled checkpoint)
-            shutil.rmtree(final)
-        tmp.rename(final)
+        replace_dir(tmp, final)  # a re-save of the same step (e.g. SIGTERM right after a scheduled checkpoint)
         for _, old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()

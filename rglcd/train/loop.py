@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import torch
 
-from rglcd.train.checkpoint import TrainState, check_compatible, find_resume, list_checkpoints
+from rglcd.train.checkpoint import TrainState, check_compatible, find_resume, list_checkpoints, refuse_newer_checkpoints
 from rglcd.train.guidance import Guidance, build_guidance, finetune_lrm
 
 Hook = Callable[..., None]
@@ -222,6 +222,7 @@ def train(cfg, data_dir: str | None = None, lrm_checkpoint: str | None = None, r
     run = build_run(cfg, lrm_checkpoint, hooks)
     acc = run.accelerator
     resumed = find_resume(run.out, resume)
+    refuse_newer_checkpoints(run.out, resumed)
     if resumed is not None:
         check_compatible(resumed, acc.num_processes)
         acc.load_state(str(resumed))

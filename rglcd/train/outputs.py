@@ -23,6 +23,7 @@ class Outputs:
         self.metrics_path = run.out / "metrics.jsonl"
         self.metrics = None
         self.prompts: list[str] = []
+        self.reported: tuple[int, Path | None] | None = None   # (step, report path) of the last report written
         if self.main:
             write_run_info(run.cfg, run.out, data_info, run.accelerator.num_processes, str(run.accelerator.device))
             self.metrics = MetricsLog(self.metrics_path, run.state.step, run.out / "tensorboard")
@@ -72,9 +73,12 @@ class Outputs:
         return path
 
     def write_report(self) -> Path | None:
+        """The HTML report at the current step (drawn once per step: the final checkpoint's is reused)."""
+        run = self.run
+        if self.reported is not None and self.reported[0] == run.state.step:
+            return self.reported[1]
         if not self.main:
             return None
-        run = self.run
         records = read_metrics(self.metrics_path)
         curves = plot_curves(records, run.out / "loss_curves.png")
         grids = sorted((run.out / "validation").glob("step-*.png"))
@@ -82,7 +86,8 @@ class Outputs:
                    "processes": run.accelerator.num_processes, "bad_steps": run.state.bad_total,
                    "data": self.data_info, "resumed_from": str(self.resumed) if self.resumed else None,
                    "reward": f"{run.cfg.reward.name} ({run.cfg.reward.guidance})", "preset": run.cfg.preset}
-        return write_report(run.out, records, summary, grids, curves)
+        self.reported = (run.state.step, write_report(run.out, records, summary, grids, curves))
+        return self.reported[1]
 
 
 def start_outputs(run, data_info: dict[str, Any], resumed: Path | None) -> Outputs:

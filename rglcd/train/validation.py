@@ -5,7 +5,6 @@ own generator and never touches the global RNG (resume stays bit-exact).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -25,15 +24,13 @@ def pick_prompts(prompts: list[str], count: int) -> list[str]:
 def validation_grid(teacher, student: torch.nn.Module, target: torch.nn.Module, prompts: list[str],
                     path: Path, seed: int = 0) -> Path:
     """Save a grid: row 1 the student, row 2 the EMA target, one column per prompt."""
-    from rglcd.sample import SamplingModel, lcm_sample, save_grid
+    from rglcd.sample import from_teacher, lcm_sample, save_grid
 
-    scheduler_config = json.loads((Path(teacher.path) / "scheduler" / "scheduler_config.json").read_text())
     rows = []
     for unet in (student, target):
         was_training = unet.training
         unet.eval()
-        model = SamplingModel(unet, teacher.vae, teacher.text_encoder, teacher.tokenizer, scheduler_config,
-                              teacher.path)
+        model = from_teacher(teacher, unet)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         rows.append(lcm_sample(model, prompts, VALIDATION_STEPS, VALIDATION_GUIDANCE, generator=generator).images)
         unet.train(was_training)
