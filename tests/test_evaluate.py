@@ -393,6 +393,9 @@ def test_rglcd_evaluate_end_to_end_on_tiny(student_dir, tiny_cfg, tmp_path, caps
 
     for label in ("teacher", "student-1", "student-4"):
         assert len(list((out / "images" / label).glob("*.png"))) == 4
+    # the FID set's images for the evaluation prompts are the student-4 images themselves (not drawn twice)
+    fid_images = sorted((out / "images" / "fid-student-4").glob("*.png"))
+    assert len(fid_images) == 4 and all(os.path.samefile(f, out / "images" / "student-4" / f.name) for f in fid_images)
     # eval.num_prompts=4 -> 1 benchmark prompt per style: styles x prompts x models
     assert metrics["hps_benchmark"]["per_style_prompts"] == {style: 1 for style in HPS_STYLES}
     assert len(list((out / "images" / "hps").rglob("*.png"))) == 4 * 1 * 3
@@ -403,3 +406,22 @@ def test_rglcd_evaluate_end_to_end_on_tiny(student_dir, tiny_cfg, tmp_path, caps
         assert im.size == (32, 32)
     assert not any("http" in src for src in page.images)
     assert os.path.getsize(out / "report.html") < 2_000_000
+
+
+def test_a_set_continued_after_reused_images_equals_one_drawn_whole(tmp_path):
+    from rglcd.evaluate.generate import generate_set, reuse_images
+
+    def sampler(prompts, gens):   # image i depends on its prompt and its generator only
+        return torch.stack([len(p) / 20 + torch.rand((3, 8, 8), generator=g) / 2 for p, g in zip(prompts, gens)])
+
+    def pixels(folder):
+        return [np.asarray(Image.open(f)) for f in sorted(Path(folder).glob("*.png"))]
+
+    done = generate_set("a", sampler, ["x", "yy", "zzz", "w"], tmp_path / "a", batch_size=3, seed=5)
+    captions = ["x", "yy", "zzz", "other", "x"]
+    whole = generate_set("whole", sampler, captions, tmp_path / "whole", batch_size=2, seed=5)
+    assert reuse_images(done, captions, tmp_path / "fid") == 3                 # stops at the first other prompt
+    generate_set("fid", sampler, captions[3:], tmp_path / "fid", batch_size=2, seed=5, first=3)
+    got, want = pixels(tmp_path / "fid"), pixels(whole.folder)
+    assert len(got) == 5 and all(np.array_equal(g, w) for g, w in zip(got, want))
+    assert os.path.samefile(tmp_path / "fid" / "00002.png", tmp_path / "a" / "00002.png")

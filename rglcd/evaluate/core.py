@@ -19,7 +19,7 @@ import torch
 
 from rglcd.config import ConfigError
 from rglcd.evaluate.gate import GateDecision, gate
-from rglcd.evaluate.generate import ImageSet, generate_set
+from rglcd.evaluate.generate import ImageSet, generate_set, reuse_images
 from rglcd.evaluate.spectrum import high_frequency_share
 
 HPS_SCALE = 100.0  # HPS is reported as 100 x cosine (HPSv2 README)
@@ -159,8 +159,12 @@ def benchmark_section(cfg, sampler_fns: dict, scorers: Scorers, out: Path) -> di
             {k: len(v) for k, v in styles.items()}, "models": results}
 
 
-def fid_section(cfg, student_fn, prompts: list[str], out: Path, device: torch.device) -> dict:
-    """FID of the student at eval.gate_steps on eval.fid_num_images images against eval.fid_reference."""
+def fid_section(cfg, student_fn, prompts: list[str], out: Path, device: torch.device,
+                done: ImageSet | None = None) -> dict:
+    """FID of the student at eval.gate_steps on eval.fid_num_images images against eval.fid_reference.
+
+    done: the student's evaluation-prompt images at eval.gate_steps; those whose prompt and index match
+    are linked, not drawn again."""
     from rglcd.evaluate.fid import compute_fid
     from rglcd.evaluate.reference import resolve_reference
 
@@ -168,7 +172,8 @@ def fid_section(cfg, student_fn, prompts: list[str], out: Path, device: torch.de
     reference = resolve_reference(e.fid_reference, cfg.model.cache_dir)
     captions = [prompts[i % len(prompts)] for i in range(e.fid_num_images)]
     folder = out / "images" / f"fid-student-{e.gate_steps}"
-    generate_set("fid", student_fn, captions, folder, batch_size=e.batch_size, seed=e.seed)
+    reused = reuse_images(done, captions, folder) if done is not None else 0
+    generate_set("fid", student_fn, captions[reused:], folder, batch_size=e.batch_size, seed=e.seed, first=reused)
     record = compute_fid(folder, reference, e.fid_mode, e.inception_weights, cfg.model.cache_dir, device,
                          e.batch_size)
     return {**record, "steps": e.gate_steps, "captions": e.fid_prompts or "evaluation prompts (cycled)",
@@ -249,7 +254,8 @@ def evaluate(cfg, model_dir: str | Path, out_dir: str | Path, teacher: str | Non
     bench = benchmark_section(cfg, fns, scorers, out) if e.hps_benchmark else None
     metrics["hps_benchmark"] = bench
     fid_prompts = _prompts(e.fid_prompts, "eval.fid_prompts") if e.fid_prompts else prompts
-    fid = fid_section(cfg, fns[f"student-{e.gate_steps}"], fid_prompts, out, device) if e.fid_reference else None
+    fid = fid_section(cfg, fns[f"student-{e.gate_steps}"], fid_prompts, out, device,
+                      sets.get(f"student-{e.gate_steps}")) if e.fid_reference else None
     metrics["fid"] = fid
     metrics["latency"] = latency_report(student, teacher_m, e.steps, e.teacher_steps, e.guidance, e.teacher_guidance,
                                         e.latency_batch_size, cfg.model.resolution, 1, e.latency_repeats)

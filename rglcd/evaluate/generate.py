@@ -43,8 +43,10 @@ def seeded_generators(seed: int, start: int, count: int) -> list[torch.Generator
 
 
 def generate_set(label: str, sampler: Sampler, prompts: list[str], folder: str | Path, *, batch_size: int,
-                 seed: int, measure: Measure | None = None, keep: int = 0) -> ImageSet:
-    """Sample every prompt once, save `folder/00000.png`..., measure each batch, keep the first `keep` images."""
+                 seed: int, measure: Measure | None = None, keep: int = 0, first: int = 0) -> ImageSet:
+    """Sample every prompt once, save `folder/00000.png`..., measure each batch, keep the first `keep` images.
+
+    first: index of the first image (its file name and seed), to continue a set already partly on disk."""
     from rglcd.sample import to_pil
 
     folder = Path(folder)
@@ -54,9 +56,9 @@ def generate_set(label: str, sampler: Sampler, prompts: list[str], folder: str |
     kept: list[torch.Tensor] = []
     for start in range(0, len(prompts), batch_size):
         batch = list(prompts[start:start + batch_size])
-        images = quantize(sampler(batch, seeded_generators(seed, start, len(batch))))      # (B, 3, H, W)
+        images = quantize(sampler(batch, seeded_generators(seed, first + start, len(batch))))  # (B, 3, H, W)
         for i, pil in enumerate(to_pil(images)):
-            pil.save(folder / f"{start + i:05d}.png")
+            pil.save(folder / f"{first + start + i:05d}.png")
         for name, v in (measure(images, batch) if measure else {}).items():
             values.setdefault(name, []).append(v.detach().float().cpu().reshape(-1))
         if sum(len(k) for k in kept) < keep:
@@ -65,3 +67,25 @@ def generate_set(label: str, sampler: Sampler, prompts: list[str], folder: str |
     out.values = {name: torch.cat(parts) for name, parts in values.items()}
     out.preview = torch.cat(kept) if kept else None
     return out
+
+
+def reuse_images(done: ImageSet, prompts: list[str], folder: str | Path) -> int:
+    """Link the leading images of `done` whose prompts match `prompts` into `folder` (same names, so the
+    same seeds); returns how many. Image i depends only on its prompt and seed `eval.seed + i`."""
+    import os
+    import shutil
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for have, want in zip(done.prompts, prompts):
+        if have != want:
+            break
+        name = f"{count:05d}.png"
+        (folder / name).unlink(missing_ok=True)
+        try:
+            os.link(done.folder / name, folder / name)
+        except OSError:
+            shutil.copy2(done.folder / name, folder / name)
+        count += 1
+    return count
