@@ -46,10 +46,8 @@ def test_pointer_round_trips_and_is_dvc_shaped(tmp_path):
         assert read_pointer(write_pointer(pointer, tmp_path / name)) == pointer
     assert json.loads((tmp_path / "p.json").read_text())["outs"] == [
         {"md5": pointer.md5, "size": 10, "nfiles": 2, "hash": "md5", "path": "student"}]
-    metadata = json.loads(json.dumps(pointer.as_metadata()))          # as a KFP artifact would carry it
-    assert Pointer.from_metadata(metadata) == pointer and metadata["dvc_md5"] == pointer.md5
-    with pytest.raises(PointerError, match="no 'dvc_pointer'"):
-        Pointer.from_metadata({"dvc_md5": pointer.md5})
+    metadata = json.loads(json.dumps({"dvc": pointer.to_dvc()}))      # as the components' artifacts carry it
+    assert Pointer.from_dvc(metadata["dvc"]) == pointer
 
 
 @pytest.mark.parametrize("data, field", [

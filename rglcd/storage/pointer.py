@@ -56,17 +56,6 @@ class Pointer:
         data = self.to_dvc()
         return json.dumps(data, indent=2) + "\n" if fmt == "json" else yaml.safe_dump(data, sort_keys=False)
 
-    def as_metadata(self) -> dict[str, Any]:
-        """Flat, JSON-safe fields for an artifact's metadata (e.g. a KFP Model/Dataset); `from_metadata` reads it back."""
-        return {"dvc_md5": self.md5, "dvc_size": self.size, "dvc_nfiles": self.nfiles, "dvc_remote": self.remote,
-                "dvc_url": self.url, "dvc_pointer": json.dumps(self.to_dvc())}
-
-    @classmethod
-    def from_metadata(cls, metadata: dict[str, Any], source: str = "artifact metadata") -> Pointer:
-        if not isinstance(metadata.get("dvc_pointer"), str):
-            raise PointerError(f"{source}: no 'dvc_pointer' field; was the artifact pushed with rglcd?")
-        return cls.from_dvc(json.loads(metadata["dvc_pointer"]), source)
-
     @classmethod
     def from_dvc(cls, data: Any, source: str = "pointer") -> Pointer:
         """Parse `.dvc` content; errors name `source` and the field."""
