@@ -31,11 +31,10 @@ from typing import Any, Callable
 import yaml
 from kubernetes import client, config as kube_config, watch
 
+from components.runtime import CHECKPOINT_MOUNT as CHECKPOINT_DIR, MODEL_CACHE_MOUNT as CACHE_DIR
 from rglcd.config import Config, dump_config
 
 CONFIG_DIR = "/etc/rglcd"
-CHECKPOINT_DIR = "/checkpoints"
-CACHE_DIR = "/cache"
 FIELD_MANAGER = "rglcd-launcher"
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _MAX_NAME = 45      # pods are named <name>-worker-<i> (PyTorchJob) / <name>-node-0-<i>-xxxxx (JobSet): <= 63
@@ -56,7 +55,7 @@ class JobKind:
 # Every API call this module makes, as RBAC (apiGroup, resource, verb); the Role in manifests/base/rbac.yaml
 # grants each one (tests/test_manifests.py checks it, tests/test_cluster.py checks the server agrees).
 PERMISSIONS = tuple((g, r, v) for g, r in (("kubeflow.org", "pytorchjobs"), ("trainer.kubeflow.org", "trainjobs"))
-                    for v in ("create", "list", "watch", "delete")) + (
+                    for v in ("create", "get", "list", "watch", "delete")) + (
     ("", "configmaps", "create"), ("", "pods", "list"), ("", "events", "list"))
 
 PYTORCHJOB = JobKind("PyTorchJob", "kubeflow.org", "v1", "pytorchjobs", "training.kubeflow.org/job-name", "Succeeded")
@@ -277,6 +276,18 @@ def launch(api: client.ApiClient, cfg: Config, name: str, train_args: tuple[str,
         delete(api, kind, ns, name)
         raise _explain(err, f"create ConfigMap {ns}/{name}-config", sa) from None
     return job
+
+
+def job_exists(api: client.ApiClient, cfg: Config, name: str) -> bool:
+    """Whether the job `name` exists (e.g. created by an earlier attempt of a retried launcher pod)."""
+    kind, ns = job_kind(cfg), cfg.pipeline.namespace
+    try:
+        client.CustomObjectsApi(api).get_namespaced_custom_object(kind.group, kind.version, ns, kind.plural, name)
+    except client.ApiException as err:
+        if err.status == 404:
+            return False
+        raise _explain(err, f"get {kind.kind} {ns}/{name}", f"{ns}/{cfg.pipeline.service_account}") from None
+    return True
 
 
 def delete(api: client.ApiClient, kind: JobKind, namespace: str, name: str) -> None:

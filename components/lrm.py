@@ -15,17 +15,24 @@ _DEFAULTS = PipelineConfig()
 
 @dsl.component(base_image=_DEFAULTS.image, install_kfp_package=False)
 def pretrain_lrm(config_json: str, data_pointer: str, lrm: Output[Model]) -> NamedTuple("Outputs", lrm_pointer=str):
-    """Pull the prepared data by pointer, pretrain the LRM into `lrm`, push it to the DVC remote."""
+    """Pull the prepared data by pointer, pretrain the LRM into `lrm`, push it to the DVC remote.
+
+    `lrm.metadata["data_version"]` is the data's manifest content hash, the value prep and the registry
+    record under that key; `data_md5` is the DVC directory hash of the pointer the data came from."""
     import json
     import tempfile
     from collections import namedtuple
 
-    from components.runtime import load_step_config, plain, pretrain_lrm_from_dir, pull, push
+    from components.runtime import data_version_of, load_step_config, plain, pull, push
+    from rglcd.lrm import pretrain_lrm_from_data
 
     cfg = load_step_config(config_json)
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = pull(data_pointer, f"{tmp}/data", cfg)
-        info = pretrain_lrm_from_dir(cfg, data_dir, lrm.path)
+        data_version = data_version_of(data_dir)
+        info = pretrain_lrm_from_data(cfg, data_dir, lrm.path)
     pointer = push(lrm.path, cfg)
-    lrm.metadata.update(plain({"dvc": pointer, "data_version": json.loads(data_pointer)["outs"][0]["md5"], **info}))
+    lrm.metadata.update(plain({"dvc": pointer, "data_version": data_version,
+                               "data_md5": json.loads(data_pointer)["outs"][0]["md5"],
+                               **{key: info[key] for key in ("steps", "first_loss", "last_loss")}}))
     return namedtuple("Outputs", ["lrm_pointer"])(json.dumps(pointer))

@@ -12,11 +12,15 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from rglcd.config import Config, ConfigError, config_from_dict, dump_config, load_config
+from rglcd.config import Config, ConfigError, config_from_dict, load_config, to_dict
+
+# Where the pipeline's pods (pipelines.k8s) and the distributed job's pods (components.k8s_launcher) mount
+# the shared volumes; the one definition both use.
+CHECKPOINT_MOUNT = "/checkpoints"   # checkpoint PVC (manifests/base/storage.yaml: rglcd-checkpoints)
+MODEL_CACHE_MOUNT = "/cache"        # model-cache PVC: HF_HOME, TORCH_HOME, rglcd's model cache
 
 # Config sections (or single "section.key"s) each cached step reads. Only these enter the step's
 # inputs, so its KFP cache key changes with the data and what shapes it, not with, say, the
@@ -56,15 +60,12 @@ def resolve_config(config_json: str, preset: str = "", data_uri: str = "", max_s
         raise ConfigError(f"pipeline parameter max_steps: {max_steps}; allowed: 0 (keep train.max_steps) or > 0")
     if max_steps:
         data.setdefault("train", {})["max_steps"] = max_steps
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "config_json.json"
-        path.write_text(json.dumps(data))
-        return load_config(preset=preset or None, path=path)
+    return load_config(preset=preset or None, data=data)
 
 
 def config_json_of(cfg: Config, sections: tuple[str, ...] | None = None) -> str:
     """The config as JSON text: all of it, or only `sections` ("section" or "section.key" entries)."""
-    data = json.loads(dump_config(cfg, "json"))
+    data = to_dict(cfg)
     if sections is not None:
         sliced: dict[str, Any] = {}
         for name in sections:
@@ -142,21 +143,18 @@ def train_outputs(output_dir: str) -> dict[str, Any]:
         raise FileNotFoundError(f"training finished without {', '.join(missing)}; see the training log")
     last: dict[str, float] = {}
     for record in read_metrics(found["metrics_file"]):
-        last.update({k: float(v) for k, v in record.items()
-                     if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v})
+        last.update(finite_numbers(record))
     return {**{k: str(v) for k, v in found.items()}, "metrics": last}
 
 
-def pretrain_lrm_from_dir(cfg: Config, data_dir: str, out_dir: str) -> dict[str, Any]:
-    """Contrastive LRM pretraining (`rglcd.lrm.pretrain_lrm`) on a prep output, read as the training
-    stream reads it; returns the summary numbers (steps, first and last loss)."""
-    from rglcd.data import StreamSpec, make_loader, open_source
-    from rglcd.lrm import pretrain_lrm
+def data_version_of(data_dir: str) -> str:
+    """The data version of a prep output: its manifest's content hash (what `prep_data` records)."""
+    from rglcd.data import read_manifest
 
-    spec = StreamSpec(batch_size=cfg.lrm.pretrain_batch_size, resolution=cfg.model.resolution, seed=cfg.train.seed,
-                      shuffle_buffer=cfg.data.shuffle_buffer)
-    info = pretrain_lrm(cfg, make_loader(open_source(data_dir), spec, cfg.data.num_workers), out_dir)
-    return {key: info[key] for key in ("steps", "first_loss", "last_loss")}
+    manifest = read_manifest(data_dir)
+    if manifest is None:
+        raise FileNotFoundError(f"{data_dir}: no manifest.json; the data must be an `rglcd prep` output")
+    return manifest["content_hash"]
 
 
 def publish_training(cfg: Config, output_dir: str, model: Any, metrics: Any, report: Any,
@@ -193,23 +191,6 @@ def train_args(data_dir: str, lrm_checkpoint: str | None) -> tuple[str, ...]:
     """`rglcd train` arguments after `--config` (which the launcher adds) for the job's pods."""
     args = ("--data", data_dir, "--resume", "auto")
     return args + (("--lrm-checkpoint", lrm_checkpoint) if lrm_checkpoint else ())
-
-
-def launcher_job_exists(api: Any, cfg: Config, name: str) -> bool:
-    """Whether the run's job was already created (by an earlier attempt of the launcher pod)."""
-    from kubernetes import client
-
-    from components.k8s_launcher import job_kind
-
-    kind = job_kind(cfg)
-    try:
-        client.CustomObjectsApi(api).get_namespaced_custom_object(kind.group, kind.version, cfg.pipeline.namespace,
-                                                                  kind.plural, name)
-    except client.ApiException as err:
-        if err.status == 404:
-            return False
-        raise
-    return True
 
 
 # --- evaluation outputs --------------------------------------------------------------------------------

@@ -45,15 +45,14 @@ def launch_training(config_json: str, dataset: Input[Dataset], run_id: str, mode
     from collections import namedtuple
 
     from components import k8s_launcher
-    from components.runtime import (job_name, launcher_job_exists, load_step_config, publish_training, stage_inputs,
-                                    train_args)
+    from components.runtime import job_name, load_step_config, publish_training, stage_inputs, train_args
 
     cfg = load_step_config(config_json)
     name = job_name(run_id)
-    data_dir, lrm_dir = stage_inputs(f"{k8s_launcher.CHECKPOINT_DIR}/{name}", dataset.path,
-                                     lrm.path if lrm is not None else None)
     api = k8s_launcher.api_client()
-    if not launcher_job_exists(api, cfg, name):
+    if not k8s_launcher.job_exists(api, cfg, name):   # a retry must not rewrite inputs the running job reads
+        data_dir, lrm_dir = stage_inputs(f"{k8s_launcher.CHECKPOINT_DIR}/{name}", dataset.path,
+                                         lrm.path if lrm is not None else None)
         k8s_launcher.launch(api, cfg, name, train_args(data_dir, lrm_dir or cfg.lrm.checkpoint),
                             annotations={"pipelines.kubeflow.org/run_id": run_id})
     result = k8s_launcher.wait(api, cfg, name)

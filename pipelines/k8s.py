@@ -10,11 +10,9 @@ from __future__ import annotations
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
-from components.runtime import MODEL_CACHE_ENV
+from components.runtime import CHECKPOINT_MOUNT, MODEL_CACHE_ENV, MODEL_CACHE_MOUNT
 from rglcd.config import Config
 
-CHECKPOINT_MOUNT = "/checkpoints"   # checkpoint PVC (manifests/base/storage.yaml: rglcd-checkpoints)
-MODEL_CACHE_MOUNT = "/cache"        # model-cache PVC: HF_HOME, TORCH_HOME, rglcd's model cache
 S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 

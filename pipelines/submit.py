@@ -2,7 +2,8 @@
 
 Everything that can be wrong is checked before anything is sent: the config (`check_cluster_config`),
 the cron expression, and the host (its healthz answers). The pipeline is compiled from the config
-into a temporary package and sent inline with the run, so the run records exactly what ran.
+(`kfp.Client.create_run_from_pipeline_func` for a run, a temporary package for a schedule) and sent inline,
+so the run records exactly what ran.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any, Callable
 
 from components.runtime import config_json_of
 from pipelines.compile import check_cluster_config, compile_pipeline
+from pipelines.dag import build_pipeline
 from rglcd.config import Config, ConfigError
 
 TERMINAL = {"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED", "ERROR"}
@@ -138,12 +140,11 @@ def submit(cfg: Config, host: str, *, run_name: str | None = None, experiment: s
     """Compile `cfg`, create (or reuse) the experiment, start a run as `pipeline.service_account`."""
     arguments = run_arguments(cfg, data_uri, max_steps)
     client, namespace = _client(cfg, host, log)
-    with tempfile.TemporaryDirectory() as tmp:
-        package = compile_pipeline(cfg, Path(tmp) / "rglcd-pipeline.yaml")
-        result = client.create_run_from_pipeline_package(
-            str(package), arguments=arguments, run_name=run_name or f"rglcd-{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}",
-            experiment_name=experiment or cfg.pipeline.experiment, namespace=namespace,
-            service_account=cfg.pipeline.service_account)
+    result = client.create_run_from_pipeline_func(
+        build_pipeline(cfg), arguments=arguments,
+        run_name=run_name or f"rglcd-{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}",
+        experiment_name=experiment or cfg.pipeline.experiment, namespace=namespace,
+        service_account=cfg.pipeline.service_account)
     out = Submitted(result.run_id, result.run_info.experiment_id, f"{host.rstrip('/')}/#/runs/details/{result.run_id}")
     log(f"submitted run {out.run_id} in experiment {experiment or cfg.pipeline.experiment}: {out.url}")
     if wait:

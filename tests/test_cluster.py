@@ -285,8 +285,12 @@ def test_launcher_explains_rbac_denial_and_conflicts(cluster, sa_api):
     text = str(err.value)
     assert "create PyTorchJob default/" in text and "forbidden by RBAC" in text
     assert "system:serviceaccount:rglcd:rglcd-pipeline" in text and "manifests/base/rbac.yaml" in text
+    with pytest.raises(kl.Forbidden, match="get PyTorchJob default/"):
+        kl.job_exists(sa_api, _cfg("pipeline.namespace=default"), "forbidden")
     name = "dup-" + uuid.uuid4().hex[:4]
+    assert not kl.job_exists(sa_api, _cfg(), name)              # what a retried launcher pod asks first
     kl.launch(sa_api, _cfg(), name)
+    assert kl.job_exists(sa_api, _cfg(), name)
     with pytest.raises(kl.LaunchError, match="already exists"):
         kl.launch(sa_api, _cfg(), name)
     kl.delete(sa_api, kl.PYTORCHJOB, NS, name)

@@ -100,6 +100,24 @@ def test_json_parameter_form_round_trips():
     assert config_from_dict({}) == Config()
 
 
+def test_parsed_data_loads_like_the_same_file(tmp_path):
+    """load_config(data=...) is load_config(path=...) without the file: same merge, validation and errors."""
+    data = {"preset": "tiny", "train": {"max_steps": 7}}
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(data))
+    cfg = load_config(data=data, overrides=["train.batch_size=3"])
+    assert cfg == load_config(path=path, overrides=["train.batch_size=3"])
+    assert (cfg.preset, cfg.train.max_steps, cfg.train.batch_size) == ("tiny", 7, 3)
+    assert data == {"preset": "tiny", "train": {"max_steps": 7}}            # the caller's mapping is not changed
+    assert load_config("sd21-768-hpsv21", data={"train": {"lr": 2e-5}}).model.resolution == 768
+    with pytest.raises(ConfigError, match="train.lrr"):
+        load_config(data={"train": {"lrr": 1}})
+    with pytest.raises(ConfigError, match="config data must hold a mapping of sections, got list"):
+        load_config(data=[1, 2])
+    with pytest.raises(ValueError, match="not both"):
+        load_config(path=path, data=data)
+
+
 def test_every_field_is_explained():
     rows = explain()
     assert len(rows) > 80

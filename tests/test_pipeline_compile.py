@@ -3,6 +3,7 @@ PVC, retry, caching and gating settings the config asks for; the config paramete
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -261,7 +262,15 @@ def test_launch_training_stages_inputs_reattaches_and_publishes(tmp_path, monkey
     ckpt = tmp_path / "checkpoints"
     monkeypatch.setattr(k8s_launcher, "CHECKPOINT_DIR", str(ckpt))
     monkeypatch.setattr(k8s_launcher, "api_client", lambda: "api")
-    monkeypatch.setattr(runtime, "launcher_job_exists", lambda api, c, name: name in existing)
+    monkeypatch.setattr(k8s_launcher, "job_exists", lambda api, c, name: name in existing)
+    staged_calls = []
+    real_stage = runtime.stage_inputs
+
+    def stage_inputs(*args):
+        staged_calls.append(args)
+        return real_stage(*args)
+
+    monkeypatch.setattr(runtime, "stage_inputs", stage_inputs)
 
     def launch(api, c, name, train_args, annotations):
         calls.append((name, train_args, annotations))
@@ -293,11 +302,14 @@ def test_launch_training_stages_inputs_reattaches_and_publishes(tmp_path, monkey
         out = artifacts(attempt)
         res = launch_training.python_func(config_json=config_json_of(cfg), dataset=Dataset(uri=str(data)),
                                           run_id=run_id, lrm=Model(uri=str(lrm)), **out)
+        if attempt == 1:        # the retry's input artifact differs: a re-stage would overwrite what the job reads
+            (data / "manifest.json").write_text('{"retry": true}')
     (name, args, annotations), = calls
     assert name == res.job_name == f"rglcd-{run_id}" and len(name) <= 45
     staged = ckpt / name / "inputs"
     assert args == ("--data", str(staged / "data"), "--resume", "auto", "--lrm-checkpoint", str(staged / "lrm"))
     assert (staged / "data" / "manifest.json").is_file() and (staged / "lrm" / "lrm_config.json").is_file()
+    assert len(staged_calls) == 1 and (staged / "data" / "manifest.json").read_text() == "{}"   # staged once
     assert annotations == {"pipelines.kubeflow.org/run_id": run_id}
     pointer = Pointer.from_dvc(json.loads(res.model_pointer))
     assert (pointer.nfiles, verify(pointer)) == (1, 2)      # model_index.json and the .dir object are in the remote
@@ -312,3 +324,54 @@ def test_train_outputs_names_what_is_missing(tmp_path):
     (tmp_path / "model").mkdir()
     with pytest.raises(FileNotFoundError, match="report.html.*metrics.jsonl"):
         train_outputs(str(tmp_path))
+
+
+def test_train_outputs_keep_the_last_finite_number_of_each_metric(tmp_path):
+    from components.runtime import train_outputs
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "report.html").write_text("<!doctype html>")
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5, "gn": 2.0, "note": "x"}\n'
+                                            '{"step": 2, "loss": NaN, "gn": Infinity, "nan_guard": true}\n')
+    assert train_outputs(str(tmp_path))["metrics"] == {"step": 2.0, "loss": 0.5, "gn": 2.0}
+
+
+def test_mount_paths_have_one_definition():
+    from components import k8s_launcher, runtime
+    from pipelines import k8s
+
+    assert k8s.CHECKPOINT_MOUNT == k8s_launcher.CHECKPOINT_DIR == runtime.CHECKPOINT_MOUNT == "/checkpoints"
+    assert k8s.MODEL_CACHE_MOUNT == k8s_launcher.CACHE_DIR == runtime.MODEL_CACHE_MOUNT == "/cache"
+
+
+def test_pretrain_lrm_component_records_the_prep_data_version(tmp_path, monkeypatch):
+    """The LRM artifact's data_version is prep's (the manifest content hash, what the registry records);
+    the DVC directory hash of the data pointer is kept apart as data_md5."""
+    import rglcd.lrm
+    from kfp.dsl import Model
+
+    from components import runtime
+    from components.lrm import pretrain_lrm
+    from rglcd.data.prep import prep
+
+    cfg = load_config("tiny", overrides=[f"storage.remote={tmp_path / 'remote'}"])
+    prepared = tmp_path / "prepared"
+    manifest = prep(cfg, "builtin:photos:4", prepared)
+    pointer = runtime.push(str(prepared), cfg)
+    seen = {}
+
+    def fake_pretrain(c, data_dir, out, device=None):
+        seen["manifest"] = json.loads(Path(data_dir, "manifest.json").read_text())
+        (Path(out) / "lrm_config.json").parent.mkdir(parents=True, exist_ok=True)
+        (Path(out) / "lrm_config.json").write_text("{}")
+        return {"steps": 3, "first_loss": 2.0, "last_loss": 1.0, "losses": [2.0, 1.5, 1.0], "out_dir": str(out)}
+
+    monkeypatch.setattr(rglcd.lrm, "pretrain_lrm_from_data", fake_pretrain)
+    lrm = Model(name="lrm", uri=str(tmp_path / "lrm"))
+    out = pretrain_lrm.python_func(config_json=config_json_of(cfg), data_pointer=json.dumps(pointer), lrm=lrm)
+    assert seen["manifest"] == manifest            # the step pretrains on the pulled prep output
+    assert lrm.metadata["data_version"] == manifest["content_hash"]
+    assert lrm.metadata["data_md5"] == pointer["outs"][0]["md5"] != manifest["content_hash"]
+    assert {k: lrm.metadata[k] for k in ("steps", "first_loss", "last_loss")} == {"steps": 3, "first_loss": 2.0,
+                                                                                   "last_loss": 1.0}
+    assert "losses" not in lrm.metadata and json.loads(out.lrm_pointer)["outs"][0]["md5"]

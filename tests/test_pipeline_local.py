@@ -51,7 +51,10 @@ def test_every_step_ran_and_left_its_artifacts(passed):
     dataset = run.artifact("prep-data", "dataset")
     manifest = json.loads((Path(dataset["uri"]) / "manifest.json").read_text())
     assert run.parameter("prep-data", "data_version") == manifest["content_hash"] == dataset["metadata"]["data_version"]
-    assert (Path(run.artifact("pretrain-lrm", "lrm")["uri"]) / "lrm_config.json").is_file()
+    lrm = run.artifact("pretrain-lrm", "lrm")
+    assert (Path(lrm["uri"]) / "lrm_config.json").is_file()
+    assert lrm["metadata"]["data_version"] == manifest["content_hash"]      # one data version across the lineage
+    assert lrm["metadata"]["data_md5"] == json.loads(run.parameter("prep-data", "data_pointer"))["outs"][0]["md5"]
     model = Path(run.artifact("train-student", "model")["uri"])
     assert (model / "model_index.json").is_file() and (model / "unet").is_dir()
     for task, name in (("train-student", "report"), ("evaluate-student", "page")):

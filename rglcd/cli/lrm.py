@@ -22,13 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> None:
-    from rglcd.data import StreamSpec, make_loader, open_source
-    from rglcd.lrm import pretrain_lrm
+    from rglcd.lrm import pretrain_lrm_from_data
 
     cfg = config_from_args(args)
-    source = open_source(args.data)
-    spec = StreamSpec(batch_size=cfg.lrm.pretrain_batch_size, resolution=cfg.model.resolution, seed=cfg.train.seed)
-    loader = make_loader(source, spec, num_workers=cfg.data.num_workers)
-    result = pretrain_lrm(cfg, loader, args.out, device=args.device)
+    result = pretrain_lrm_from_data(cfg, args.data, args.out, device=args.device)
     summary = {k: v for k, v in result.items() if k != "losses"}
     print(json.dumps(summary, indent=2))

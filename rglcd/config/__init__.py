@@ -8,6 +8,7 @@ and cross-field rules (`check`).
 """
 from __future__ import annotations
 
+import copy
 import json
 from importlib import resources
 from pathlib import Path
@@ -21,7 +22,7 @@ from rglcd.config.schema import (Config, DataConfig, DistillConfig, EvalConfig, 
 
 __all__ = ["Config", "ConfigError", "ModelConfig", "DistillConfig", "RewardConfig", "LRMConfig", "DataConfig",
            "TrainConfig", "EvalConfig", "StorageConfig", "RegistryConfig", "PipelineConfig",
-           "list_presets", "load_config", "config_from_dict", "dump_config", "explain", "parse_override"]
+           "list_presets", "load_config", "config_from_dict", "dump_config", "explain", "parse_override", "to_dict"]
 
 
 def list_presets() -> list[str]:
@@ -46,8 +47,12 @@ def _read_file(path: str | Path) -> dict[str, Any]:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         raise ConfigError(f"config file {str(path)!r} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}") from None
+    return _sections(data, f"config file {str(path)!r}")
+
+
+def _sections(data: Any, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(f"{what} must hold a mapping of sections, got {type(data).__name__}")
     return data
 
 
@@ -102,12 +107,16 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 
 def load_config(preset: str | None = None, path: str | Path | None = None,
-                overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Preset (or defaults), then a YAML/JSON file, then `section.key=value` overrides, validated."""
-    data: dict[str, Any] = {}
+                overrides: list[str] | tuple[str, ...] = (), data: dict[str, Any] | None = None) -> Config:
+    """Preset (or defaults), then a YAML/JSON file or already-parsed `data` (the same mapping of sections,
+    e.g. the pipeline's JSON parameter), then `section.key=value` overrides, validated."""
+    if path is not None and data is not None:
+        raise ValueError("load_config: pass a config file (path) or its parsed content (data), not both")
     if path is not None:
         data = _read_file(path)
-        preset = preset or data.get("preset")
+    else:
+        data = copy.deepcopy(_sections(data, "config data")) if data is not None else {}
+    preset = preset or data.get("preset")
     if preset is not None and preset != "custom":
         data = _merge(_preset_dict(preset), data)
         data["preset"] = preset

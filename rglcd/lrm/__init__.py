@@ -3,9 +3,9 @@ online fine-tuning against the expert RM (METHOD.md 4; DESIGN.md `lrm`)."""
 from rglcd.lrm.finetune import lrm_finetune_step, make_lrm_optimizer, pair_kl, permute_with_captions, unpermute
 from rglcd.lrm.model import (LatentRewardModel, latent_size_for, load_lrm, load_lrm_optimizer, new_lrm,
                              open_clip_config, read_lrm_config, save_lrm, unlock_for_finetune)
-from rglcd.lrm.pretrain import contrastive_step, load_vae, pretrain_lrm, to_latents
+from rglcd.lrm.pretrain import contrastive_step, load_vae, pretrain_lrm, pretrain_lrm_from_data, to_latents
 
 __all__ = ["LatentRewardModel", "contrastive_step", "latent_size_for", "load_lrm", "load_lrm_optimizer", "load_vae",
            "lrm_finetune_step", "make_lrm_optimizer", "new_lrm", "open_clip_config", "pair_kl",
-           "permute_with_captions", "pretrain_lrm", "read_lrm_config", "save_lrm", "to_latents",
-           "unlock_for_finetune", "unpermute"]
+           "permute_with_captions", "pretrain_lrm", "pretrain_lrm_from_data", "read_lrm_config", "save_lrm",
+           "to_latents", "unlock_for_finetune", "unpermute"]

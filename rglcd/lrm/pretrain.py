@@ -147,3 +147,17 @@ def pretrain_lrm(cfg, batches: Iterable, out_dir: str | Path, *, vae=None,
                "loss": "symmetric InfoNCE (open_clip ClipLoss)", "seed": cfg.train.seed}
     path = save_lrm(lrm, out_dir, extra={"pretrain": summary, "rglcd_config": to_dict(cfg)})
     return {**summary, "losses": losses, "out_dir": str(path)}
+
+
+def pretrain_lrm_from_data(cfg, data: str | Path, out_dir: str | Path, *,
+                           device: str | torch.device | None = None) -> dict[str, Any]:
+    """`pretrain_lrm` on any source `rglcd.data.open_source` reads (an `rglcd prep` output, shards, a table,
+    an image folder, builtin:photos), streamed as training streams it: cfg.lrm.pretrain_batch_size,
+    model.resolution, train.seed, data.shuffle_buffer and data.num_workers. What `rglcd pretrain-lrm` and
+    the pipeline's LRM step both run."""
+    from rglcd.data import StreamSpec, make_loader, open_source
+
+    spec = StreamSpec(batch_size=cfg.lrm.pretrain_batch_size, resolution=cfg.model.resolution, seed=cfg.train.seed,
+                      shuffle_buffer=cfg.data.shuffle_buffer)
+    loader = make_loader(open_source(str(data)), spec, num_workers=cfg.data.num_workers)
+    return pretrain_lrm(cfg, loader, out_dir, device=device)

@@ -126,9 +126,10 @@ def reconcile(co: client.CustomObjectsApi, v1: client.CoreV1Api, plural: str) ->
         pods = {p.metadata.name: p.status.phase for p in
                 v1.list_namespaced_pod(ns, label_selector=f"{label}={name}").items}
         if not pods:
-            for pod in build(job):
+            built = build(job)
+            for pod in built:
                 v1.create_namespaced_pod(ns, pod)
-            pods = {p["metadata"]["name"]: "Pending" for p in build(job)}
+            pods = {p["metadata"]["name"]: "Pending" for p in built}
         first = sorted(pods)[0] if plural == "trainjobs" else f"{name}-master-0"
         conds = [{"type": t, "status": "True", "reason": r, "message": m, "lastTransitionTime": now(),
                   "lastUpdateTime": now()} for t, r, m in conditions_for(pods, first, success)]
