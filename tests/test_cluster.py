@@ -145,7 +145,12 @@ def test_overlay_applies_and_pvcs_bind(cluster, applied):
 
 
 def test_manifest_pytorchjob_trains_on_the_gpu_pool(cluster, applied):
+    """Applied suspended (no pods, however long we wait); started by the documented patch."""
     co = client.CustomObjectsApi(cluster.admin)
+    time.sleep(1.5)                                   # the fake operator reconciles every 0.3 s
+    assert not pods_of(cluster.admin, "training.kubeflow.org/job-name=rglcd-train")
+    cluster.kubectl("-n", NS, "patch", "pytorchjob", "rglcd-train", "--type", "merge",
+                    "-p", '{"spec":{"runPolicy":{"suspend":false}}}')
     job = wait_for(lambda: kl.job_state(kl.PYTORCHJOB, j := co.get_namespaced_custom_object(
         "kubeflow.org", "v1", NS, "pytorchjobs", "rglcd-train")) and j, "rglcd-train to finish")
     assert kl.job_state(kl.PYTORCHJOB, job) == "Succeeded"

@@ -41,6 +41,8 @@ def test_every_object_validates_strictly(built, overlay, version):
             "CronJob", "ConfigMap"} <= {d["kind"] for d in docs}
     errors = [e for d in docs for e in checks.validate(d, version)]
     assert errors == []
+    # applying an overlay must never start a multi-node GPU job: the hand-started PyTorchJob comes suspended
+    assert all(pj["spec"]["runPolicy"]["suspend"] is True for pj in by_kind(docs, "PyTorchJob"))
 
 
 def test_validation_catches_broken_objects(built):

@@ -110,6 +110,12 @@ def conditions_for(phases: dict[str, str], first: str, success: str) -> list[tup
     return out
 
 
+def _suspended(job: dict) -> bool:
+    """PyTorchJob runPolicy.suspend / TrainJob spec.suspend: no pods until it is set false."""
+    spec = job.get("spec", {})
+    return bool(spec.get("runPolicy", {}).get("suspend") or spec.get("suspend"))
+
+
 def reconcile(co: client.CustomObjectsApi, v1: client.CoreV1Api, plural: str) -> None:
     group, version, build, label, success = KINDS[plural]
     try:
@@ -121,7 +127,7 @@ def reconcile(co: client.CustomObjectsApi, v1: client.CoreV1Api, plural: str) ->
     for job in jobs:
         ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
         done = {c["type"] for c in (job.get("status") or {}).get("conditions", []) if c.get("status") == "True"}
-        if done & {success, "Failed"}:
+        if done & {success, "Failed"} or _suspended(job):
             continue
         pods = {p.metadata.name: p.status.phase for p in
                 v1.list_namespaced_pod(ns, label_selector=f"{label}={name}").items}
