@@ -8,7 +8,6 @@ in safetensors only, so `diffusers.DiffusionPipeline.from_pretrained(dir)` sampl
 from __future__ import annotations
 
 import json
-import platform
 import shutil
 import tempfile
 import time
@@ -56,22 +55,15 @@ def _from_state_dict(path: Path, teacher, time_cond_proj_dim: int) -> torch.nn.M
     return unet.requires_grad_(False).eval()
 
 
-def _versions() -> dict[str, str]:
-    import diffusers
-    import transformers
-
-    import rglcd
-    return {"rglcd": getattr(rglcd, "__version__", "unknown"), "torch": torch.__version__,
-            "diffusers": diffusers.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version()}
-
-
 def _manifest(teacher, teacher_ref: str | None, cfg) -> dict:
     from rglcd.config.fields import to_dict
+    from rglcd.registry.provenance import library_versions
 
+    # torch.__version__ keeps the build tag (e.g. +cu130) that the package metadata drops
+    versions = {**library_versions(), "torch": torch.__version__}
     return {"format": FORMAT, "pipeline": "LatentConsistencyModelPipeline", "teacher": teacher_ref,
             "teacher_path": str(teacher.path), "prediction_type": teacher.prediction_type,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": _versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": versions,
             "config": None if cfg is None else to_dict(cfg)}
 
 

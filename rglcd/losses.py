@@ -6,6 +6,21 @@ from typing import Literal
 import torch
 
 
+def lcd_loss_elementwise(pred: torch.Tensor, target: torch.Tensor, kind: Literal["huber", "l2"] = "huber",
+                         huber_c: float = 0.001) -> torch.Tensor:
+    """The LCD loss per element, float32, shaped like `pred` (METHOD.md 2.9); `lcd_loss` is its mean.
+
+    huber: sqrt((pred - target)^2 + c^2) - c   (pseudo-Huber, c = 0.001)
+    l2:    (pred - target)^2
+    """
+    diff = pred.float() - target.float()
+    if kind == "huber":
+        return torch.sqrt(diff.square() + huber_c ** 2) - huber_c
+    if kind == "l2":
+        return diff.square()
+    raise ValueError(f"kind: {kind!r} is not allowed; allowed: huber, l2")
+
+
 def lcd_loss(pred: torch.Tensor, target: torch.Tensor, kind: Literal["huber", "l2"] = "huber",
              huber_c: float = 0.001) -> torch.Tensor:
     """Latent consistency distillation loss, a mean over all elements (METHOD.md 2.9).
@@ -13,12 +28,7 @@ def lcd_loss(pred: torch.Tensor, target: torch.Tensor, kind: Literal["huber", "l
     huber: mean(sqrt((pred - target)^2 + c^2) - c)   (pseudo-Huber, c = 0.001)
     l2:    mean((pred - target)^2)
     """
-    diff = pred.float() - target.float()
-    if kind == "huber":
-        return (torch.sqrt(diff.square() + huber_c ** 2) - huber_c).mean()
-    if kind == "l2":
-        return diff.square().mean()
-    raise ValueError(f"kind: {kind!r} is not allowed; allowed: huber, l2")
+    return lcd_loss_elementwise(pred, target, kind, huber_c).mean()
 
 
 def reward_loss(rewards: torch.Tensor, beta: float) -> torch.Tensor:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from rglcd import solver
+from rglcd.models import vae_scale_factor
 
 
 @dataclass
@@ -29,7 +30,7 @@ class SamplingModel:
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_scale_factor(self.vae)
 
     @property
     def is_lcm(self) -> bool:
@@ -82,10 +83,15 @@ def encode_prompts(tokenizer, text_encoder: torch.nn.Module, prompts: list[str])
     return text_encoder(ids.input_ids.to(device), attention_mask=mask)[0]
 
 
+def decode_unscaled(vae: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Unscaled latents (B, 4, h, w) -> images in [0, 1] (B, 3, H, W), float32 (graph kept, if any)."""
+    images = vae.decode(x.to(vae.dtype)).sample
+    return (images.float() / 2 + 0.5).clamp(0, 1)
+
+
 def decode(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
     """Scaled latents (B, 4, h, w) -> images in [0, 1] (B, 3, H, W), float32."""
-    x = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample
-    return (x.float() / 2 + 0.5).clamp(0, 1)
+    return decode_unscaled(vae, latents / vae.config.scaling_factor)
 
 
 def lcm_scheduler(scheduler_config: dict, original_inference_steps: int | None = None,
@@ -175,11 +181,10 @@ def ddim_sample(model: SamplingModel, prompts: list[str], num_steps: int = 50, g
 # ---------------------------------------------------------------- files
 
 def to_pil(images: torch.Tensor) -> list:
-    """(B, 3, H, W) in [0, 1] -> PIL images (rounded as diffusers' `numpy_to_pil`)."""
-    from PIL import Image
+    """(B, 3, H, W) in [0, 1] -> PIL images, by diffusers' `numpy_to_pil` (x * 255, rounded)."""
+    from diffusers.utils import numpy_to_pil
 
-    arr = (images.detach().cpu().permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
-    return [Image.fromarray(a) for a in arr]
+    return numpy_to_pil(images.detach().cpu().permute(0, 2, 3, 1).numpy())
 
 
 def save_grid(images: torch.Tensor, path: str | Path, ncols: int) -> Path:
@@ -191,21 +196,3 @@ def save_grid(images: torch.Tensor, path: str | Path, ncols: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     to_pil(grid[None])[0].save(path)
     return path
-
-
-def read_prompts(path: str | Path) -> list[str]:
-    """Prompts from a .txt (one per line) or .json (a list of strings) file; empty lines are skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts file {str(path)!r} does not exist")
-    if path.suffix == ".json":
-        data = json.loads(path.read_text())
-        if not isinstance(data, list) or not all(isinstance(p, str) for p in data):
-            raise ValueError(f"prompts file {str(path)!r}: expected a JSON list of strings")
-        prompts = [p.strip() for p in data]
-    else:
-        prompts = [line.strip() for line in path.read_text().splitlines()]
-    prompts = [p for p in prompts if p]
-    if not prompts:
-        raise ValueError(f"prompts file {str(path)!r} holds no prompt")
-    return prompts

@@ -11,16 +11,16 @@ Algorithm 1, RG-LCD (Li et al. 2024) Sec. 4, diffusers' `train_lcm_distill_sd_wd
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
 from rglcd import solver
-from rglcd.losses import lcd_loss, reward_loss
-from rglcd.sample import encode_prompts
+from rglcd.losses import lcd_loss_elementwise, reward_loss
+from rglcd.models import vae_scale_factor
+from rglcd.rewards.base import params_frozen
+from rglcd.sample import decode_unscaled, encode_prompts
 
 LATENT_KEYS = ("pixel_values", "latent_moments", "latents")
 ENCODE_CHUNK = 8  # images per VAE encoder call
@@ -126,7 +126,7 @@ def latent_shape(batch: dict, vae: torch.nn.Module) -> tuple[int, int, int]:
             if x.ndim != 4 or x.shape[1] != channels:
                 raise ValueError(f"batch[{key!r}] must be (B, {channels}, h, w), got {tuple(x.shape)}")
             return (c, *x.shape[2:])
-    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    f = vae_scale_factor(vae)
     pixels = batch["pixel_values"]
     if pixels.ndim != 4 or pixels.shape[1] != 3:
         raise ValueError(f"batch['pixel_values'] must be (B, 3, H, W), got {tuple(pixels.shape)}")
@@ -154,37 +154,19 @@ def unet_output(unet: torch.nn.Module, z: torch.Tensor, t: torch.Tensor, text: t
     return unet(z.to(dtype), t, encoder_hidden_states=text.to(dtype), timestep_cond=cond).sample.float()
 
 
-@contextlib.contextmanager
-def frozen(*modules: torch.nn.Module | None) -> Iterator[None]:
-    """Parameters of `modules` record no autograd history inside the block (restored after).
-
-    Gradients then flow *through* these modules to their inputs but never *into* them: this keeps the
-    student's reward gradient out of the VAE and out of an LRM that the loop fine-tunes separately.
-    """
-    saved = [(p, p.requires_grad) for m in modules if m is not None for p in m.parameters()]
-    for p, _ in saved:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in saved:
-            p.requires_grad_(flag)
-
-
 # ---------------------------------------------------------------- the reward term (METHOD.md 3)
 
 def decode_images(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """Scaled latents (B, 4, h, w) -> images in [0, 1] (B, 3, H, W), differentiable w.r.t. z."""
-    with frozen(vae):
-        x = vae.decode((z / vae.config.scaling_factor).to(vae.dtype)).sample.float()
-    return (x / 2 + 0.5).clamp(0, 1)
+    """Scaled latents (B, 4, h, w) -> images in [0, 1] (B, 3, H, W), differentiable w.r.t. z, not the VAE."""
+    with params_frozen(vae):
+        return decode_unscaled(vae, z / vae.config.scaling_factor)
 
 
 def score_rewards(reward: torch.nn.Module, vae: torch.nn.Module, pred: torch.Tensor,
                   captions: list[str]) -> torch.Tensor:
     """R (n,) of the student's prediction: through the VAE decode for an image RM, on unscaled latents for an LRM."""
     kind = getattr(reward, "input_kind", None)
-    with frozen(reward):
+    with params_frozen(reward):
         if kind == "image":
             r = reward.score(decode_images(vae, pred), captions)
         elif kind == "latent":
@@ -288,8 +270,9 @@ def lcd_step(student: torch.nn.Module, target: torch.nn.Module, teacher, batch: 
     z_prev = teacher_prev(teacher, x)
     with torch.no_grad():
         tgt = consistency_pred(target, z_prev, x.t_end, x, teacher.prediction_type, d)
-    lcd = lcd_loss(pred, tgt, d.loss, d.huber_c)  # METHOD.md 2.9
-    per_example = torch.stack([lcd_loss(p, q, d.loss, d.huber_c) for p, q in zip(pred.detach(), tgt)])
+    elem = lcd_loss_elementwise(pred, tgt, d.loss, d.huber_c)  # (B, 4, h, w), METHOD.md 2.9
+    lcd = elem.mean()
+    per_example = elem.detach().flatten(1).mean(1)  # (B,)
     rewards, r_loss = None, torch.zeros((), device=pred.device)
     if reward is not None:  # METHOD.md 3
         n = min(cfg.reward.batch_size or len(pred), len(pred))
@@ -304,10 +287,11 @@ def lcd_step(student: torch.nn.Module, target: torch.nn.Module, teacher, batch: 
 # ---------------------------------------------------------------- the optimizer side
 
 def make_optimizer(student: torch.nn.Module, train_cfg) -> torch.optim.Optimizer:
-    """AdamW over the student's trainable parameters with the run's settings (METHOD.md 3: lr 1e-6, wd 0)."""
-    params = [p for p in student.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=train_cfg.lr, betas=(train_cfg.adam_beta1, train_cfg.adam_beta2),
-                             eps=train_cfg.adam_eps, weight_decay=train_cfg.weight_decay)
+    """AdamW over the student's trainable parameters with the run's settings (METHOD.md 3: lr 1e-6, wd 0),
+    made as the training loop makes it (`rglcd.train.setup.make_optimizer`)."""
+    from rglcd.train import setup
+
+    return setup.make_optimizer(setup.trainable(student), train_cfg)
 
 
 def optimizer_update(student: torch.nn.Module, target: torch.nn.Module, optimizer: torch.optim.Optimizer,

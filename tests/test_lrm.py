@@ -260,6 +260,19 @@ def test_save_load_round_trip_with_optimizer_state(cfg, vae, expert, tmp_path):
     assert load_lrm(tmp_path / "lrm").meta["optimizer"]["params"][0].startswith("model.")
 
 
+def test_resaving_a_loaded_checkpoint_without_optimizer_drops_its_optimizer_entry(cfg, tmp_path):
+    lrm = _lrm(cfg)
+    save_lrm(lrm, tmp_path / "with", make_lrm_optimizer(lrm, cfg))
+    loaded = load_lrm(tmp_path / "with")
+    assert "optimizer" in loaded.meta                      # the loaded meta carries the entry along
+    save_lrm(loaded, tmp_path / "without")
+    assert sorted(p.name for p in (tmp_path / "without").iterdir()) == ["lrm_config.json", "model.safetensors"]
+    assert "optimizer" not in json.loads((tmp_path / "without" / "lrm_config.json").read_text())
+    reloaded = load_lrm(tmp_path / "without")
+    with pytest.raises(FileNotFoundError, match="saved without an optimizer state"):
+        load_lrm_optimizer(make_lrm_optimizer(reloaded, cfg), reloaded, tmp_path / "without")
+
+
 def test_load_reward_lrm_is_frozen(cfg, tmp_path):
     save_lrm(_lrm(cfg), tmp_path / "lrm")
     rm = load_reward("lrm", str(tmp_path / "lrm"))
@@ -316,3 +329,33 @@ def test_cli_pretrains_from_an_image_folder(model_cache, tmp_path, capsys):
     (data / "coffee.txt").unlink()
     assert main(argv) == 1
     assert "empty caption" in capsys.readouterr().err
+
+
+def test_cli_and_pipeline_step_stream_the_data_the_same_way(tmp_path, monkeypatch, capsys):
+    """`rglcd pretrain-lrm` and the pipeline's LRM step both go through `pretrain_lrm_from_data`, which streams
+    with the config's batch size, resolution, seed, shuffle buffer and workers."""
+    import rglcd.data
+    import rglcd.lrm.pretrain
+    from rglcd.cli import main
+
+    specs, calls = [], []
+    real_make_loader = rglcd.data.make_loader
+
+    def make_loader(source, spec, num_workers=0):
+        specs.append((spec, num_workers))
+        return real_make_loader(source, spec, num_workers)
+
+    def fake_pretrain(c, batches, out_dir, *, vae=None, device=None):
+        calls.append((next(iter(batches))["captions"], str(out_dir), device))
+        return {"steps": 1, "first_loss": 1.0, "last_loss": 1.0, "losses": [1.0], "out_dir": str(out_dir)}
+
+    monkeypatch.setattr(rglcd.data, "make_loader", make_loader)
+    monkeypatch.setattr(rglcd.lrm.pretrain, "pretrain_lrm", fake_pretrain)
+    argv = ["pretrain-lrm", "--data", "builtin:photos:4", "--out", str(tmp_path / "lrm"), "--preset", "tiny",
+            "--set", "data.shuffle_buffer=3", "--set", "lrm.pretrain_batch_size=2", "--set", "train.seed=5",
+            "--device", "cpu"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["out_dir"] == str(tmp_path / "lrm")
+    (spec, workers), = specs
+    assert (spec.shuffle_buffer, spec.batch_size, spec.seed, spec.resolution, workers) == (3, 2, 5, 32, 0)
+    assert len(calls[0][0]) == 2 and calls[0][1:] == (str(tmp_path / "lrm"), "cpu")

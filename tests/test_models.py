@@ -47,6 +47,15 @@ def test_teacher_is_frozen(tiny_teacher_dir):
     assert teacher.vae_scale_factor == 2
 
 
+def test_vae_scale_factor_counts_the_vae_blocks():
+    from types import SimpleNamespace
+
+    from rglcd.models import vae_scale_factor
+
+    sd_vae = SimpleNamespace(config=SimpleNamespace(block_out_channels=(128, 256, 512, 512)))
+    assert vae_scale_factor(sd_vae) == 8
+
+
 def test_student_copies_teacher_except_the_new_projection(tiny_teacher_dir):
     teacher = load_teacher(str(tiny_teacher_dir()))
     student = make_student(teacher.unet, 256)

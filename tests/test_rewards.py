@@ -308,3 +308,18 @@ def test_hps_weights_from_s3(s3_remote, model_cache, tmp_path, monkeypatch):
     assert all(torch.equal(v, state[k]) for k, v in rm.model.state_dict().items())
     with pytest.raises(MissingRewardWeights, match="no objects under this prefix"):
         load_reward("hpsv2.1", f"s3://{s3_remote.bucket}/nothing/HPS_v2.1_compressed.pt", cache_dir=str(tmp_path))
+
+
+def test_params_frozen_takes_several_modules_and_restores_each_flag():
+    from rglcd.rewards import params_frozen
+
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
+    b.bias.requires_grad_(False)                              # already frozen: must stay frozen
+    x = torch.randn(3, 2, requires_grad=True)
+    with params_frozen(a, None, b):
+        assert not any(p.requires_grad for p in [*a.parameters(), *b.parameters()])
+        y = b(a(x)).sum()
+    (gx,) = torch.autograd.grad(y, x)                         # the graph reaches the input only
+    assert gx.abs().sum() > 0 and all(p.grad is None for p in [*a.parameters(), *b.parameters()])
+    assert a.weight.requires_grad and a.bias.requires_grad and b.weight.requires_grad
+    assert not b.bias.requires_grad

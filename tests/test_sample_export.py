@@ -6,7 +6,8 @@ import torch
 
 from rglcd.export import export_student, load_student_unet, read_manifest
 from rglcd.models import load_teacher, make_student
-from rglcd.sample import ddim_sample, from_teacher, lcm_sample, lcm_scheduler, load_sampling_model, read_prompts
+from rglcd.data.prompts import load_prompts
+from rglcd.sample import ddim_sample, from_teacher, lcm_sample, lcm_scheduler, load_sampling_model
 
 PROMPTS = ["a photo of a cat", "a red car"]
 
@@ -149,7 +150,10 @@ def test_teacher_ddim_cfg_equals_stock_stable_diffusion_pipeline(tiny_teacher_di
 
 # ---------------------------------------------------------------- prompts and CLIs
 
-def test_read_prompts(tmp_path):
+def test_prompts_file_of_rglcd_sample(tmp_path):
+    def read_prompts(path):
+        return load_prompts(path, field="--prompts-file")
+
     (tmp_path / "p.txt").write_text("a cat\n\n  a dog  \n")
     (tmp_path / "p.json").write_text(json.dumps(["x", "y"]))
     (tmp_path / "bad.json").write_text(json.dumps({"x": 1}))
@@ -189,7 +193,7 @@ def test_cli_export_then_sample(exported, model_cache, tmp_path, capsys):
     index = json.loads((out / "samples.json").read_text())
     assert index["runs"]["steps-4"]["timesteps"] == [999, 759, 499, 259] and index["seed"] == 3
     # the PNG holds the same image lcm_sample gives for that seed
-    ref = lcm_sample(load_sampling_model(str(model)), read_prompts(tmp_path / "prompts.txt"), 4, 7.5, _gen(3))
+    ref = lcm_sample(load_sampling_model(str(model)), load_prompts(tmp_path / "prompts.txt"), 4, 7.5, _gen(3))
     png = torch.tensor(list(Image.open(out / "steps-4" / "001.png").getdata()), dtype=torch.float32)
     assert torch.allclose(png.T.reshape(3, 32, 32) / 255, ref.images[1], atol=1 / 255 + 1e-6)
 
@@ -199,3 +203,14 @@ def test_cli_export_then_sample(exported, model_cache, tmp_path, capsys):
     assert (teacher_out / "teacher-5" / "000.png").is_file()
     assert main(["sample", "--model", "tiny:epsilon", "--prompt", "a cat", "--out", str(tmp_path / "x"), *common]) == 1
     assert "not an LCM student" in capsys.readouterr().err
+
+
+def test_decode_is_decode_unscaled_of_z_over_the_scaling_factor(exported):
+    from rglcd.sample import decode, decode_unscaled
+
+    teacher = exported["epsilon"][0]
+    z = torch.randn(2, 4, 16, 16, generator=_gen(3))
+    images = decode(teacher.vae, z)
+    assert images.shape == (2, 3, 32, 32) and images.dtype == torch.float32
+    assert float(images.min()) >= 0 and float(images.max()) <= 1
+    assert torch.equal(images, decode_unscaled(teacher.vae, z / teacher.vae.config.scaling_factor))

@@ -168,6 +168,20 @@ def test_pseudo_huber_and_l2_hand_values():
         lcd_loss(pred, target, "l1")
 
 
+def test_elementwise_lcd_loss_is_what_lcd_loss_averages():
+    from rglcd.losses import lcd_loss_elementwise
+
+    pred, target = torch.tensor([0.0, 1.0, -2.0, 0.5]), torch.tensor([0.0, 0.0, 1.0, 0.5])
+    huber = lcd_loss_elementwise(pred, target, "huber", 0.5)
+    assert torch.allclose(huber, torch.tensor([0.0, math.sqrt(1.25) - 0.5, math.sqrt(9.25) - 0.5, 0.0]))
+    assert lcd_loss_elementwise(pred, target, "l2").tolist() == [0.0, 1.0, 9.0, 0.0]
+    x, y = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    for kind in ("huber", "l2"):
+        assert torch.equal(lcd_loss_elementwise(x, y, kind).mean(), lcd_loss(x, y, kind))
+    with pytest.raises(ValueError, match="huber, l2"):
+        lcd_loss_elementwise(pred, target, "l1")
+
+
 def test_reward_loss_and_imagereward_hinge():
     assert math.isclose(float(reward_loss(torch.tensor([0.2, 0.4]), beta=2.0)), -0.6, rel_tol=1e-6)
     r = torch.tensor([-1.0, 1.5, 2.0, 3.0], requires_grad=True)

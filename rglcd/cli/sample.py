@@ -36,10 +36,11 @@ def _or(value, default):
 def _sample(args: argparse.Namespace) -> None:
     import torch
 
-    from rglcd.sample import ddim_sample, lcm_sample, load_sampling_model, read_prompts, save_grid, to_pil
+    from rglcd.data.prompts import load_prompts
+    from rglcd.sample import ddim_sample, lcm_sample, load_sampling_model, save_grid, to_pil
 
     cfg = config_from_args(args)
-    prompts = args.prompt if args.prompt else read_prompts(args.prompts_file)
+    prompts = args.prompt if args.prompt else load_prompts(args.prompts_file, field="--prompts-file")
     if any(not p.strip() for p in prompts):
         raise ValueError("--prompt: empty prompts are not allowed")
     model = load_sampling_model(args.model, cfg.model.cache_dir, args.device)

@@ -231,8 +231,9 @@ def prep(cfg, source: str, out_dir: str | Path) -> dict[str, Any]:
 def _manifest(cfg, source: str, shards: list[dict], seen: int, dropped: Counter, vae) -> dict[str, Any]:
     latents: dict[str, Any] = {"precomputed": vae is not None}
     if vae is not None:
-        f = 2 ** (len(vae.config.block_out_channels) - 1)
-        side = cfg.model.resolution // f
+        from rglcd.models import vae_scale_factor
+
+        side = cfg.model.resolution // vae_scale_factor(vae)
         latents.update(resolution=cfg.model.resolution, vae=cfg.model.teacher, crop="center", dtype="float32",
                        shape=[2 * vae.config.latent_channels, side, side], key=LATENT_KEY)
     return {"format": FORMAT, "source": source, "num_records": sum(s["count"] for s in shards),

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from rglcd.lrm.model import LatentRewardModel, unlock_for_finetune
+from rglcd.sample import decode_unscaled
 
 PAIRS = ((0, 1), (0, 2), (1, 2))           # (P, T), (P, G), (T, G)
 MAX_LOGIT_SCALE = math.log(100.0)          # CLIP's clamp of the learned temperature
@@ -48,8 +49,7 @@ def unpermute(values: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def decode(vae: torch.nn.Module, latents: torch.Tensor, chunk: int) -> torch.Tensor:
     """Unscaled latents (N, 4, h, w) -> images (N, 3, H, W) in [0, 1], `chunk` at a time, no grad."""
-    images = [vae.decode(part.to(vae.device, vae.dtype)).sample for part in latents.split(chunk)]
-    return (torch.cat(images).float() / 2 + 0.5).clamp(0, 1)
+    return torch.cat([decode_unscaled(vae, part.to(vae.device)) for part in latents.split(chunk)])
 
 
 @torch.no_grad()

@@ -153,6 +153,7 @@ def save_lrm(lrm: LatentRewardModel, out_dir: str | Path, optimizer: torch.optim
     meta = {"format": FORMAT, "version": VERSION, **lrm.meta, **(extra or {})}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     save_file({k: v.detach().contiguous().cpu() for k, v in lrm.model.state_dict().items()}, str(tmp / WEIGHTS_FILE))
+    meta.pop("optimizer", None)  # a loaded checkpoint's entry: its optimizer.pt is not in this directory
     if optimizer is not None:
         names = [n for n, p in lrm.named_parameters() if p.requires_grad]
         if sum(len(g["params"]) for g in optimizer.param_groups) != len(names):

@@ -19,6 +19,7 @@ from typing import Any, Iterable
 import torch
 
 from rglcd.lrm.model import LatentRewardModel, latent_size_for, new_lrm, save_lrm
+from rglcd.models import vae_scale_factor
 
 log = logging.getLogger(__name__)
 BETAS, EPS, WEIGHT_DECAY = (0.9, 0.98), 1e-6, 0.2
@@ -37,10 +38,6 @@ def load_vae(ref: str, cache_dir: str, device: str | torch.device = "cpu", dtype
         raise FileNotFoundError(f"{ref}: no vae/ folder (a diffusers Stable Diffusion directory is expected)")
     vae = AutoencoderKL.from_pretrained(str(path), subfolder="vae", torch_dtype=dtype)
     return vae.requires_grad_(False).eval().to(device)
-
-
-def vae_scale_factor(vae) -> int:
-    return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def split_batch(batch: Any) -> tuple[torch.Tensor, list[str]]:

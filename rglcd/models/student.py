@@ -15,12 +15,10 @@ def make_student(teacher_unet: torch.nn.Module, time_cond_proj_dim: int = 256) -
     """A trainable copy of the teacher UNet with a fresh guidance-embedding projection."""
     from diffusers import UNet2DConditionModel
 
-    config = dict(teacher_unet.config)
-    # diffusers lists keys absent from the saved config.json (real SD configs lack time_cond_proj_dim)
-    # under `_use_default_values`, and `from_config` would then ignore our override.
-    config.pop("_use_default_values", None)
-    config["time_cond_proj_dim"] = time_cond_proj_dim
-    student = UNet2DConditionModel.from_config(config).to(teacher_unet.device, teacher_unet.dtype)
+    # A keyword argument overrides the config even where diffusers marked the key a default (real SD
+    # unet/config.json files have no time_cond_proj_dim; it is then listed in `_use_default_values`).
+    student = UNet2DConditionModel.from_config(teacher_unet.config, time_cond_proj_dim=time_cond_proj_dim)
+    student = student.to(teacher_unet.device, teacher_unet.dtype)
     missing, unexpected = student.load_state_dict(teacher_unet.state_dict(), strict=False)
     new = [k for k in missing if "cond_proj" not in k]
     if new or unexpected:

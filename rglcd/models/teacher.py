@@ -14,6 +14,11 @@ _SD_FILES = ["model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/*.j
              "vae/diffusion_pytorch_model.safetensors"]
 
 
+def vae_scale_factor(vae: torch.nn.Module) -> int:
+    """Pixels per latent along each side: 2 ** (number of VAE blocks - 1), 8 for Stable Diffusion."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 @dataclass
 class Teacher:
     """The frozen parts of a Stable Diffusion checkpoint, as rglcd uses them."""
@@ -27,7 +32,7 @@ class Teacher:
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_scale_factor(self.vae)
 
 
 def _check_layout(path: Path) -> None:

@@ -26,13 +26,15 @@ def freeze(module: nn.Module) -> nn.Module:
 
 
 @contextlib.contextmanager
-def params_frozen(module: nn.Module) -> Iterator[None]:
-    """Build graphs that reach the inputs but none of `module`'s parameters, then restore requires_grad.
+def params_frozen(*modules: nn.Module | None) -> Iterator[None]:
+    """Build graphs that reach the inputs but none of the `modules`' parameters (None entries are
+    skipped), then restore requires_grad.
 
-    The LRM keeps trainable parameters for its own fine-tuning; the student's reward gradient must
-    not land in them (METHOD.md 4: the student's gradient goes *through* the LRM, not into it).
+    Gradients flow *through* these modules to their inputs but never *into* them: the LRM keeps
+    trainable parameters for its own fine-tuning, and the student's reward gradient must land neither
+    there nor in the VAE (METHOD.md 4: the student's gradient goes *through* the LRM, not into it).
     """
-    trainable = [p for p in module.parameters() if p.requires_grad]
+    trainable = [p for m in modules if m is not None for p in m.parameters() if p.requires_grad]
     for p in trainable:
         p.requires_grad_(False)
     try:

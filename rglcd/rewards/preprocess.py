@@ -8,8 +8,10 @@ mean/std, S = the RM's input size (224). Two geometries, each the tensor twin of
 - `shorter_crop` (open_clip, CLIPImageProcessor of PickScore, ImageReward's BLIP transform): resize the
   shorter side to S (longer side int(S * long / short), as torchvision computes it), center crop S x S.
 
-Resizes are bicubic (align_corners=False). `antialias=True` matches PIL's bicubic (Keys a = -0.5
-with a widened support when downsampling); `antialias=False` is the reference stack's behaviour
+Resize, crop and normalisation are torchvision's tensor functionals (`transforms.v2.functional`; on
+float32 tensors: `F.interpolate`, slicing and plain arithmetic, all differentiable). Resizes are bicubic
+(align_corners=False). `antialias=True` matches PIL's bicubic (Keys a = -0.5 with a widened support when
+downsampling); `antialias=False` is the reference stack's behaviour
 (torchvision < 0.17 on tensors: a = -0.75, no low-pass), which aliases 512 -> 224 downsamples.
 """
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -26,10 +30,10 @@ ResizeMode = Literal["letterbox", "shorter_crop"]
 RESIZE_MODES = ("letterbox", "shorter_crop")
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int], antialias: bool) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == size:
-        return x
-    return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=antialias)
+def _resize(x: torch.Tensor, size: int | tuple[int, int], antialias: bool) -> torch.Tensor:
+    """Bicubic resize to (h, w), or of the shorter side to an int `size` (a no-op when already that size)."""
+    size = [size] if isinstance(size, int) else list(size)
+    return TF.resize(x, size, interpolation=InterpolationMode.BICUBIC, antialias=antialias)
 
 
 def letterbox(x: torch.Tensor, size: int, antialias: bool) -> torch.Tensor:
@@ -44,20 +48,12 @@ def letterbox(x: torch.Tensor, size: int, antialias: bool) -> torch.Tensor:
 
 def shorter_side_center_crop(x: torch.Tensor, size: int, antialias: bool) -> torch.Tensor:
     """Shorter side -> `size` (longer: int(size * long / short)), then center crop size x size."""
-    h, w = x.shape[-2:]
-    if h <= w:
-        new_h, new_w = size, int(size * w / h)
-    else:
-        new_h, new_w = int(size * h / w), size
-    x = _resize(x, (new_h, new_w), antialias)           # (B, 3, new_h, new_w)
-    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
-    return x[..., top:top + size, left:left + size]
+    return TF.center_crop(_resize(x, size, antialias), [size, size])
 
 
 def normalize(x: torch.Tensor, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD) -> torch.Tensor:
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - m) / s
+    """(x - mean) / std per channel; float input."""
+    return TF.normalize(x, list(mean), list(std))
 
 
 def clip_preprocess(images: torch.Tensor, size: int, mode: ResizeMode, antialias: bool) -> torch.Tensor:
