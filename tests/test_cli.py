@@ -2,6 +2,7 @@
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from rglcd.cli import build_parser, main
@@ -44,3 +45,19 @@ def test_models_tiny_via_console_script(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert '"v_prediction"' in (out / "scheduler" / "scheduler_config.json").read_text()
+
+
+def test_mapping_files_named_by_flags_read_json_and_yaml_and_refuse_the_rest(tmp_path):
+    from rglcd.cli._common import read_mapping_file
+
+    (tmp_path / "m.json").write_text('{"fid": 12.5}')
+    (tmp_path / "m.yaml").write_text("fid: 12.5\nhps: {mean: 30}\n")
+    assert read_mapping_file(str(tmp_path / "m.json"), "--metrics") == {"fid": 12.5}
+    assert read_mapping_file(str(tmp_path / "m.yaml"), "--metrics") == {"fid": 12.5, "hps": {"mean": 30}}
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "broken.json").write_text('{"fid": ')
+    for name, error, words in [("missing.json", FileNotFoundError, "does not exist"),
+                               ("list.json", ValueError, "must hold a mapping"),
+                               ("broken.json", ValueError, "is not valid JSON or YAML")]:
+        with pytest.raises(error, match=rf"^--production-metrics: '.*{name}' {words}"):
+            read_mapping_file(str(tmp_path / name), "--production-metrics")

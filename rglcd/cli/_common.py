@@ -1,7 +1,11 @@
-"""Arguments every config-taking subcommand shares: --preset, --config, --set."""
+"""What subcommands share: the --preset/--config/--set arguments, and reading a mapping file a flag names."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 from rglcd.config import Config, list_presets, load_config
 
@@ -17,3 +21,17 @@ def add_config_args(parser: argparse.ArgumentParser, default_preset: str | None 
 def config_from_args(args: argparse.Namespace) -> Config:
     preset = None if args.config and args.preset == "tiny" else args.preset
     return load_config(preset=preset, path=args.config, overrides=args.overrides)
+
+
+def read_mapping_file(path: str, what: str) -> dict[str, Any]:
+    """A JSON or YAML file holding a mapping; errors name `what` (the flag) and the path."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{what}: {path!r} does not exist")
+    try:
+        data = yaml.safe_load(file.read_text())          # YAML reads JSON too
+    except yaml.YAMLError as err:
+        raise ValueError(f"{what}: {path!r} is not valid JSON or YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what}: {path!r} must hold a mapping")
+    return data

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from rglcd.cli._common import add_config_args, config_from_args
+from rglcd.cli._common import add_config_args, config_from_args, read_mapping_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,20 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _production(path: str | None) -> dict | None:
-    if path is None:
-        return None
-    from pathlib import Path
-
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"--production-metrics: {path!r} does not exist")
-    try:
-        data = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--production-metrics: {path!r} is not JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"--production-metrics: {path!r} must hold a JSON object")
-    return data
+    return None if path is None else read_mapping_file(path, "--production-metrics")
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -7,9 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from rglcd.cli._common import add_config_args, config_from_args
+from rglcd.cli._common import add_config_args, config_from_args, read_mapping_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,16 +44,7 @@ def read_metrics(path: str) -> dict[str, float]:
     """Metrics file -> flat {name: number}; anything else is refused naming the file and key."""
     from rglcd.registry.provenance import flatten
 
-    file = Path(path)
-    if not file.is_file():
-        raise ValueError(f"metrics file {path!r} does not exist")
-    try:
-        data = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"metrics file {path!r} is not valid JSON or YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"metrics file {path!r} must hold a mapping of name -> number")
-    flat = flatten(data)
+    flat = flatten(read_mapping_file(path, "--metrics"))
     bad = {k: v for k, v in flat.items() if isinstance(v, bool) or not isinstance(v, (int, float))}
     if bad:
         key, value = next(iter(bad.items()))
