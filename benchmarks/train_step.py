@@ -96,7 +96,8 @@ def make_run(cfg, teacher, guidance):
     from rglcd.models import make_target
     from rglcd.train.checkpoint import TrainState
     from rglcd.train.loop import Run, make_accelerator
-    from rglcd.train.setup import build_student, make_optimizer, make_scheduler, trainable
+    from rglcd.optim import make_optimizer, make_scheduler, trainable
+    from rglcd.train.setup import build_student
 
     acc = make_accelerator(cfg)
     student = build_student(teacher.unet, cfg.train, cfg.model.time_cond_proj_dim).to(acc.device)

@@ -6,12 +6,13 @@ Rows: the data itself; the teacher (50-step DDIM + CFG); the LCD-only student an
 (direct expert reward at each beta, LRM at each beta), each at 1/2/4/8 LCM steps. Every student starts
 from the same teacher, sees the same batches and the same per-example draws (`rglcd.step` seeds them by
 (seed, step, index)), so rows differ only by the reward term. The pieces of the method are the
-project's: `rglcd.step.lcd_step` / `optimizer_update`, `rglcd.lrm.pretrain_lrm` / `lrm_finetune_step`,
+project's: `rglcd.step.lcd_step`, `rglcd.optim.optimizer_update`, `rglcd.lrm.pretrain_lrm` / `lrm_finetune_step`,
 `rglcd.sample.lcm_sample` / `ddim_sample`, `rglcd.evaluate` (HF energy ratio, latency, Frechet distance).
 """
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -63,14 +64,15 @@ def train_student(world, toy: ToyConfig, exp: Experiment, device: torch.device, 
     """`toy.student_steps` RG-LCD steps (METHOD.md 2-4) from the teacher; returns the student UNet and its record."""
     from rglcd.lrm import lrm_finetune_step
     from rglcd.models import make_student, make_target
-    from rglcd.step import lcd_step, make_optimizer, optimizer_update
+    from rglcd.optim import make_optimizer, optimizer_update, trainable
+    from rglcd.step import lcd_step
 
     mcfg = method_config(toy, "lrm" if exp.guidance == "lrm" else "direct", exp.beta)
     teacher, sf = world.teacher, world.teacher.vae.config.scaling_factor
     torch.manual_seed(toy.seed)                                   # the new w-projection: same init in every row
     student = make_student(teacher.unet, mcfg.model.time_cond_proj_dim).to(device)
     target = make_target(student)
-    optimizer = make_optimizer(student, mcfg.train)
+    optimizer = make_optimizer(trainable(student), mcfg.train)
     side = reward_side(world, exp, mcfg, device)
     batches, lrm_gen = torch.Generator().manual_seed(toy.seed + 100), torch.Generator().manual_seed(toy.seed + 200)
     history, started = [], time.perf_counter()
@@ -80,7 +82,8 @@ def train_student(world, toy: ToyConfig, exp: Experiment, device: torch.device, 
                  "index": idx}
         out = lcd_step(student, target, teacher, batch, mcfg, step, reward=side.student_reward)
         out.loss.backward()
-        record = {"lcd_loss": out.lcd_loss.item(), "grad_norm": optimizer_update(student, target, optimizer, mcfg),
+        norm, _ = optimizer_update(student, target, optimizer, mcfg, loss_finite=math.isfinite(out.loss.item()))
+        record = {"lcd_loss": out.lcd_loss.item(), "grad_norm": norm,
                   "train_reward": None if out.reward is None else out.reward.item()}
         if side.finetunes:                                        # METHOD.md 4: after the student's update
             record.update(lrm_finetune_step(side.lrm, side.lrm_optimizer, side.expert, teacher.vae,
