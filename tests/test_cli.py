@@ -1,4 +1,5 @@
 """The `rglcd` command: help on every command, config show, tiny models."""
+import json
 import subprocess
 import sys
 
@@ -31,6 +32,15 @@ def test_config_show_applies_preset_and_overrides(capsys):
     assert main(["config", "show", "--preset", "sd21-768-hpsv21", "--set", "train.max_steps=5"]) == 0
     data = yaml.safe_load(capsys.readouterr().out)
     assert data["model"]["resolution"] == 768 and data["train"]["max_steps"] == 5
+
+
+def test_config_show_applies_an_explicit_preset_under_a_file(capsys, tmp_path):
+    """`--preset tiny --config f.yaml` (f.yaml without a preset key) is tiny + f.yaml, not the SD 2.1 defaults."""
+    path = tmp_path / "f.yaml"
+    path.write_text("train: {max_steps: 7}\n")
+    assert main(["config", "show", "--preset", "tiny", "--config", str(path), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["preset"], data["model"]["teacher"], data["train"]["max_steps"]) == ("tiny", "tiny:epsilon", 7)
 
 
 def test_config_error_exits_2_with_message(capsys):

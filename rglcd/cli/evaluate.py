@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from rglcd.cli._common import add_config_args, config_from_args, read_mapping_file
+from rglcd.cli._common import read_mapping_file
+from rglcd.config.args import add_config_args, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:

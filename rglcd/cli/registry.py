@@ -7,7 +7,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from rglcd.cli._common import add_config_args, config_from_args, read_mapping_file
+from rglcd.cli._common import read_mapping_file
+from rglcd.config.args import add_config_args, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:

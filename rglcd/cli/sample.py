@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rglcd.cli._common import add_config_args, config_from_args
+from rglcd.config.args import add_config_args, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
