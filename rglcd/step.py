@@ -156,7 +156,7 @@ def unet_output(unet: torch.nn.Module, z: torch.Tensor, t: torch.Tensor, text: t
 
 # ---------------------------------------------------------------- the reward term (METHOD.md 3)
 
-def decode_images(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+def decode_through_frozen_vae(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
     """Scaled latents (B, 4, h, w) -> images in [0, 1] (B, 3, H, W), differentiable w.r.t. z, not the VAE."""
     with params_frozen(vae):
         return decode_unscaled(vae, z / vae.config.scaling_factor)
@@ -168,7 +168,7 @@ def score_rewards(reward: torch.nn.Module, vae: torch.nn.Module, pred: torch.Ten
     kind = getattr(reward, "input_kind", None)
     with params_frozen(reward):
         if kind == "image":
-            r = reward.score(decode_images(vae, pred), captions)
+            r = reward.score(decode_through_frozen_vae(vae, pred), captions)
         elif kind == "latent":
             r = reward.score(pred / vae.config.scaling_factor, captions)  # no VAE decode (METHOD.md 4)
         else:

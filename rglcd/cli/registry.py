@@ -41,7 +41,7 @@ def add_models_actions(cmds: argparse._SubParsersAction) -> None:
     promote.set_defaults(func=_promote)
 
 
-def read_metrics(path: str) -> dict[str, float]:
+def read_metric_values(path: str) -> dict[str, float]:
     """Metrics file -> flat {name: number}; anything else is refused naming the file and key."""
     from rglcd.registry.provenance import flatten
 
@@ -66,7 +66,7 @@ def _register(args: argparse.Namespace) -> None:
     from rglcd.registry import publish, register as register_version
 
     cfg = config_from_args(args)
-    metrics, data = read_metrics(args.metrics), _data_version(args.data_version)
+    metrics, data = read_metric_values(args.metrics), _data_version(args.data_version)
     if args.model_dir:
         published = publish(cfg, args.model_dir, metrics, to_dict(cfg), data, args.run_id)
         print(published.push.summary())

@@ -82,7 +82,7 @@ def encode_moments(vae, images: torch.Tensor, device: torch.device, chunk: int =
 
 
 @torch.no_grad()
-def decode_means(vae, moments: torch.Tensor, device: torch.device, chunk: int = 256) -> torch.Tensor:
+def decode_posterior_means(vae, moments: torch.Tensor, device: torch.device, chunk: int = 256) -> torch.Tensor:
     """Images in [0, 1] decoded from the posterior means (the VAE's reconstructions)."""
     out = [vae.decode(part[:, :4].to(device)).sample.cpu() for part in moments.split(chunk)]
     return (torch.cat(out) / 2 + 0.5).clamp(0, 1)
@@ -286,11 +286,11 @@ def build_world(cfg: WorldConfig, out: Path, device: torch.device, method_cfg) -
     vae.eval().requires_grad_(False)
     moments = encode_moments(vae, data.images, device)                          # (N, 8, h, w)
     vae.register_to_config(scaling_factor=float(1.0 / moments[:, :4].std()))
-    recon_ref = decode_means(vae, encode_moments(vae, ref.images, device), device)
+    recon_ref = decode_posterior_means(vae, encode_moments(vae, ref.images, device), device)
     timings["vae_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    x = torch.cat([data.images, decode_means(vae, moments, device)])            # real + reconstructions
+    x = torch.cat([data.images, decode_posterior_means(vae, moments, device)])            # real + reconstructions
     y = torch.cat([data.labels, data.labels])
     reward_cls, reward_losses = train_classifier(x, y, cfg.classifier_steps, cfg.seed + 2, cfg.reward_width,
                                                  device=device)
