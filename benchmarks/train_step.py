@@ -220,8 +220,10 @@ def config_for(args):
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    from rglcd.devices import DEVICE_HELP, resolve_device
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--size", default="tiny", choices=["tiny", "sd21-base"])
     parser.add_argument("--batch", type=int, default=None, help="per-step batch (default 4)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per variant")
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     if device.type == "cpu":
         args.precision = "no"
     cfg = config_for(args)

@@ -156,6 +156,8 @@ def test_world_key_and_method_config():
     row = method_config(toy, "lrm", 5.0, world_dir="/w/world-abc")        # a built world: every source points into it
     assert (row.model.teacher, row.reward.weights, row.lrm.checkpoint) == (
         "/w/world-abc/teacher", "/w/world-abc", "/w/world-abc/lrm")
+    plain = method_config(toy, world_dir="/w/world-abc")                    # LCD: no expert, no LRM to load
+    assert (plain.model.teacher, plain.reward.weights, plain.lrm.checkpoint) == ("/w/world-abc/teacher", None, None)
 
 
 @pytest.mark.slow

@@ -171,7 +171,7 @@ class EvalConfig:
     latency_batch_size: int = F(1, "images per timed generation call", gt=0)
     latency_repeats: int = F(3, "timed calls after the warm-up (median reported)", gt=0)
     grid_prompts: int = F(4, "prompts (rows) in the HTML sample grid", gt=0)
-    device: str = F("auto", "evaluation device: auto (cuda if available), cpu, cuda, cuda:N")
+    device: str = F("auto", "evaluation device: auto (cuda if a GPU is visible, else cpu), cpu, cuda, cuda:N (rglcd.devices)")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = F("auto", "model dtype (auto: fp16 on CUDA, fp32 on CPU)")
 
 

@@ -127,6 +127,6 @@ def method_config(toy: ToyConfig, guidance: str = "direct", beta: float = 0.0,
     if world_dir is not None:
         world = Path(world_dir)
         data["model"] = {"teacher": str(world / "teacher")}
-        data["reward"]["weights"] = str(world)
-        data["lrm"]["checkpoint"] = str(world / "lrm")
+        data["reward"]["weights"] = str(world) if beta else None
+        data["lrm"]["checkpoint"] = str(world / "lrm") if guidance == "lrm" else None
     return load_config(TOY_PRESET, data=data)
