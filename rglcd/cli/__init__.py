@@ -3,6 +3,8 @@
 Modules are discovered, so a new step adds a file here and touches nothing else. Conventions shared by
 every command: --preset/--config/--set (`rglcd.config.args`), --device (`rglcd.devices`: auto, cpu, cuda,
 cuda:N) and --json (one JSON object on stdout, logs on stderr; `rglcd.cli._common`).
+Command modules import the library inside their command function, so `rglcd --help` and `rglcd config`
+never import torch, diffusers or kfp (import time); tests/test_imports.py counts these imports like any other.
 """
 from __future__ import annotations
 
