@@ -1,4 +1,4 @@
-"""The optimizer side of the method (METHOD.md 2.10 and 3): AdamW over the trainable parameters, its LR
+"""The optimizer side of the method (docs/method.md 2.10 and 3): AdamW over the trainable parameters, its LR
 schedule, and the update after backward (clip, step or skip a non-finite step, schedule, EMA target).
 
     optimizer = make_optimizer(trainable(student), cfg.train)
@@ -27,7 +27,7 @@ def trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def make_optimizer(params: list[torch.nn.Parameter], train_cfg, lr: float | None = None) -> torch.optim.Optimizer:
-    """AdamW (METHOD.md 3): 8-bit when asked and bitsandbytes is installed, fused on CUDA, else the default."""
+    """AdamW (docs/method.md 3): 8-bit when asked and bitsandbytes is installed, fused on CUDA, else the default."""
     kwargs = dict(lr=train_cfg.lr if lr is None else lr, betas=(train_cfg.adam_beta1, train_cfg.adam_beta2),
                   eps=train_cfg.adam_eps, weight_decay=train_cfg.weight_decay)
     if train_cfg.use_8bit_adam:
@@ -61,7 +61,7 @@ def optimizer_update(student: torch.nn.Module, target: torch.nn.Module, optimize
                      loss_finite: bool = True, clip_grad_norm: ClipFn = torch.nn.utils.clip_grad_norm_,
                      scheduler=None) -> tuple[float, bool]:
     """After backward: clip the grad norm, then step the optimizer (or skip a bad step, `is_bad_step`), zero the
-    grads, step the LR schedule and EMA-update the target (METHOD.md 2.10, 3). Returns (pre-clip norm, bad).
+    grads, step the LR schedule and EMA-update the target (docs/method.md 2.10, 3). Returns (pre-clip norm, bad).
 
     student: the unwrapped student (no DDP wrapper); target: its EMA copy. A loop on accelerate passes
     `clip_grad_norm=accelerator.clip_grad_norm_` (it unscales fp16 gradients first) and `loss_finite` agreed

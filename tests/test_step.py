@@ -5,7 +5,7 @@ import torch
 
 from rglcd import solver
 from rglcd.models import load_teacher, make_student, make_target
-from rglcd.optim import make_optimizer, optimizer_update, trainable
+from rglcd.optim import is_bad_step, make_optimizer, optimizer_update, trainable
 from rglcd.step import draw, example_generators, example_seed, lcd_step
 
 CAPTIONS = ["a photo of a cat", "a red car on a street", "a bowl of fruit", "mountains at sunset"]
@@ -316,6 +316,32 @@ def test_optimizer_update_steps_the_student_and_moves_the_target_by_ema(teachers
     assert any(not torch.equal(a, p) for a, p in zip(before_s, student.parameters()))
     for t0, t1, s1 in zip(before_t, target.parameters(), student.parameters()):
         assert torch.allclose(t1, 0.9 * t0 + 0.1 * s1, atol=1e-6)
+
+
+def test_the_one_non_finite_rule():
+    """A bad step: a non-finite loss anywhere, or a non-finite grad norm outside fp16 (there the scaler skips)."""
+    assert [is_bad_step(True, 1.0, p) for p in ("no", "bf16", "fp16")] == [False, False, False]
+    assert [is_bad_step(True, float("nan"), p) for p in ("no", "bf16", "fp16")] == [True, True, False]
+    assert [is_bad_step(False, 1.0, p) for p in ("no", "bf16", "fp16")] == [True, True, True]
+
+
+def test_optimizer_update_skips_a_bad_step_and_moves_nothing(teachers, tiny_cfg):
+    cfg = tiny_cfg("reward.guidance=direct", "train.lr=1e-3")
+    student, target = _models(teachers["epsilon"])
+    opt = make_optimizer(trainable(student), cfg.train)
+    weights = [p.detach().clone() for p in [*student.parameters(), *target.parameters()]]
+
+    def unchanged() -> bool:
+        return all(torch.equal(a, b) for a, b in zip(weights, [*student.parameters(), *target.parameters()]))
+    for p in trainable(student):
+        p.grad = torch.full_like(p, float("nan"))
+    norm, bad = optimizer_update(student, target, opt, cfg)
+    assert bad and norm != norm and unchanged() and all(p.grad is None for p in student.parameters())
+    for p in trainable(student):                     # finite gradients, but the loss was not finite somewhere
+        p.grad = torch.ones_like(p)
+    norm, bad = optimizer_update(student, target, opt, cfg, loss_finite=False)
+    assert bad and norm > 0 and unchanged() and all(p.grad is None for p in student.parameters())
+    assert not opt.state                             # AdamW never stepped: no moments were made
 
 
 def _train(teacher, cfg, steps, reward=None, fixed_draws=False):
