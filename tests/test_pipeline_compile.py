@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.runtime import (LRM_SECTIONS, PREP_SECTIONS, config_json_of, load_step_config, parse_config_json,
-                                resolve_config)
+from components.step_config import (LRM_SECTIONS, PREP_SECTIONS, config_json_of, load_step_config,
+                                    parse_config_json, resolve_config)
 from pipelines.compile import check_cluster_config, compile_pipeline, version_name
 from rglcd.cli import main
 from rglcd.config import ConfigError, load_config
@@ -318,22 +318,22 @@ def test_launch_training_stages_inputs_reattaches_and_publishes(tmp_path, monkey
     assert (tmp_path / "out2" / "report").read_text().startswith("<!doctype html>")
 
 
-def test_train_outputs_names_what_is_missing(tmp_path):
-    from components.runtime import train_outputs
+def test_training_outputs_names_what_is_missing(tmp_path):
+    from rglcd.results import training_outputs
 
     (tmp_path / "model").mkdir()
     with pytest.raises(FileNotFoundError, match="report.html.*metrics.jsonl"):
-        train_outputs(str(tmp_path))
+        training_outputs(str(tmp_path))
 
 
-def test_train_outputs_keep_the_last_finite_number_of_each_metric(tmp_path):
-    from components.runtime import train_outputs
+def test_training_outputs_keep_the_last_finite_number_of_each_metric(tmp_path):
+    from rglcd.results import training_outputs
 
     (tmp_path / "model").mkdir()
     (tmp_path / "report.html").write_text("<!doctype html>")
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5, "gn": 2.0, "note": "x"}\n'
                                             '{"step": 2, "loss": NaN, "gn": Infinity, "nan_guard": true}\n')
-    assert train_outputs(str(tmp_path))["metrics"] == {"step": 2.0, "loss": 0.5, "gn": 2.0}
+    assert training_outputs(str(tmp_path))["metrics"] == {"step": 2.0, "loss": 0.5, "gn": 2.0}
 
 
 def test_mount_paths_have_one_definition():
@@ -350,14 +350,14 @@ def test_pretrain_lrm_component_records_the_prep_data_version(tmp_path, monkeypa
     import rglcd.lrm
     from kfp.dsl import Model
 
-    from components import runtime
+    from components.dvc_io import push_artifact
     from components.lrm import pretrain_lrm
     from rglcd.data.prep import prep
 
     cfg = load_config("tiny", overrides=[f"storage.remote={tmp_path / 'remote'}"])
     prepared = tmp_path / "prepared"
     manifest = prep(cfg, "builtin:photos:4", prepared)
-    pointer = runtime.push(str(prepared), cfg)
+    pointer = push_artifact(cfg, str(prepared))
     seen = {}
 
     def fake_pretrain(c, data_dir, out, device=None):
