@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -348,8 +348,6 @@ def _load(path: Path, cfg: WorldConfig, info: dict[str, Any], device: torch.devi
 
 def load_or_build_world(cfg: WorldConfig, cache_dir: str | Path, device: str | torch.device, method_cfg) -> World:
     """The cached world for `cfg` (built once, `rglcd.fsutil.build_once`)."""
-    from dataclasses import replace
-
     device = torch.device(device)
     key = f"world-{cfg.key()}"
     final = Path(os.path.expanduser(str(cache_dir))) / key
