@@ -122,7 +122,7 @@ def test_reference_stats_are_cached_by_content_hash(tmp_path):
     _crops(5, 1, 32)[0].save(folder / "001.png")              # same names, new content
     changed = fid_mod.reference_stats(folder, *args)
     assert not changed.cached and changed.sha256 != first.sha256
-    assert len(list((tmp_path / "cache" / "fid-stats").glob("*.npz"))) == 2
+    assert len(list((tmp_path / "cache" / "fid-stats").glob("*/stats.npz"))) == 2          # one entry per content
 
 
 def test_inception_source_order_and_errors(tmp_path, monkeypatch):

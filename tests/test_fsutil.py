@@ -150,9 +150,12 @@ def _half_then_fail(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
-@pytest.mark.parametrize("user", ["tiny-teacher", "fid-reference", "tiny-openclip", "tiny-pickscore", "s3-copy",
-                                  "toy-world"])
+@pytest.mark.parametrize("user", ["tiny-teacher", "fid-reference", "fid-stats", "tiny-openclip", "tiny-pickscore",
+                                  "s3-copy", "toy-world"])
 def test_every_cache_user_leaves_nothing_behind_when_its_build_fails(tmp_path, monkeypatch, user):
+    import torch
+
+    import rglcd.evaluate.fid as fid
     import rglcd.evaluate.reference as reference
     import rglcd.models.tiny as tiny
     import rglcd.rewards.openclip as openclip
@@ -163,10 +166,15 @@ def test_every_cache_user_leaves_nothing_behind_when_its_build_fails(tmp_path, m
     from rglcd.toy.config import WorldConfig
 
     cache = tmp_path / "cache"
+    images = reference.write_builtin_photos(2, tmp_path / "images")
+    pool = lambda x: torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1)  # noqa: E731  (a cheap extractor)
     calls = {
         "tiny-teacher": (tiny, "save_tiny_teacher", lambda: sources.resolve_tiny("tiny:epsilon", str(cache))),
         "fid-reference": (reference, "write_builtin_photos",
                           lambda: reference.resolve_reference("builtin:photos:2", cache)),
+        "fid-stats": (fid, "_stats_entry", lambda: fid.reference_stats(images, "clean", pool,
+                                                                       fid.InceptionSource("t", "none", "0" * 64),
+                                                                       cache, torch.device("cpu"), 2)),
         "tiny-openclip": (openclip, "_save_state_dict", lambda: openclip.tiny_checkpoint(openclip.HPS, str(cache))),
         "tiny-pickscore": (pickscore, "write_clip_tokenizer", lambda: pickscore.tiny_pickscore_dir(str(cache))),
         "s3-copy": (sources, "_download_prefix", lambda: sources.resolve_s3("s3://bucket/models/teacher", str(cache))),
@@ -181,4 +189,5 @@ def test_every_cache_user_leaves_nothing_behind_when_its_build_fails(tmp_path, m
     assert leftovers == [] and not any(".build-" in p.name for p in cache.rglob("*"))
     monkeypatch.undo()
     if user not in ("s3-copy", "toy-world"):     # (S3: test_rewards reads s3:// through moto; toy: test_toy)
-        assert Path(call()).exists()
+        result = call()
+        assert (result.count == 2 and not result.cached) if user == "fid-stats" else Path(result).exists()
