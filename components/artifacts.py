@@ -1,7 +1,7 @@
-"""Filling a step's KFP output artifacts: copy files to `artifact.path`, make metadata JSON-safe, and publish
-a finished training (student, report, metrics) as the training steps' artifacts.
+"""Filling a step's KFP output artifacts: copy files to `artifact.path`, make metadata JSON-safe.
 
-No kfp import here: component bodies import this module at run time (artifacts arrive as arguments).
+No kfp import here (artifacts arrive as arguments), and nothing heavy: the multi-node launcher's
+staging (components.runtime) copies with this module too.
 """
 from __future__ import annotations
 
@@ -10,10 +10,6 @@ import os
 import shutil
 from pathlib import Path
 from typing import Any
-
-from components.dvc_io import push_artifact
-from rglcd.config import Config
-from rglcd.results import training_outputs
 
 
 def copy_into(src: str | os.PathLike, dst: str) -> str:
@@ -30,19 +26,3 @@ def copy_into(src: str | os.PathLike, dst: str) -> str:
 def plain(value: Any) -> Any:
     """JSON-safe copy (numbers stay numbers; paths and other objects become strings)."""
     return json.loads(json.dumps(value, default=str))
-
-
-def publish_training(cfg: Config, output_dir: str, model: Any, metrics: Any, report: Any,
-                     **metadata: Any) -> str:
-    """Copy a finished training's student, report and metrics JSONL into the step's artifacts, push the
-    student to the DVC remote (pointer in `model.metadata["dvc"]`), log the last metrics; -> pointer JSON."""
-    found = training_outputs(output_dir)
-    copy_into(found["model_dir"], model.path)
-    copy_into(found["report"], report.path)
-    copy_into(found["metrics_file"], metrics.path)
-    pointer = push_artifact(cfg, model.path)
-    model.metadata.update(plain({"dvc": pointer, "steps": found["metrics"].get("step"), "checkpoint_dir": output_dir,
-                                 **metadata}))
-    for key, value in found["metrics"].items():
-        metrics.log_metric(key, value)
-    return json.dumps(pointer)

@@ -1,8 +1,8 @@
 """Where the shared volumes are mounted, and staging the inputs of a multi-node training job.
 
 The other jobs this module once did live in modules named for them: the config parameter in
-`components.step_config`, DVC transfers in `components.dvc_io`, artifact copies and publishing in
-`components.artifacts`, reading finished outputs as numbers in `rglcd.results`.
+`components.step_config`, DVC transfers in `components.dvc_io`, artifact copies in `components.artifacts`, publishing a
+training in `components.publish`, reading finished outputs as numbers in `rglcd.results`.
 No kfp import here: component bodies import this module at run time.
 """
 from __future__ import annotations

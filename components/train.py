@@ -21,7 +21,7 @@ def train_student(config_json: str, dataset: Input[Dataset], checkpoint_root: st
     import os
     from collections import namedtuple
 
-    from components.artifacts import publish_training
+    from components.publish import publish_training
     from components.step_config import load_step_config
     from rglcd.train import train
 
@@ -46,7 +46,7 @@ def launch_training(config_json: str, dataset: Input[Dataset], run_id: str, mode
     from collections import namedtuple
 
     from components import k8s_launcher
-    from components.artifacts import publish_training
+    from components.publish import publish_training
     from components.runtime import job_name, stage_inputs, train_args
     from components.step_config import load_step_config
 
