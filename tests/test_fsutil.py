@@ -153,14 +153,16 @@ def _half_then_fail(*args, **kwargs):
 @pytest.mark.parametrize("user", ["tiny-teacher", "fid-reference", "fid-stats", "tiny-openclip", "tiny-pickscore",
                                   "s3-copy", "toy-world"])
 def test_every_cache_user_leaves_nothing_behind_when_its_build_fails(tmp_path, monkeypatch, user):
+    """Each place that builds into the cache goes through build_once: its build step failing half-way leaves
+    no file and no temporary folder, and the next call builds the entry."""
     import torch
 
     import rglcd.evaluate.fid as fid
     import rglcd.evaluate.reference as reference
+    import rglcd.models.sources as sources
     import rglcd.models.tiny as tiny
     import rglcd.rewards.openclip as openclip
     import rglcd.rewards.pickscore as pickscore
-    import rglcd.models.sources as sources
     import rglcd.toy.world as world
     from rglcd.config import load_config
     from rglcd.toy.config import WorldConfig
