@@ -2,8 +2,10 @@
 
 Each step module defines one `@dsl.component` (lightweight style, `install_kfp_package=False`: the
 step runs in the project image, which has rglcd, kfp and this package installed, so nothing is
-pip-installed at pod start). The component bodies import `components.runtime` and `rglcd` at run
-time; this package's `__init__` imports nothing, so that import stays light inside a pod.
+pip-installed at pod start). The component bodies import `rglcd` and the kfp-free helper modules at
+run time: `step_config` (the config parameter), `dvc_io` (push/pull by DVC pointer), `artifacts` (copy
+into artifact paths), `publish` (a finished training as artifacts), `runtime` (volume mounts, multi-node staging). This package's
+`__init__` imports nothing, so that import stays light inside a pod.
 
     configure -> prep -> (pretrain_lrm) -> train -> evaluate -> register
 """

@@ -18,7 +18,7 @@ def configure(config_json: str, preset: str, data_uri: str, max_steps: int
     """
     from collections import namedtuple
 
-    from components.runtime import LRM_SECTIONS, PREP_SECTIONS, config_json_of, resolve_config
+    from components.step_config import LRM_SECTIONS, PREP_SECTIONS, config_json_of, resolve_config
 
     cfg = resolve_config(config_json, preset, data_uri, max_steps)
     outputs = namedtuple("Outputs", ["config", "prep_config", "lrm_config"])

@@ -19,16 +19,19 @@ def evaluate_student(config_json: str, model: Input[Model], results: Output[Arti
     import json
     from pathlib import Path
 
-    from components.runtime import copy_into, eval_summary, load_step_config, plain, push
+    from components.artifacts import copy_into, plain
+    from components.dvc_io import push_artifact
+    from components.step_config import load_step_config
     from rglcd.evaluate import evaluate
     from rglcd.registry import production_metrics
+    from rglcd.results import evaluation_summary
 
     cfg = load_step_config(config_json)
     result = evaluate(cfg, model.path, results.path, production_metrics=production_metrics(cfg))
-    summary = eval_summary(result)
+    summary = evaluation_summary(result)
     copy_into(summary["html"], page.path)
     copy_into(summary["metrics_file"], metrics.path)
-    results.metadata.update(plain({"dvc": push(results.path, cfg)}))
+    results.metadata.update(plain({"dvc": push_artifact(cfg, results.path)}))
     numbers = summary["numbers"]
     for key, value in numbers.items():
         metrics.log_metric(key, value)

@@ -23,16 +23,19 @@ def pretrain_lrm(config_json: str, data_pointer: str, lrm: Output[Model]) -> Nam
     import tempfile
     from collections import namedtuple
 
-    from components.runtime import data_version_of, load_step_config, plain, pull, push
+    from components.artifacts import plain
+    from components.dvc_io import pull_artifact, push_artifact
+    from components.step_config import load_step_config
+    from rglcd.data import data_version
     from rglcd.lrm import pretrain_lrm_from_data
 
     cfg = load_step_config(config_json)
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir = pull(data_pointer, f"{tmp}/data", cfg)
-        data_version = data_version_of(data_dir)
+        data_dir = pull_artifact(cfg, data_pointer, f"{tmp}/data")
+        version = data_version(data_dir)
         info = pretrain_lrm_from_data(cfg, data_dir, lrm.path)
-    pointer = push(lrm.path, cfg)
-    lrm.metadata.update(plain({"dvc": pointer, "data_version": data_version,
+    pointer = push_artifact(cfg, lrm.path)
+    lrm.metadata.update(plain({"dvc": pointer, "data_version": version,
                                "data_md5": json.loads(data_pointer)["outs"][0]["md5"],
                                **{key: info[key] for key in ("steps", "first_loss", "last_loss")}}))
     return namedtuple("Outputs", ["lrm_pointer"])(json.dumps(pointer))

@@ -20,12 +20,14 @@ def prep_data(config_json: str, dataset: Output[Dataset]
     import json
     from collections import namedtuple
 
-    from components.runtime import load_step_config, plain, push
+    from components.artifacts import plain
+    from components.dvc_io import push_artifact
+    from components.step_config import load_step_config
     from rglcd.data.prep import prep
 
     cfg = load_step_config(config_json)
     manifest = prep(cfg, cfg.data.train, dataset.path)
-    pointer = push(dataset.path, cfg)
+    pointer = push_artifact(cfg, dataset.path)
     dataset.metadata.update(plain({"dvc": pointer, "data_version": manifest["content_hash"],
                                    "num_records": manifest["num_records"], "dropped": manifest.get("dropped", {}),
                                    "source": manifest.get("source", cfg.data.train)}))

@@ -19,7 +19,7 @@ def register_model(config_json: str, model: Input[Model], model_pointer: str, me
     import json
     from collections import namedtuple
 
-    from components.runtime import load_step_config
+    from components.step_config import load_step_config
     from rglcd.registry import register
     from rglcd.storage import Pointer
 

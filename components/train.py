@@ -21,7 +21,8 @@ def train_student(config_json: str, dataset: Input[Dataset], checkpoint_root: st
     import os
     from collections import namedtuple
 
-    from components.runtime import load_step_config, publish_training
+    from components.publish import publish_training
+    from components.step_config import load_step_config
     from rglcd.train import train
 
     cfg = load_step_config(config_json)
@@ -45,7 +46,9 @@ def launch_training(config_json: str, dataset: Input[Dataset], run_id: str, mode
     from collections import namedtuple
 
     from components import k8s_launcher
-    from components.runtime import job_name, load_step_config, publish_training, stage_inputs, train_args
+    from components.publish import publish_training
+    from components.runtime import job_name, stage_inputs, train_args
+    from components.step_config import load_step_config
 
     cfg = load_step_config(config_json)
     name = job_name(run_id)

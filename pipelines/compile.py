@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kfp import compiler
 
-from components.runtime import config_json_of
+from components.step_config import config_json_of
 from pipelines.dag import PIPELINE_NAME, build_pipeline
 from rglcd.config import Config, ConfigError
 

@@ -23,7 +23,7 @@ from components.evaluate import evaluate_student
 from components.lrm import pretrain_lrm
 from components.prep import prep_data
 from components.register import register_model
-from components.runtime import config_json_of
+from components.step_config import config_json_of
 from components.train import launch_training, train_student
 from pipelines.k8s import CHECKPOINT_MOUNT, checkpoints, cpu_step, gpu_step, model_cache
 from rglcd.config import Config

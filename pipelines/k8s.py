@@ -10,7 +10,8 @@ from __future__ import annotations
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
-from components.runtime import CHECKPOINT_MOUNT, MODEL_CACHE_ENV, MODEL_CACHE_MOUNT
+from components.runtime import CHECKPOINT_MOUNT, MODEL_CACHE_MOUNT
+from components.step_config import MODEL_CACHE_ENV
 from rglcd.config import Config
 
 S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from components.runtime import config_json_of
+from components.step_config import config_json_of
 from pipelines.compile import check_cluster_config, compile_pipeline
 from pipelines.dag import build_pipeline
 from rglcd.config import Config, ConfigError

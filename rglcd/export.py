@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from rglcd.fsutil import replace_dir
+from rglcd.provenance import provenance
 from rglcd.sample import from_teacher, lcm_scheduler
 
 MANIFEST = "rglcd.json"
@@ -55,16 +55,11 @@ def _from_state_dict(path: Path, teacher, time_cond_proj_dim: int) -> torch.nn.M
     return unet.requires_grad_(False).eval()
 
 
-def _manifest(teacher, teacher_ref: str | None, cfg) -> dict:
-    from rglcd.config.fields import to_dict
-    from rglcd.registry.provenance import library_versions
-
-    # torch.__version__ keeps the build tag (e.g. +cu130) that the package metadata drops
-    versions = {**library_versions(), "torch": torch.__version__}
+def _manifest(teacher, teacher_ref: str | None, cfg, device: torch.device) -> dict:
+    """rglcd.json: the format, the teacher it was distilled from, and the provenance block (`rglcd.provenance`)."""
     return {"format": FORMAT, "pipeline": "LatentConsistencyModelPipeline", "teacher": teacher_ref,
             "teacher_path": str(teacher.path), "prediction_type": teacher.prediction_type,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": versions,
-            "config": None if cfg is None else to_dict(cfg)}
+            **provenance(cfg, device)}
 
 
 def export_student(student: torch.nn.Module | str | Path, teacher, out_dir: str | Path, cfg=None,
@@ -93,7 +88,8 @@ def export_student(student: torch.nn.Module | str | Path, teacher, out_dir: str 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         pipe.save_pretrained(str(tmp), safe_serialization=True)
-        (tmp / MANIFEST).write_text(json.dumps(_manifest(teacher, teacher_ref, cfg), indent=2, default=str))
+        (tmp / MANIFEST).write_text(json.dumps(_manifest(teacher, teacher_ref, cfg, unet.device), indent=2,
+                                                default=str))
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,17 +15,28 @@ def _subparsers(parser):
             yield from action.choices.items()
 
 
-def test_every_command_has_help(capsys):
-    stack = [("rglcd", build_parser())]
-    seen = 0
+def test_every_command_is_listed_with_help_and_runs_a_handler(capsys):
+    """Each command appears in its parent's --help with its own help sentence, its own --help exits 0 and
+    names it, and each leaf command dispatches to a handler (a command without one would do nothing)."""
+    stack, leaves = [(("rglcd",), build_parser())], []
     while stack:
-        name, parser = stack.pop()
-        assert parser.format_help().strip(), name
-        for sub_name, sub in _subparsers(parser):
-            assert sub.description or sub.format_usage(), sub_name
-            stack.append((f"{name} {sub_name}", sub))
-            seen += 1
-    assert seen >= 4
+        path, parser = stack.pop()
+        subs = list(_subparsers(parser))
+        listing = {a.dest: a.help for act in parser._actions if act.__class__.__name__ == "_SubParsersAction"
+                   for a in act._choices_actions}
+        for sub_name, sub in subs:
+            assert listing.get(sub_name), f"{' '.join(path)} {sub_name}: no help sentence in the parent's list"
+            assert sub_name in parser.format_help()
+            stack.append(((*path, sub_name), sub))
+        if not subs:
+            leaves.append(path)
+            assert callable(parser.get_default("func")), f"{' '.join(path)} has no handler"
+    assert {"train", "evaluate", "prep"} <= {p[1] for p in leaves} and len(leaves) >= 15
+    for path in leaves:
+        with pytest.raises(SystemExit) as exit_:
+            main([*path[1:], "--help"])
+        assert exit_.value.code == 0
+        assert capsys.readouterr().out.startswith(f"usage: {' '.join(path)}")
 
 
 def test_config_show_applies_preset_and_overrides(capsys):

@@ -118,10 +118,27 @@ def test_parsed_data_loads_like_the_same_file(tmp_path):
         load_config(path=path, data=data)
 
 
-def test_every_field_is_explained():
+def test_explain_lists_exactly_the_settable_keys_with_their_type_and_help(capsys):
+    """Every row of `rglcd config explain` is a key `--set` accepts (with its default, re-set), typed as the
+    schema types it, with a help sentence; a key outside the list is refused."""
+    from rglcd.cli import main
+    from rglcd.config.fields import to_dict
+
     rows = explain()
-    assert len(rows) > 80
+    assert len(rows) > 80 and len({key for key, _, _ in rows}) == len(rows)
     assert all(help_text for _, _, help_text in rows), [k for k, _, h in rows if not h]
+    defaults = to_dict(Config())
+    for key, _, _ in rows:
+        section, _, name = key.partition(".")
+        value = defaults[section][name] if name else defaults[section]
+        assert load_config(overrides=[f"{key}={json.dumps(value)}"]) == Config(), key
+    types = {key: typ for key, typ, _ in rows}
+    assert (types["train.max_steps"], types["distill.w_min"], types["model.teacher"]) == ("int", "float", "str")
+    with pytest.raises(ConfigError, match="train.not_a_key"):
+        load_config(overrides=["train.not_a_key=1"])
+    assert main(["config", "explain"]) == 0
+    printed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert set(printed) == set(types) and all(f"[{typ}]" in printed[key] for key, typ in types.items())
 
 
 # ---------------------------------------------------------------- --preset / --config / --set (rglcd.config.args)

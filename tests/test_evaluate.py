@@ -122,7 +122,7 @@ def test_reference_stats_are_cached_by_content_hash(tmp_path):
     _crops(5, 1, 32)[0].save(folder / "001.png")              # same names, new content
     changed = fid_mod.reference_stats(folder, *args)
     assert not changed.cached and changed.sha256 != first.sha256
-    assert len(list((tmp_path / "cache" / "fid-stats").glob("*.npz"))) == 2
+    assert len(list((tmp_path / "cache" / "fid-stats").glob("*/stats.npz"))) == 2          # one entry per content
 
 
 def test_inception_source_order_and_errors(tmp_path, monkeypatch):
@@ -326,20 +326,33 @@ def student_dir(tmp_path_factory, model_cache):
                           tmp_path_factory.mktemp("export") / "student", cfg, cfg.model.teacher)
 
 
-def test_latency_report_student_faster_than_teacher(student_dir, model_cache):
+def test_latency_report_times_whole_generations_and_divides_by_the_batch(student_dir, model_cache, monkeypatch):
+    """The clock is replaced by one that advances by one unit per example a UNet evaluates, so each timed call
+    reads the UNet work of a whole generation: 50 DDIM steps x 2 (CFG) for the teacher, s for the student.
+    Warm-up calls are not counted; seconds are per image (batch 2); speedup = teacher / student."""
+    from types import SimpleNamespace
+
+    import rglcd.evaluate.latency as latency
     from rglcd.evaluate import latency_report
     from rglcd.sample import load_sampling_model
 
     student = load_sampling_model(str(student_dir), model_cache)
     teacher = load_sampling_model("tiny:epsilon", model_cache)
-    r = latency_report(student, teacher, [1, 4], teacher_steps=50, batch=2, resolution=32, repeats=1)
+    clock = [0.0]
+
+    def tick(module, args, out):
+        clock[0] += len(args[0])                       # examples in this UNet call (latents: (B', 4, h, w))
+
+    for model in (student, teacher):
+        model.unet.register_forward_hook(tick)
+    monkeypatch.setattr(latency, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    r = latency_report(student, teacher, [1, 4], teacher_steps=50, batch=2, resolution=32, repeats=2)
     assert set(r["speedup"]) == {"1", "4"} and r["resolution"] == 32 and r["batch"] == 2
-    assert r["device"] == "cpu" and r["dtype"] == "float32" and len(r["teacher"]["runs_s"]) == 1
-    assert r["speedup"]["4"] > 1.0, r            # 4 LCM steps vs 50 DDIM steps x 2 (CFG)
-    assert r["speedup"]["1"] > r["speedup"]["4"] * 0.8
-    for s in ("1", "4"):
-        expected = r["teacher"]["seconds_per_image"] / r["student"][s]["seconds_per_image"]
-        assert r["speedup"][s] == pytest.approx(expected)
+    assert r["device"] == "cpu" and r["dtype"] == "float32" and r["teacher"]["runs_s"] == [200.0, 200.0]
+    assert r["teacher"]["seconds_per_image"] == 100.0                       # 50 steps x (uncond + cond)
+    assert {s: r["student"][s]["seconds_per_image"] for s in ("1", "4")} == {"1": 1.0, "4": 4.0}
+    assert r["speedup"] == {"1": 100.0, "4": 25.0}
+    assert clock[0] == 3 * (200 + 2 + 8)                                     # warm-up + 2 timed calls each
 
 
 def test_evaluate_refuses_inconsistent_config(student_dir, tiny_cfg, tmp_path):
@@ -385,7 +398,9 @@ def test_rglcd_evaluate_end_to_end_on_tiny(student_dir, tiny_cfg, tmp_path, caps
     assert set(metrics["hps_benchmark"]["models"]["teacher"]["per_style"]) == set(HPS_STYLES)
     assert metrics["fid"]["num_generated"] == 4 and metrics["fid"]["num_reference"] == 6
     assert metrics["fid"]["generated_sizes"] == ["32x32"] and metrics["fid"]["steps"] == 4
-    assert metrics["latency"]["speedup"]["4"] > 1.0
+    lat = metrics["latency"]
+    assert s["speedup_4"] == lat["speedup"]["4"] == pytest.approx(lat["teacher"]["seconds_per_image"]
+                                                                  / lat["student"]["4"]["seconds_per_image"])
     assert metrics["prompt_set"]["num_prompts"] == 4 and metrics["prompt_set"]["resolution"] == [32, 32]
     assert metrics["run"]["device"] == "cpu" and metrics["run"]["config"]["eval"]["steps"] == [1, 4]
     decision = gate(metrics, cfg.eval, json.loads(production.read_text()))

@@ -70,12 +70,26 @@ def test_student_copies_teacher_except_the_new_projection(tiny_teacher_dir):
 
 
 def test_student_uses_the_guidance_embedding(tiny_teacher_dir):
+    """The student is the teacher whose timestep-embedding input is shifted by cond_proj(w_embedding), and
+    nothing else: with a zero embedding it is the teacher; with any other, the teacher so shifted."""
     teacher = load_teacher(str(tiny_teacher_dir()))
     student = make_student(teacher.unet, 256).eval()
+    unet = teacher.unet.eval()
     x, t, text = torch.randn(1, 4, 16, 16), torch.tensor([499]), torch.randn(1, 77, 32)
-    out_a = student(x, t, text, timestep_cond=torch.zeros(1, 256)).sample
-    out_b = student(x, t, text, timestep_cond=torch.ones(1, 256)).sample
-    assert not torch.allclose(out_a, out_b)
+    cond = torch.randn(1, 256)
+    with torch.no_grad():
+        base = unet(x, t, text).sample
+        out_zero = student(x, t, text, timestep_cond=torch.zeros(1, 256)).sample
+        out_cond = student(x, t, text, timestep_cond=cond).sample
+        shift = student.time_embedding.cond_proj(cond)                       # (1, C0)
+        hook = unet.time_embedding.register_forward_pre_hook(lambda m, args: (args[0] + shift, *args[1:]))
+        try:
+            shifted = unet(x, t, text).sample
+        finally:
+            hook.remove()
+    torch.testing.assert_close(out_zero, base, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out_cond, shifted, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(out_cond, base)
 
 
 def test_ema_target_update():

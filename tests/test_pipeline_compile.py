@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.runtime import (LRM_SECTIONS, PREP_SECTIONS, config_json_of, load_step_config, parse_config_json,
-                                resolve_config)
+from components.step_config import (LRM_SECTIONS, PREP_SECTIONS, config_json_of, load_step_config,
+                                    parse_config_json, resolve_config)
 from pipelines.compile import check_cluster_config, compile_pipeline, version_name
 from rglcd.cli import main
 from rglcd.config import ConfigError, load_config
@@ -318,30 +318,45 @@ def test_launch_training_stages_inputs_reattaches_and_publishes(tmp_path, monkey
     assert (tmp_path / "out2" / "report").read_text().startswith("<!doctype html>")
 
 
-def test_train_outputs_names_what_is_missing(tmp_path):
-    from components.runtime import train_outputs
+def test_training_outputs_names_what_is_missing(tmp_path):
+    from rglcd.results import training_outputs
 
     (tmp_path / "model").mkdir()
     with pytest.raises(FileNotFoundError, match="report.html.*metrics.jsonl"):
-        train_outputs(str(tmp_path))
+        training_outputs(str(tmp_path))
 
 
-def test_train_outputs_keep_the_last_finite_number_of_each_metric(tmp_path):
-    from components.runtime import train_outputs
+def test_training_outputs_keep_the_last_finite_number_of_each_metric(tmp_path):
+    from rglcd.results import training_outputs
 
     (tmp_path / "model").mkdir()
     (tmp_path / "report.html").write_text("<!doctype html>")
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5, "gn": 2.0, "note": "x"}\n'
                                             '{"step": 2, "loss": NaN, "gn": Infinity, "nan_guard": true}\n')
-    assert train_outputs(str(tmp_path))["metrics"] == {"step": 2.0, "loss": 0.5, "gn": 2.0}
+    assert training_outputs(str(tmp_path))["metrics"] == {"step": 2.0, "loss": 0.5, "gn": 2.0}
 
 
-def test_mount_paths_have_one_definition():
-    from components import k8s_launcher, runtime
-    from pipelines import k8s
+def test_the_launch_step_and_its_job_share_volumes_at_the_same_paths(tmp_path):
+    """The launch step stages inputs and reads outputs under its checkpoint-PVC mount; the job's pods mount the
+    same PVC at the same path and write there; the job and the pipeline's steps keep models in one cache."""
+    from components import k8s_launcher
 
-    assert k8s.CHECKPOINT_MOUNT == k8s_launcher.CHECKPOINT_DIR == runtime.CHECKPOINT_MOUNT == "/checkpoints"
-    assert k8s.MODEL_CACHE_MOUNT == k8s_launcher.CACHE_DIR == runtime.MODEL_CACHE_MOUNT == "/cache"
+    overrides = ("pipeline.distributed=pytorchjob", "pipeline.num_nodes=2")
+    cfg = load_config("sd21-base-hpsv21", overrides=list(overrides))
+    _, platform = compiled(tmp_path, "sd21-base-hpsv21", *overrides)
+    step = {m["constant"]: m["mountPath"] for m in platform["exec-launch-training"]["pvcMount"]}
+    evaluate = {m["constant"]: m["mountPath"] for m in platform["exec-evaluate-student"]["pvcMount"]}
+    pod = k8s_launcher.build_pytorchjob(cfg, "rglcd-x")["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
+              if "persistentVolumeClaim" in v}
+    job = {claims[m["name"]]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"] if m["name"] in claims}
+    ckpt, cache = cfg.pipeline.checkpoint_pvc, cfg.pipeline.model_cache_pvc
+    assert job[ckpt] == step[ckpt]
+    pod_cfg = k8s_launcher.pod_config(cfg, "rglcd-x")
+    assert Path(pod_cfg.train.output_dir) == Path(step[ckpt]) / "rglcd-x"        # what the step reads back
+    env = {e["name"]: e["value"] for e in container(compiled(tmp_path, "sd21-base-hpsv21")[0], "train-student")["env"]}
+    assert job[cache] == evaluate[cache] and pod_cfg.model.cache_dir == env["RGLCD_MODEL_CACHE_DIR"]
+    assert Path(env["RGLCD_MODEL_CACHE_DIR"]).parent == Path(job[cache])
 
 
 def test_pretrain_lrm_component_records_the_prep_data_version(tmp_path, monkeypatch):
@@ -350,14 +365,14 @@ def test_pretrain_lrm_component_records_the_prep_data_version(tmp_path, monkeypa
     import rglcd.lrm
     from kfp.dsl import Model
 
-    from components import runtime
+    from components.dvc_io import push_artifact
     from components.lrm import pretrain_lrm
     from rglcd.data.prep import prep
 
     cfg = load_config("tiny", overrides=[f"storage.remote={tmp_path / 'remote'}"])
     prepared = tmp_path / "prepared"
     manifest = prep(cfg, "builtin:photos:4", prepared)
-    pointer = runtime.push(str(prepared), cfg)
+    pointer = push_artifact(cfg, str(prepared))
     seen = {}
 
     def fake_pretrain(c, data_dir, out, device=None):

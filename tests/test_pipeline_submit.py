@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 import yaml
 
-from components.runtime import load_step_config
+from components.step_config import load_step_config
 from fake_kfp import FakeKFP
 from pipelines.submit import validate_cron
 from rglcd.cli import main

@@ -13,11 +13,12 @@ import yaml
 from fsspec.callbacks import Callback
 from servers import isolate_aws_env
 
+from rglcd import provenance
 from rglcd.cli import main
 from rglcd.config.fields import to_dict
 from rglcd.registry import (RegistryError, get_version, list_versions, production_metrics, promote, publish,
                             register)
-from rglcd.registry import provenance
+from rglcd.registry.provenance import flatten, run_key
 from rglcd.storage import StorageError, pull, push, read_pointer, write_pointer
 
 METRICS = {"hps_4step": 0.271, "fid": 31.5, "latency_ms_4step": 120.0}
@@ -245,8 +246,8 @@ def test_provenance_revision_and_versions(monkeypatch):
     monkeypatch.setenv(provenance.KFP_RUN_ID_ENV, "from-env")
     assert provenance.kfp_run_id() == "from-env" and provenance.kfp_run_id("arg") == "arg"
     assert provenance.config_hash({"a": 1, "b": 2}) == provenance.config_hash({"b": 2, "a": 1})
-    assert provenance.run_key("x.dir", {}, "r1") != provenance.run_key("x.dir", {}, "r2")
-    assert provenance.flatten({"a": {"b": 1, "c": [1, 2]}, "d": {}}) == {"a.b": 1, "a.c": [1, 2], "d": {}}
+    assert run_key("x.dir", {}, "r1") != run_key("x.dir", {}, "r2")
+    assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": {}}) == {"a.b": 1, "a.c": [1, 2], "d": {}}
 
 
 @pytest.mark.slow

@@ -344,6 +344,8 @@ def test_hps_weights_from_s3(s3_remote, model_cache, tmp_path, monkeypatch):
     assert all(torch.equal(v, state[k]) for k, v in rm.model.state_dict().items())
     with pytest.raises(MissingRewardWeights, match="no objects under this prefix"):
         load_reward("hpsv2.1", f"s3://{s3_remote.bucket}/nothing/HPS_v2.1_compressed.pt", cache_dir=str(tmp_path))
+    bucket_cache = tmp_path / "s3" / s3_remote.bucket
+    assert sorted(p.name for p in bucket_cache.iterdir() if not p.name.endswith(".lock")) == ["rm"]  # no half copy
 
 
 def test_params_frozen_takes_several_modules_and_restores_each_flag():

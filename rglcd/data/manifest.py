@@ -45,6 +45,14 @@ def read_manifest(root: str) -> dict[str, Any] | None:
     return manifest
 
 
+def data_version(root: str) -> str:
+    """The data version of a prep output (dir or URL): its manifest's content hash, what `prep` records."""
+    manifest = read_manifest(root)
+    if manifest is None:
+        raise FileNotFoundError(f"{root}: no {MANIFEST}; the data must be an `rglcd prep` output")
+    return manifest["content_hash"]
+
+
 def check_manifest(manifest: dict[str, Any], url: str) -> None:
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{url}: format {manifest.get('format')!r} is not allowed; allowed: {FORMAT!r}")

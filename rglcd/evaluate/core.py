@@ -22,6 +22,8 @@ from rglcd.devices import resolve_device
 from rglcd.evaluate.gate import GateDecision, gate
 from rglcd.evaluate.generate import ImageSet, generate_set, reuse_images
 from rglcd.evaluate.spectrum import high_frequency_share
+from rglcd.export import read_manifest
+from rglcd.provenance import provenance
 
 HPS_SCALE = 100.0  # HPS is reported as 100 x cosine (HPSv2 README)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -206,21 +208,13 @@ def summary(cfg, prompt_set: dict, bench: dict | None, fid: dict | None, latency
 # ---------------------------------------------------------------- the step
 
 def _run_info(cfg, model_dir: Path, teacher_ref: str, device, dtype) -> dict:
-    from rglcd.config.fields import to_dict
-    from rglcd.registry.provenance import code_revision, library_versions
-
-    manifest = {}
+    """The provenance block (`rglcd.provenance`) with what was compared: the model, its teacher, the dtype."""
     try:
-        from rglcd.export import read_manifest
-        manifest = read_manifest(model_dir)
+        trained_from = read_manifest(model_dir).get("teacher")
     except FileNotFoundError:
-        pass
-    versions = library_versions(extra=("clean-fid",))
-    return {"model_dir": str(model_dir), "teacher": teacher_ref, "student_trained_from": manifest.get("teacher"),
-            "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git_revision": code_revision(),
-            "versions": versions, "config": to_dict(cfg)}
+        trained_from = None
+    return {"model_dir": str(model_dir), "teacher": teacher_ref, "student_trained_from": trained_from,
+            "dtype": str(dtype).replace("torch.", ""), **provenance(cfg, device, extra_libraries=("clean-fid",))}
 
 
 def evaluate(cfg, model_dir: str | Path, out_dir: str | Path, teacher: str | None = None,

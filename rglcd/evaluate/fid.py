@@ -25,10 +25,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from rglcd.fsutil import build_once
+
 CLEANFID_DIR = Path("/tmp")  # clean-fid keeps its download here on Linux (cleanfid.features)
 CLEANFID_FILE = "inception-2015-12-05.pt"
 CLEANFID_HOST = "nvlabs-fi-cdn.nvidia.com"
 FEATURE_DIM = 2048
+STATS_FILE, STATS_META = "stats.npz", "meta.json"   # one cache entry (a folder) per reference set
 
 
 class FIDError(RuntimeError):
@@ -250,27 +253,35 @@ def _stats_from(features: np.ndarray) -> dict[str, np.ndarray]:
     return {"mu": mu, "sigma": sigma}
 
 
+def _stats_entry(folder: str | Path, mode: str, extractor, source: InceptionSource, count: int,
+                 device: torch.device, batch_size: int, out: Path) -> dict[str, np.ndarray]:
+    """Compute the reference statistics of `folder` into the cache entry `out` (stats.npz, meta.json)."""
+    arrays = _stats_from(folder_features(folder, extractor, mode, device, batch_size))
+    np.savez(out / STATS_FILE, **arrays)
+    (out / STATS_META).write_text(json.dumps({"count": count, "sizes": image_sizes(image_files(folder)),
+                                              "reference": str(folder), "mode": mode, "inception": asdict(source)}))
+    return arrays
+
+
 def reference_stats(folder: str | Path, mode: str, extractor, source: InceptionSource, cache_dir: str | Path,
                     device: torch.device, batch_size: int) -> ReferenceStats:
-    """Reference statistics, computed once and cached by (content hash, mode, network hash)."""
+    """Reference statistics, computed once and cached by (content hash, mode, network hash) with
+    `rglcd.fsutil.build_once`."""
     sha, count = folder_sha256(folder)
-    cache = Path(os.path.expanduser(cache_dir)) / "fid-stats"
     stem = f"{sha[:20]}-{mode}-{(source.sha256 or source.source.replace(' ', '_'))[:12]}"
-    npz, meta = cache / f"{stem}.npz", cache / f"{stem}.json"
-    if npz.is_file() and meta.is_file():
-        info = json.loads(meta.read_text())
-        with np.load(npz) as data:
+    computed: dict[str, np.ndarray] = {}
+
+    def build(tmp: Path) -> None:
+        computed.update(_stats_entry(folder, mode, extractor, source, count, device, batch_size, tmp))
+
+    entry = build_once(Path(os.path.expanduser(str(cache_dir))) / "fid-stats", stem, build,
+                       ready=lambda path: (path / STATS_FILE).is_file() and (path / STATS_META).is_file())
+    info = json.loads((entry / STATS_META).read_text())
+    arrays = dict(computed)
+    if not computed:
+        with np.load(entry / STATS_FILE) as data:
             arrays = {k: data[k] for k in data.files}
-        return ReferenceStats(info["count"], sha, info["sizes"], True, arrays.pop("features", None), **arrays)
-    arrays = _stats_from(folder_features(folder, extractor, mode, device, batch_size))
-    sizes = image_sizes(image_files(folder))
-    cache.mkdir(parents=True, exist_ok=True)
-    meta.write_text(json.dumps({"count": count, "sizes": sizes, "reference": str(folder), "mode": mode,
-                                "inception": asdict(source)}))
-    tmp = cache / f".{stem}.{os.getpid()}.npz"
-    np.savez(tmp, **arrays)
-    tmp.rename(npz)  # atomic, and written last: a reader sees both files whole or the npz not at all
-    return ReferenceStats(count, sha, sizes, False, arrays.pop("features", None), **arrays)
+    return ReferenceStats(info["count"], sha, info["sizes"], not computed, arrays.pop("features", None), **arrays)
 
 
 def fid_to_reference(features: np.ndarray, ref: ReferenceStats) -> tuple[float, str]:

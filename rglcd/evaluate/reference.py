@@ -7,9 +7,9 @@ Real evaluations point `eval.fid_reference` at a folder of reference images (e.g
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from rglcd.fsutil import build_once
 
 _VERSION = "v1"  # bump when rglcd.data.builtin's records change: the folder name is the cache key
 
@@ -35,16 +35,8 @@ def resolve_reference(spec: str, cache_dir: str | Path) -> Path:
         except ValueError:
             raise ValueError(f"eval.fid_reference: {spec!r} is not allowed; allowed: a folder of reference "
                              "images, builtin:photos or builtin:photos:N") from None
-        final = Path(os.path.expanduser(cache_dir)) / "fid-reference" / f"builtin-photos-{count}-{_VERSION}"
-        if not final.is_dir():
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=final.name + ".", dir=final.parent))
-            write_builtin_photos(count, tmp)
-            try:
-                tmp.rename(final)
-            except OSError:  # another process wrote the same records first
-                shutil.rmtree(tmp, ignore_errors=True)
-        return final
+        return build_once(Path(os.path.expanduser(str(cache_dir))) / "fid-reference",
+                          f"builtin-photos-{count}-{_VERSION}", lambda tmp: write_builtin_photos(count, tmp))
     folder = Path(os.path.expanduser(spec))
     if not folder.is_dir():
         raise FileNotFoundError(f"eval.fid_reference: {spec!r} is not a directory; allowed: a folder of "

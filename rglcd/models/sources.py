@@ -7,20 +7,15 @@ from __future__ import annotations
 
 import os
 import socket
-import tempfile
 from pathlib import Path
+
+from rglcd.fsutil import build_once, cache_root
 
 HUB_HOST = "huggingface.co"
 
 
 class ModelSourceError(RuntimeError):
     """A model reference that cannot be resolved; the message says what to do."""
-
-
-def cache_root(cache_dir: str) -> Path:
-    path = Path(os.path.expanduser(cache_dir))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -34,47 +29,50 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def resolve_tiny(ref: str, cache_dir: str) -> Path:
-    """'tiny:epsilon' -> a cached tiny teacher dir, built atomically on first use."""
+    """'tiny:epsilon' -> a cached tiny teacher dir, built once (`rglcd.fsutil.build_once`)."""
     from rglcd.models.tiny import PREDICTION_TYPES, save_tiny_teacher
 
     prediction_type = ref.split(":", 1)[1] or "epsilon"
     if prediction_type not in PREDICTION_TYPES:
         raise ModelSourceError(f"model.teacher: {ref!r} is not allowed; allowed: tiny:epsilon, tiny:v_prediction")
-    final = cache_root(cache_dir) / f"tiny-{prediction_type}-v1"
-    if not (final / "model_index.json").is_file():
-        tmp = Path(tempfile.mkdtemp(prefix=final.name + ".", dir=final.parent))
-        save_tiny_teacher(tmp, prediction_type)
-        try:
-            tmp.rename(final)
-        except OSError:  # another process won the race; its copy is identical
-            import shutil
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return build_once(cache_dir, f"tiny-{prediction_type}-v1", lambda tmp: save_tiny_teacher(tmp, prediction_type),
+                      ready=lambda path: (path / "model_index.json").is_file())
 
 
-def resolve_s3(uri: str, cache_dir: str) -> Path:
-    """Download every object under s3://bucket/prefix into the cache (once) and return the dir."""
-    import boto3
+def _download_prefix(client, uri: str, bucket: str, prefix: str, dest: Path) -> None:
+    """Every object under s3://bucket/prefix/ into `dest` (keys relative to the prefix), then `.complete`."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    dest = cache_root(cache_dir) / "s3" / bucket / prefix.strip("/")
-    if (dest / ".complete").is_file():
-        return dest
-    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
     try:
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.strip("/") + "/")
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
         keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
         if not keys:
             raise ModelSourceError(f"{uri}: no objects under this prefix")
         for key in keys:
-            target = dest / key[len(prefix.strip("/")) + 1:]
+            target = dest / key[len(prefix) + 1:]
+            if not target.resolve().is_relative_to(dest.resolve()):
+                raise ModelSourceError(f"{uri}: object key {key!r} points outside the prefix; refused")
             target.parent.mkdir(parents=True, exist_ok=True)
             client.download_file(bucket, key, str(target))
     except (BotoCoreError, ClientError) as err:
         raise ModelSourceError(f"{uri}: cannot download ({type(err).__name__}: {err})") from None
     (dest / ".complete").touch()
-    return dest
+
+
+def resolve_s3(uri: str, cache_dir: str) -> Path:
+    """Download every object under s3://bucket/prefix into the cache (once) and return the dir."""
+    import boto3
+
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    prefix = prefix.strip("/")
+    if not bucket or not prefix or any(part in ("", ".", "..") or part.startswith(".") for part in prefix.split("/")):
+        raise ModelSourceError(f"{uri}: not allowed; allowed: s3://bucket/prefix, whose path parts are not empty "
+                               "and do not start with '.'")
+    parent, _, name = prefix.rpartition("/")
+    root = cache_root(cache_dir) / "s3" / bucket / parent
+    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+    return build_once(root, name, lambda tmp: _download_prefix(client, uri, bucket, prefix, tmp),
+                      ready=lambda path: (path / ".complete").is_file())
 
 
 def resolve_hub(repo_id: str, revision: str | None, allow_patterns: list[str] | None = None) -> Path:

@@ -25,7 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
-from rglcd.registry import provenance
+from rglcd import provenance
+from rglcd.registry.provenance import flatten, run_key
 from rglcd.storage import Pointer, read_pointer, redact, verify
 
 POINTER_DIR = "dvc-pointer"
@@ -153,7 +154,7 @@ def _record(pointer: Pointer, metrics: dict[str, Any], config_dict: dict[str, An
     data = data_version.md5 if isinstance(data_version, Pointer) else (str(data_version) if data_version else None)
     prov = {"code_revision": provenance.code_revision(), "libraries": provenance.library_versions(),
             "kfp_run_id": kfp, "data_version": data, "config_sha256": provenance.config_hash(config)}
-    key = provenance.run_key(pointer.md5, config, kfp)
+    key = run_key(pointer.md5, config, kfp)
     tags = {"rglcd.run_key": key, "dvc.md5": pointer.md5, "dvc.remote": pointer.remote, "dvc.url": pointer.url,
             "dvc.pointer": json.dumps(pointer.to_dvc()), "data_version": data or "", "code_revision":
             prov["code_revision"], "kfp_run_id": kfp or "", "config_sha256": prov["config_sha256"]}
@@ -168,7 +169,7 @@ def _log_run(client: Any, exp_id: str, rec: _Record) -> str:
     run = client.create_run(exp_id, tags=rec.tags, run_name=f"register-{rec.pointer.md5[:8]}")
     rid, now = run.info.run_id, int(time.time() * 1000)
     params = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
-              for k, v in provenance.flatten(rec.config).items()]
+              for k, v in flatten(rec.config).items()]
     metrics = [Metric(k, v, now, 0) for k, v in rec.metrics.items()]
     for i in range(0, max(len(params), len(metrics)), 100):     # MLflow caps a batch at 100 params
         client.log_batch(rid, metrics=metrics[i:i + 100], params=params[i:i + 100])

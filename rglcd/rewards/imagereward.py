@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from rglcd.fsutil import build_once
 from rglcd.losses import imagereward_hinge
 from rglcd.models.sources import ModelSourceError, resolve
 from rglcd.rewards.base import RewardModel, freeze
@@ -115,12 +116,10 @@ class TinyImageRewardStandIn(nn.Module):
 def _tiny_core(cache_dir: str, seed: int = 0) -> TinyImageRewardStandIn:
     from transformers import CLIPTokenizer
 
-    from rglcd.models.sources import cache_root
     from rglcd.models.tokenizer import write_clip_tokenizer
 
-    tok_dir = cache_root(cache_dir) / "clip-tokenizer"
-    if not (tok_dir / "tokenizer_config.json").is_file():
-        write_clip_tokenizer(tok_dir)
+    tok_dir = build_once(cache_dir, "clip-tokenizer", write_clip_tokenizer,
+                         ready=lambda path: (path / "tokenizer_config.json").is_file())
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return TinyImageRewardStandIn(CLIPTokenizer.from_pretrained(str(tok_dir)))

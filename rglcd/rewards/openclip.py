@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import copy
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import open_clip
 import torch
 
+from rglcd.fsutil import build_once
 from rglcd.rewards.base import RewardModel, freeze
 from rglcd.rewards.preprocess import ResizeMode, clip_preprocess
 from rglcd.rewards.weights import RewardWeightsError, load_strict, load_weights_file, resolve_weight_file
@@ -108,21 +108,14 @@ def _save_state_dict(state_dict: dict[str, torch.Tensor], path: Path) -> None:
 
 def tiny_checkpoint(spec: OpenClipSpec, cache_dir: str, seed: int = 0) -> Path:
     """A tiny random checkpoint in the real one's format (`spec.filename`), built once per cache."""
-    from rglcd.models.sources import cache_root
-
-    final = cache_root(cache_dir) / f"tiny-{spec.name}-v1"
-    if not (final / spec.filename).is_file():
+    def build(tmp: Path) -> None:
         with torch.random.fork_rng():  # the caller's RNG stream is left as it was
             torch.manual_seed(seed)
             model = create_model(register_tiny_arch())
-        tmp = Path(tempfile.mkdtemp(prefix=final.name + ".", dir=final.parent))
         _save_state_dict(model.state_dict(), tmp / spec.filename)
-        try:
-            tmp.rename(final)
-        except OSError:  # another process won the race; its file is identical
-            import shutil
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final / spec.filename
+
+    folder = build_once(cache_dir, f"tiny-{spec.name}-v1", build, ready=lambda path: (path / spec.filename).is_file())
+    return folder / spec.filename
 
 
 def load_open_clip_reward(spec: OpenClipSpec, weights: str | None = None, *, antialias: bool = False,

@@ -7,12 +7,12 @@ PickScore is exp(logit_scale) * cosine, which is `logits`.
 """
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import torch
 
-from rglcd.models.sources import ModelSourceError, cache_root, resolve
+from rglcd.fsutil import build_once
+from rglcd.models.sources import ModelSourceError, resolve
 from rglcd.models.tokenizer import check_tokenizer, write_clip_tokenizer
 from rglcd.rewards.base import RewardModel, freeze
 from rglcd.rewards.preprocess import clip_preprocess
@@ -53,26 +53,19 @@ def tiny_pickscore_dir(cache_dir: str, seed: int = 0) -> Path:
     """A tiny random `CLIPModel` directory (config, safetensors, real CLIP tokenizer), built once per cache."""
     from transformers import CLIPConfig, CLIPModel
 
-    final = cache_root(cache_dir) / "tiny-pickscore-v1"
-    if (final / "config.json").is_file():
-        return final
-    common = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=49408, max_position_embeddings=MAX_TOKENS, bos_token_id=49406,
-                         eos_token_id=49407, pad_token_id=49407, **common),
-        vision_config=dict(image_size=224, patch_size=32, **common), projection_dim=32)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = CLIPModel(config)
-    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".", dir=final.parent))
-    model.save_pretrained(str(tmp))
-    write_clip_tokenizer(tmp)
-    try:
-        tmp.rename(final)
-    except OSError:
-        import shutil
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    def build(tmp: Path) -> None:
+        common = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+        config = CLIPConfig(
+            text_config=dict(vocab_size=49408, max_position_embeddings=MAX_TOKENS, bos_token_id=49406,
+                             eos_token_id=49407, pad_token_id=49407, **common),
+            vision_config=dict(image_size=224, patch_size=32, **common), projection_dim=32)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = CLIPModel(config)
+        model.save_pretrained(str(tmp))
+        write_clip_tokenizer(tmp)
+
+    return build_once(cache_dir, "tiny-pickscore-v1", build, ready=lambda path: (path / "config.json").is_file())
 
 
 def _local_dir(ref: str, cache_dir: str, patterns: list[str], what: str) -> Path:

@@ -22,9 +22,8 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from rglcd import solver
+from rglcd.fsutil import build_once
 from rglcd.lrm import pretrain_lrm
 from rglcd.models import ema_update, load_teacher, write_clip_tokenizer
 from rglcd.models.tiny import sd_scheduler, tiny_text_encoder, tiny_vae
@@ -333,25 +333,17 @@ def _load(path: Path, cfg: WorldConfig, info: dict[str, Any], device: torch.devi
 
 
 def load_or_build_world(cfg: WorldConfig, cache_dir: str | Path, device: str | torch.device, method_cfg) -> World:
-    """The cached world for `cfg` (built atomically on first use)."""
+    """The cached world for `cfg` (built once, `rglcd.fsutil.build_once`)."""
     device = torch.device(device)
-    root = Path(os.path.expanduser(str(cache_dir)))
-    final = root / f"world-{cfg.key()}"
-    if not (final / "world.json").is_file():
-        from dataclasses import replace
+    key = f"world-{cfg.key()}"
+    final = Path(os.path.expanduser(str(cache_dir))) / key
+    # the teacher is recorded at its published path, not the temporary build folder
+    method_cfg = replace(method_cfg, model=replace(method_cfg.model, teacher=str(final / "teacher")))
 
-        method_cfg = replace(method_cfg, model=replace(method_cfg.model, teacher=str(final / "teacher")))
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-        try:
-            info = build_world(cfg, tmp, device, method_cfg)
-            (tmp / "world.json").write_text(json.dumps(info, indent=2))
-            try:
-                tmp.rename(final)
-            except OSError:                      # built concurrently by another process: keep theirs
-                shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    def build(tmp: Path) -> None:
+        info = build_world(cfg, tmp, device, method_cfg)
+        (tmp / "world.json").write_text(json.dumps(info, indent=2))
+
+    build_once(final.parent, key, build, ready=lambda path: (path / "world.json").is_file())
     info = json.loads((final / "world.json").read_text())
     return _load(final, cfg, info, device)
