@@ -17,11 +17,6 @@ from typing import Any
 
 from rglcd.config import Config, ConfigError, config_from_dict, load_config, to_dict
 
-# Where the pipeline's pods (pipelines.k8s) and the distributed job's pods (components.k8s_launcher) mount
-# the shared volumes; the one definition both use.
-CHECKPOINT_MOUNT = "/checkpoints"   # checkpoint PVC (manifests/base/storage.yaml: rglcd-checkpoints)
-MODEL_CACHE_MOUNT = "/cache"        # model-cache PVC: HF_HOME, TORCH_HOME, rglcd's model cache
-
 # Config sections (or single "section.key"s) each cached step reads. Only these enter the step's
 # inputs, so its KFP cache key changes with the data and what shapes it, not with, say, the
 # training learning rate. The rest takes defaults when the step reads its slice back.
@@ -85,7 +80,7 @@ def load_step_config(config_json: str) -> Config:
     """Read a config that `configure` already resolved and validated.
 
     In a pod that mounts the shared model-cache PVC, the pipeline sets $RGLCD_MODEL_CACHE_DIR and
-    models are cached there (the rule `components.k8s_launcher.pod_config` applies to training pods).
+    models are cached there (the rule `components.launcher.objects.pod_config` applies to training pods).
     """
     cfg = config_from_dict(parse_config_json(config_json))
     if os.environ.get(MODEL_CACHE_ENV):
@@ -171,26 +166,6 @@ def publish_training(cfg: Config, output_dir: str, model: Any, metrics: Any, rep
     for key, value in found["metrics"].items():
         metrics.log_metric(key, value)
     return json.dumps(pointer)
-
-
-# --- multi-node training (components.k8s_launcher) -----------------------------------------------------
-
-def job_name(run_id: str) -> str:
-    """The distributed job's name for a KFP run: stable across retries of the launcher pod."""
-    return f"rglcd-{run_id}".lower()[:45].rstrip("-")
-
-
-def stage_inputs(job_dir: str, dataset_dir: str, lrm_dir: str | None) -> tuple[str, str | None]:
-    """Copy the step's input artifacts onto the shared PVC, where every training node reads them."""
-    data = copy_into(dataset_dir, f"{job_dir}/inputs/data")
-    lrm = copy_into(lrm_dir, f"{job_dir}/inputs/lrm") if lrm_dir else None
-    return data, lrm
-
-
-def train_args(data_dir: str, lrm_checkpoint: str | None) -> tuple[str, ...]:
-    """`rglcd train` arguments after `--config` (which the launcher adds) for the job's pods."""
-    args = ("--data", data_dir, "--resume", "auto")
-    return args + (("--lrm-checkpoint", lrm_checkpoint) if lrm_checkpoint else ())
 
 
 # --- evaluation outputs --------------------------------------------------------------------------------

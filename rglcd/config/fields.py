@@ -16,7 +16,8 @@ class ConfigError(ValueError):
 
 
 def F(default: Any, help: str, **rules: Any) -> Any:
-    """A dataclass field with a help line and validation rules (ge, gt, le, lt, multiple_of)."""
+    """A dataclass field with a help line and validation rules (ge, gt, le, lt, multiple_of; check: a
+    function of the value returning None or the text of what is allowed, e.g. rglcd.config.kube.quantity)."""
     meta = {"help": help, **rules}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
@@ -90,6 +91,9 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 
 
 def _check_rules(key: str, value: Any, rules: dict[str, Any]) -> None:
+    problem = rules["check"](value) if "check" in rules else None
+    if problem:
+        raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {problem}")
     if value is None or isinstance(value, (str, list, dict)):
         return
     checks = {
