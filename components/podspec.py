@@ -85,10 +85,10 @@ def gpu_placement(cfg: Config) -> dict[str, Any]:
 def train_resources(cfg: Config) -> dict[str, Any]:
     """Requests and limits of one training pod: CPU requested, memory requested = limited, GPUs limited."""
     p = cfg.pipeline
-    limits = {"memory": p.train_memory}
+    limits = {"memory": str(p.train_memory)}
     if p.gpus > 0:
         limits[p.accelerator] = str(p.gpus)
-    return {"requests": {"cpu": p.train_cpu, "memory": p.train_memory}, "limits": limits}
+    return {"requests": {"cpu": str(p.train_cpu), "memory": str(p.train_memory)}, "limits": limits}
 
 
 def workload_labels(cfg: Config) -> dict[str, str]:

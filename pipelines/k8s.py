@@ -24,9 +24,9 @@ from rglcd.config import Config
 CHECKPOINT_MOUNT = podspec.CHECKPOINT_MOUNT
 
 
-def secured(task: PipelineTask, cfg: Config, cpu: str, memory: str, timeout: int) -> PipelineTask:
+def secured(task: PipelineTask, cfg: Config, cpu: str | int, memory: str | int, timeout: int) -> PipelineTask:
     """Requests, memory limit, timeout and the non-root identity every task gets."""
-    task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
+    task.set_cpu_request(str(cpu)).set_memory_request(str(memory)).set_memory_limit(str(memory))
     kubernetes.set_timeout(task, seconds=timeout)
     return kubernetes.set_security_context(task, run_as_user=podspec.RUN_AS_USER, run_as_group=podspec.RUN_AS_GROUP,
                                            run_as_non_root=True)
@@ -101,7 +101,7 @@ def gpu_step(task: PipelineTask, cfg: Config, gpus: int, training: bool = False,
     secured(task, cfg, cpu, memory, timeout)
     gpu_placement(task, cfg, gpus)
     kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
-                               size_limit=p.shm_size)
+                               size_limit=str(p.shm_size))
     model_cache(task, cfg)
     return retried(s3_credentials(task, cfg), retries)
 

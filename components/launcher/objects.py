@@ -95,7 +95,7 @@ def _volumes(cfg: Config, name: str) -> tuple[list[dict], list[dict]]:
     """(volumes, mounts): /dev/shm and /tmp emptyDirs (the root filesystem is read-only), the checkpoint PVC,
     the model-cache PVC, the config."""
     p = cfg.pipeline
-    vols = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": p.shm_size}},
+    vols = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": str(p.shm_size)}},
             {"name": "tmp", "emptyDir": {}},
             {"name": "checkpoints", "persistentVolumeClaim": {"claimName": p.checkpoint_pvc}},
             {"name": "config", "configMap": {"name": f"{name}-config"}}]

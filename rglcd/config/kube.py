@@ -32,9 +32,9 @@ def dns_subdomain(value: str | None) -> str | None:
     return "a DNS-1123 subdomain: lowercase letters, digits, '-' and '.', at most 253 characters"
 
 
-def quantity(value: str) -> str | None:
-    """A Kubernetes resource quantity such as '500m', '8', '64Gi', '1.5G'."""
-    if isinstance(value, str) and _QUANTITY.match(value):
+def quantity(value: str | int) -> str | None:
+    """A Kubernetes resource quantity such as '500m', '8' (or 8), '64Gi', '1.5G'."""
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and _QUANTITY.match(str(value)):
         return None
     return "a Kubernetes quantity such as 500m, 8, 64Gi or 1.5G"
 

@@ -221,17 +221,17 @@ class PipelineConfig:
     checkpoint_pvc: str = F("rglcd-checkpoints", "PVC mounted for checkpoints", check=kube.dns_subdomain)
     model_cache_pvc: str | None = F("rglcd-model-cache", "PVC mounted at /cache for HF/torch/rglcd model caches "
                                     "(None: none)", check=kube.dns_subdomain)
-    shm_size: str = F("16Gi", "size of the memory-backed /dev/shm", check=kube.quantity)
+    shm_size: str | int = F("16Gi", "size of the memory-backed /dev/shm", check=kube.quantity)
     # Requests (= memory limits) per kind of pod; CPU is requested, not limited (no CFS throttling of loaders).
-    train_cpu: str = F("32", "CPU request of a training pod (in-pod training and each node of a launched job)",
+    train_cpu: str | int = F("32", "CPU request of a training pod (in-pod training and each node of a launched job)",
                        check=kube.quantity)
-    train_memory: str = F("256Gi", "memory request and limit of a training pod", check=kube.quantity)
-    gpu_step_cpu: str = F("8", "CPU request of the LRM-pretraining and evaluation pods", check=kube.quantity)
-    gpu_step_memory: str = F("64Gi", "memory request and limit of the LRM-pretraining and evaluation pods",
+    train_memory: str | int = F("256Gi", "memory request and limit of a training pod", check=kube.quantity)
+    gpu_step_cpu: str | int = F("8", "CPU request of the LRM-pretraining and evaluation pods", check=kube.quantity)
+    gpu_step_memory: str | int = F("64Gi", "memory request and limit of the LRM-pretraining and evaluation pods",
                              check=kube.quantity)
-    cpu_step_cpu: str = F("1", "CPU request of the CPU steps (configure, prep, registration, launcher)",
+    cpu_step_cpu: str | int = F("1", "CPU request of the CPU steps (configure, prep, registration, launcher)",
                           check=kube.quantity)
-    cpu_step_memory: str = F("4Gi", "memory request and limit of the CPU steps", check=kube.quantity)
+    cpu_step_memory: str | int = F("4Gi", "memory request and limit of the CPU steps", check=kube.quantity)
     train_timeout: int = F(172800, "seconds a training pod or launched job may run before it is stopped "
                            "(activeDeadlineSeconds; frees GPUs held by a hung job)", ge=60)
     step_timeout: int = F(21600, "seconds any other step may run before it is stopped", ge=60)
