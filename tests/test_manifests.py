@@ -356,7 +356,7 @@ def test_cluster_tier_without_binaries_names_make_k8s_bins(tmp_path, ci):
     """No control-plane binaries: the cluster tests skip (developer) or fail (CI=true), naming the fix."""
     env = {**os.environ, "RGLCD_K8S_BIN": str(tmp_path / "none"), "CI": ci}
     out = subprocess.run([sys.executable, "-m", "pytest", "tests/test_cluster.py", "-q", "-rsE", "--noconftest",
-                          "-p", "no:cacheprovider", "-k", "pvcs_bind or rbac"], cwd=checks.REPO, env=env,
+                          "-p", "no:cacheprovider", "-k", "pvcs_bind or enforced_on_real"], cwd=checks.REPO, env=env,
                          capture_output=True, text=True)
     assert "make k8s-bins" in out.stdout
     if ci == "true":
