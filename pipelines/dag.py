@@ -66,7 +66,8 @@ def build_pipeline(cfg: Config, *, checkpoint_root: str = CHECKPOINT_MOUNT, sche
 
         prep = prep_data(config_json=conf.outputs["prep_config"])
         retries = cfg.pipeline.step_retries
-        model_cache(cpu_step(prep, cfg, retries), cfg).set_display_name("data prep").set_caching_options(not scheduled)
+        model_cache(cpu_step(prep, cfg, retries, image=cfg.pipeline.image), cfg)
+        prep.set_display_name("data prep").set_caching_options(not scheduled)
 
         lrm = None
         if uses_lrm_step(cfg):

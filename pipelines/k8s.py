@@ -69,10 +69,11 @@ def retried(task: PipelineTask, retries: int, backoff: str = "30s") -> PipelineT
     return task
 
 
-def cpu_step(task: PipelineTask, cfg: Config, retries: int = 0) -> PipelineTask:
-    """A step on the CPU image: CPU-step resources and timeout, S3 credentials, `retries` retries."""
+def cpu_step(task: PipelineTask, cfg: Config, retries: int = 0, image: str | None = None) -> PipelineTask:
+    """A CPU step: CPU-step resources and timeout, S3 credentials, `retries` retries; on the CPU (clients-only)
+    image unless `image` says otherwise (data prep needs torch: the training image, without GPUs)."""
     p = cfg.pipeline
-    task.set_container_image(p.cpu_image)
+    task.set_container_image(image or p.cpu_image)
     secured(task, cfg, p.cpu_step_cpu, p.cpu_step_memory, p.step_timeout)
     return retried(s3_credentials(task, cfg), retries)
 

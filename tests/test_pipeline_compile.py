@@ -80,7 +80,8 @@ def test_gpu_steps_request_the_pool(gpu_lrm):
     for task in ("configure", "prep-data", "register-model"):
         assert "accelerator" not in container(spec, task)["resources"]
         assert "nodeSelector" not in platform[f"exec-{task}"] and "tolerations" not in platform[f"exec-{task}"]
-        assert container(spec, task)["image"] == "ghcr.io/rglcd/rglcd-cpu:0.1.0"
+        image = "ghcr.io/rglcd/rglcd-train:0.1.0" if task == "prep-data" else "ghcr.io/rglcd/rglcd-cpu:0.1.0"
+        assert container(spec, task)["image"] == image        # prep needs torch; the CPU image has clients only
 
 
 def test_secret_pvc_retries_and_caching(gpu_lrm):
