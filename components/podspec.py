@@ -6,7 +6,7 @@ import), used by the KFP task settings (pipelines/k8s.py), the launcher's PyTorc
 Pod Security: the `restricted` profile of the Pod Security Standards (kubernetes.io/docs/concepts/security/
 pod-security-standards): RuntimeDefault seccomp, non-root, no privilege escalation, all capabilities dropped.
 The project's own pods also run with a read-only root filesystem and writable emptyDirs where code writes
-(/tmp, /dev/shm) - stricter than the profile. Conventions: docs/cluster.md "Pod security".
+(/tmp, /dev/shm) - stricter than the profile. Conventions: docs/cluster.md 5.
 """
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ def check_cluster_config(cfg: Config) -> list[str]:
                         "Kueue WorkloadPriorityClass, or the namespace's default PriorityClass")
     if p.distributed != "none" and not p.launcher_token_secret:
         warnings.append("pipeline.launcher_token_secret is empty: the launcher uses the run pods' ServiceAccount "
-                        f"{p.service_account!r}, which then needs the rglcd-launcher Role (docs/cluster.md)")
+                        f"{p.service_account!r}, which then needs the rglcd-launcher Role (docs/cluster.md 4)")
     if not s.remote.startswith("s3://"):
         warnings.append(f"storage.remote {s.remote!r} is a directory inside each pod: artifacts pushed there are "
                         "lost with the pod; use --set storage.remote=s3://bucket/prefix on a cluster")

@@ -6,7 +6,7 @@ Security identity kfp-kubernetes can set (`set_security_context`: runAsUser/runA
 What it cannot set - seccomp RuntimeDefault, allowPrivilegeEscalation false, capabilities drop ALL - the KFP
 backend's Argo compiler sets on every task pod since KFP 2.16 (kubeflow/pipelines backend/src/v2/compiler/
 argocompiler/security_context.go); older backends need the platform's Argo workflow defaults
-(docs/cluster.md "Pod security"). GPU steps: accelerator type and count, the GPU pool's node selector and one
+(docs/cluster.md 5). GPU steps: accelerator type and count, the GPU pool's node selector and one
 toleration per pool taint, a memory-backed /dev/shm, the model-cache PVC, Kueue's queue label when
 `pipeline.queue_name` is set. Credentials: the S3 key list on every task that touches the DVC remote, the
 MLflow Secret on the steps that talk to MLflow; never a parameter. All of this is ignored by `kfp.local`.

@@ -166,6 +166,18 @@ def test_overlay_applies_and_pvcs_bind(cluster, applied):
     assert want <= got
 
 
+def test_multi_user_overlay_applies_with_its_profile(cluster, applied):
+    """The other mode applies too (the profile controller, absent here, would create the namespace)."""
+    docs = checks.kustomize(checks.MANIFESTS / "overlays" / "multi-user")
+    ns = checks.overlay_config("multi-user").pipeline.namespace
+    cluster.kubectl("create", "namespace", ns)
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(v1_20(docs)))
+    profile = client.CustomObjectsApi(cluster.admin).get_cluster_custom_object("kubeflow.org", "v1", "profiles", ns)
+    assert profile["spec"]["owner"]["kind"] == "User"
+    roles = {r.metadata.name for r in client.RbacAuthorizationV1Api(cluster.admin).list_namespaced_role(ns).items}
+    assert roles == {"rglcd-submitter", "rglcd-pipeline", "rglcd-launcher"}
+
+
 def test_cronjob_pods_run_on_cpu_nodes(cluster, applied):
     """A Job from the CronJob's template (what the CronJob controller creates at the scheduled time)."""
     (cron,) = [d for d in applied if d["kind"] == "CronJob"]

@@ -193,7 +193,7 @@ class RegistryConfig:
 
 @dataclass
 class PipelineConfig:
-    # Cluster settings (docs/cluster.md). Names must match the applied overlay: manifests/overlays/<mode>/
+    # Cluster settings (docs/cluster.md 4). Names must match the applied overlay: manifests/overlays/<mode>/
     # pipeline.yaml holds this section for each deployment mode and is what `--config` reads on a cluster.
     image: str = F("ghcr.io/rglcd/rglcd-train:0.1.0", "container image of the GPU steps")
     cpu_image: str = F("ghcr.io/rglcd/rglcd-cpu:0.1.0", "container image of the CPU steps")
