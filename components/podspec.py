@@ -20,6 +20,9 @@ CHECKPOINT_MOUNT = "/checkpoints"   # checkpoint PVC (pipeline.checkpoint_pvc)
 MODEL_CACHE_MOUNT = "/cache"        # model-cache PVC: HF_HOME, TORCH_HOME, rglcd's model cache
 CONFIG_MOUNT = "/etc/rglcd"         # the launched job's resolved config (a ConfigMap)
 TMP_MOUNT = "/tmp"                  # writable scratch over the read-only root filesystem
+# The launcher's ServiceAccount-token Secret (pipeline.launcher_token_secret) in the multi-node training step:
+# token, ca.crt, namespace - the layout of a projected ServiceAccount volume.
+LAUNCHER_TOKEN_DIR = "/var/run/secrets/rglcd/launcher"
 
 # The one S3 key list: every pod that touches the DVC remote gets these env variables from pipeline.s3_secret,
 # the same way (secretKeyRef per key). The first two are required, the rest optional (boto3/DVC read them).

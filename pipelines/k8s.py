@@ -17,7 +17,6 @@ from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
 from components import podspec
-from components.launcher.api import LAUNCHER_TOKEN_DIR
 from components.runtime import MODEL_CACHE_ENV
 from rglcd.config import Config
 
@@ -114,7 +113,7 @@ def launcher_step(task: PipelineTask, cfg: Config) -> PipelineTask:
     kubernetes.set_timeout(task, seconds=cfg.pipeline.train_timeout + 1200)
     if cfg.pipeline.launcher_token_secret:
         kubernetes.use_secret_as_volume(task, secret_name=cfg.pipeline.launcher_token_secret,
-                                        mount_path=LAUNCHER_TOKEN_DIR)
+                                        mount_path=podspec.LAUNCHER_TOKEN_DIR)
     kubernetes.use_field_path_as_env(task, env_name="POD_NAME", field_path="metadata.name")
     kubernetes.use_field_path_as_env(task, env_name="POD_UID", field_path="metadata.uid")
     return task

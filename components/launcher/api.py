@@ -22,9 +22,7 @@ from components import podspec
 from components.launcher.objects import (JobKind, LaunchError, build_config_map, build_job, job_kind)
 from rglcd.config import Config
 
-# Where the launcher's ServiceAccount-token Secret (pipeline.launcher_token_secret) is mounted in the
-# multi-node training step: token, ca.crt, namespace - the layout of a projected ServiceAccount volume.
-LAUNCHER_TOKEN_DIR = "/var/run/secrets/rglcd/launcher"
+LAUNCHER_TOKEN_DIR = podspec.LAUNCHER_TOKEN_DIR
 
 PERMISSIONS = tuple((g, r, v) for g, r in (("kubeflow.org", "pytorchjobs"), ("trainer.kubeflow.org", "trainjobs"))
                     for v in ("create", "get", "list", "watch", "delete")) + (
