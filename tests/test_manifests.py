@@ -274,6 +274,7 @@ def test_launcher_pytorchjob_validates_and_follows_the_config(nodes, gpus):
     run_policy = job["spec"]["runPolicy"]
     assert job["spec"]["nprocPerNode"] == str(max(gpus, 1)) and run_policy["backoffLimit"] == 3
     assert run_policy["activeDeadlineSeconds"] == cfg.pipeline.train_timeout
+    assert run_policy["cleanPodPolicy"] == "Running"        # a failed job's still-running ranks free their GPUs
     assert run_policy["schedulingPolicy"] == {"minAvailable": nodes, "priorityClass": "train"}   # gang
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-gpu"
     for _, t in checks.pod_templates(job):

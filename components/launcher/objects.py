@@ -149,7 +149,9 @@ def build_pytorchjob(cfg: Config, name: str, train_args: tuple[str, ...] = (),
     replicas = {"Master": 1, "Worker": p.num_nodes - 1}
     specs = {role: {"replicas": n, "restartPolicy": "OnFailure", "template": copy.deepcopy(template)}
              for role, n in replicas.items() if n > 0}
-    run_policy: dict[str, Any] = {"backoffLimit": p.retries, "cleanPodPolicy": "None",
+    # cleanPodPolicy Running: when the job ends (a failed rank, the deadline), pods still running are deleted and
+    # free their GPUs; finished pods stay for their logs
+    run_policy: dict[str, Any] = {"backoffLimit": p.retries, "cleanPodPolicy": "Running",
                                   "activeDeadlineSeconds": p.train_timeout}
     if p.num_nodes > 1 or p.priority_class:
         run_policy["schedulingPolicy"] = {"minAvailable": p.num_nodes, **(
