@@ -46,13 +46,17 @@ PUSH     ?= true
 K8S_BIN  ?= /var/cache/rglcd-k8s/v1.20.2
 export RGLCD_K8S_BIN ?= $(K8S_BIN)
 
-.PHONY: images images-lint k8s-bins
+.PHONY: images images-lint images-lock k8s-bins
 
 images:
 	$(DOCKER) build -f images/train.Dockerfile -t $(REGISTRY)/rglcd-train:$(TAG) .
 	$(DOCKER) build -f images/cpu.Dockerfile -t $(REGISTRY)/rglcd-cpu:$(TAG) .
 	if [ "$(PUSH)" = true ]; then \
 	  $(DOCKER) push $(REGISTRY)/rglcd-train:$(TAG) && $(DOCKER) push $(REGISTRY)/rglcd-cpu:$(TAG); fi
+
+# images/train.lock and images/cpu.lock (hashes) from images/requirements*.txt, and the locked wheels' sizes
+images-lock:
+	$(PY) images/lock.py --sizes
 
 images-lint: install
 	$(VENV)/bin/hadolint --config images/.hadolint.yaml images/train.Dockerfile images/cpu.Dockerfile

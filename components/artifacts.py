@@ -1,7 +1,7 @@
 """Filling a step's KFP output artifacts: copy files to `artifact.path`, make metadata JSON-safe.
 
 No kfp import here (artifacts arrive as arguments), and nothing heavy: the multi-node launcher's
-staging (components.runtime) copies with this module too.
+staging (components.launcher.staging) copies with this module too.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from rglcd.config import PipelineConfig
 _DEFAULTS = PipelineConfig()
 
 
-@dsl.component(base_image=_DEFAULTS.cpu_image, install_kfp_package=False)
+@dsl.component(base_image=_DEFAULTS.image, install_kfp_package=False)   # needs torch: the training image
 def prep_data(config_json: str, dataset: Output[Dataset]
               ) -> NamedTuple("Outputs", data_version=str, data_pointer=str):
     """Validate and shard `data.train`, push the shards to the DVC remote.

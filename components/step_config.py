@@ -77,7 +77,7 @@ def load_step_config(config_json: str) -> Config:
     """Read a config that `configure` already resolved and validated.
 
     In a pod that mounts the shared model-cache PVC, the pipeline sets $RGLCD_MODEL_CACHE_DIR and
-    models are cached there (the rule `components.k8s_launcher.pod_config` applies to training pods).
+    models are cached there (the rule `components.launcher.objects.pod_config` applies to training pods).
     """
     cfg = config_from_dict(parse_config_json(config_json))
     if os.environ.get(MODEL_CACHE_ENV):

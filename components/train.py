@@ -41,24 +41,30 @@ def launch_training(config_json: str, dataset: Input[Dataset], run_id: str, mode
                     metrics: Output[Metrics], report: Output[HTML], lrm: Optional[Input[Model]] = None
                     ) -> NamedTuple("Outputs", model_pointer=str, job_name=str):
     """Multi-node training: stage the inputs on the shared checkpoint PVC, run a PyTorchJob/TrainJob
-    (`components.k8s_launcher`, `pipeline.distributed`) to its end, then publish its outputs like
-    `train_student`. A retried launcher pod re-attaches to the job of the same run."""
+    (`components.launcher`, `pipeline.distributed`) to its end, then publish its outputs like
+    `train_student`. A retried launcher pod re-attaches to the job of the same run. The job is owned by this
+    pod (POD_NAME/POD_UID from the downward API), and SIGTERM (a cancelled run) deletes it."""
+    import os
     from collections import namedtuple
 
-    from components import k8s_launcher
+    from components.launcher import api as launcher
+    from components.launcher.staging import job_name, stage_inputs, train_args
+    from components.podspec import CHECKPOINT_MOUNT
     from components.publish import publish_training
-    from components.runtime import job_name, stage_inputs, train_args
     from components.step_config import load_step_config
 
     cfg = load_step_config(config_json)
     name = job_name(run_id)
-    api = k8s_launcher.api_client()
-    if not k8s_launcher.job_exists(api, cfg, name):   # a retry must not rewrite inputs the running job reads
-        data_dir, lrm_dir = stage_inputs(f"{k8s_launcher.CHECKPOINT_DIR}/{name}", dataset.path,
+    client = launcher.api_client()
+    attach = launcher.job_exists(client, cfg, name)    # a retry must not rewrite inputs the running job reads
+    args = ()
+    if not attach:
+        data_dir, lrm_dir = stage_inputs(f"{CHECKPOINT_MOUNT}/{name}", dataset.path,
                                          lrm.path if lrm is not None else None)
-        k8s_launcher.launch(api, cfg, name, train_args(data_dir, lrm_dir or cfg.lrm.checkpoint),
-                            annotations={"pipelines.kubeflow.org/run_id": run_id})
-    result = k8s_launcher.wait(api, cfg, name)
+        args = train_args(data_dir, lrm_dir or cfg.lrm.checkpoint)
+    owner = {"name": os.environ["POD_NAME"], "uid": os.environ["POD_UID"]} if os.environ.get("POD_UID") else None
+    result = launcher.run(cfg, name, client, args, annotations={"pipelines.kubeflow.org/run_id": run_id},
+                          owner=owner, attach=attach)
     pointer = publish_training(cfg, result.output_dir, model, metrics, report,
                                job=f"{result.kind} {result.namespace}/{name}", nodes=result.pod_nodes)
     return namedtuple("Outputs", ["model_pointer", "job_name"])(pointer, name)

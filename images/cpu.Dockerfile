@@ -1,26 +1,18 @@
 # syntax=docker/dockerfile:1
-# rglcd CPU image (data prep, registration, `rglcd pipeline submit` from the CronJob): the same packages as the
-# training image with torch's CPU build, which leaves out ~5 GB of CUDA libraries (nvidia-*, triton) and so
-# starts fast on CPU nodes. Build from the repository root:  make images
-# Model caches live under /cache (mount the model-cache PVC there).
-ARG PYTHON_IMAGE=python:3.12.12-slim-bookworm
+# rglcd CPU image (configure, registration, the training-job launcher, the scheduled `rglcd pipeline submit`):
+# Python 3.11 slim with clients only - kfp, kubernetes, boto3, DVC's S3 remote, mlflow-skinny - from
+# images/cpu.lock (hashes). No torch and no model libraries: these steps never load a model. Build from the
+# repository root:  make images
+# Base pinned by digest (tag kept for readers); refresh both together.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 
 FROM ${PYTHON_IMAGE} AS build
-ARG TORCH_VERSION=2.14.1
-ARG TORCHVISION_VERSION=0.29.1
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-# compilers only here, for any dependency that ships no wheel; none of it reaches the final stage
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential \
-    && rm -rf /var/lib/apt/lists/*
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY images/requirements.txt images/requirements-assets.txt images/
-RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
-    && pip install -r images/requirements.txt \
-    && pip install --no-deps -r images/requirements-assets.txt
+COPY images/cpu.lock images/
+RUN pip install --require-hashes --no-deps -r images/cpu.lock
 COPY pyproject.toml README.md ./
 COPY rglcd rglcd
 COPY components components
@@ -34,11 +26,7 @@ RUN useradd --uid 1000 --user-group --create-home --shell /usr/sbin/nologin rglc
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    HF_HOME=/cache/huggingface \
-    TORCH_HOME=/cache/torch \
-    XDG_CACHE_HOME=/cache \
-    MPLCONFIGDIR=/tmp/matplotlib \
-    HF_HUB_DISABLE_TELEMETRY=1
+    XDG_CACHE_HOME=/tmp/.cache
 USER 1000:1000
 WORKDIR /home/rglcd
 CMD ["rglcd", "--help"]

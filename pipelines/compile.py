@@ -27,6 +27,13 @@ def check_cluster_config(cfg: Config) -> list[str]:
         raise ConfigError(f"pipeline.checkpoint_pvc: empty but pipeline.distributed is {p.distributed!r}: the "
                           "training nodes share inputs and outputs through it; allowed: a ReadWriteMany PVC name")
     warnings = []
+    if p.priority_class and p.distributed == "none":
+        warnings.append(f"pipeline.priority_class {p.priority_class!r} reaches launched jobs only: KFP tasks cannot "
+                        "carry a priorityClassName (kfp-kubernetes has no setter); use pipeline.queue_name with a "
+                        "Kueue WorkloadPriorityClass, or the namespace's default PriorityClass")
+    if p.distributed != "none" and not p.launcher_token_secret:
+        warnings.append("pipeline.launcher_token_secret is empty: the launcher uses the run pods' ServiceAccount "
+                        f"{p.service_account!r}, which then needs the rglcd-launcher Role (docs/cluster.md 4)")
     if not s.remote.startswith("s3://"):
         warnings.append(f"storage.remote {s.remote!r} is a directory inside each pod: artifacts pushed there are "
                         "lost with the pod; use --set storage.remote=s3://bucket/prefix on a cluster")

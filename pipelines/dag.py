@@ -25,7 +25,7 @@ from components.prep import prep_data
 from components.register import register_model
 from components.step_config import config_json_of
 from components.train import launch_training, train_student
-from pipelines.k8s import CHECKPOINT_MOUNT, checkpoints, cpu_step, gpu_step, model_cache
+from pipelines.k8s import CHECKPOINT_MOUNT, checkpoints, cpu_step, gpu_step, launcher_step, mlflow_credentials, model_cache
 from rglcd.config import Config
 
 PIPELINE_NAME = "rglcd"
@@ -42,11 +42,11 @@ def _train(cfg: Config, config: Any, dataset: Any, lrm: Any, checkpoint_root: st
     if cfg.pipeline.distributed == "none":
         task = train_student(config_json=config, dataset=dataset, checkpoint_root=checkpoint_root, run_id=run_id,
                              **({"lrm": lrm} if lrm is not None else {}))
-        gpu_step(task, cfg, cfg.pipeline.gpus)
+        gpu_step(task, cfg, cfg.pipeline.gpus, training=True)
     else:
         task = launch_training(config_json=config, dataset=dataset, run_id=run_id,
                                **({"lrm": lrm} if lrm is not None else {}))
-        cpu_step(task, cfg)
+        launcher_step(task, cfg)
     checkpoints(task, cfg)
     return task.set_display_name("RG-LCD training").set_caching_options(False)
 
@@ -65,7 +65,9 @@ def build_pipeline(cfg: Config, *, checkpoint_root: str = CHECKPOINT_MOUNT, sche
         cpu_step(conf, cfg).set_display_name("resolve config").set_caching_options(True)
 
         prep = prep_data(config_json=conf.outputs["prep_config"])
-        model_cache(cpu_step(prep, cfg), cfg).set_display_name("data prep").set_caching_options(not scheduled)
+        retries = cfg.pipeline.step_retries
+        model_cache(cpu_step(prep, cfg, retries, image=cfg.pipeline.image), cfg)
+        prep.set_display_name("data prep").set_caching_options(not scheduled)
 
         lrm = None
         if uses_lrm_step(cfg):
@@ -76,13 +78,15 @@ def build_pipeline(cfg: Config, *, checkpoint_root: str = CHECKPOINT_MOUNT, sche
         train = _train(cfg, conf.outputs["config"], prep.outputs["dataset"], lrm, checkpoint_root)
 
         ev = evaluate_student(config_json=conf.outputs["config"], model=train.outputs["model"])
-        gpu_step(ev, cfg, one_gpu).set_display_name("evaluation").set_caching_options(False)
+        mlflow_credentials(gpu_step(ev, cfg, one_gpu, retries=retries), cfg)
+        ev.set_display_name("evaluation").set_caching_options(False)
 
         with dsl.If(ev.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a CEL comparison)
             reg = register_model(config_json=conf.outputs["config"], model=train.outputs["model"],
                                  model_pointer=train.outputs["model_pointer"],
                                  metrics_json=ev.outputs["metrics_json"],
                                  data_version=prep.outputs["data_version"], run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
-            cpu_step(reg, cfg).set_display_name("registration").set_caching_options(False)
+            mlflow_credentials(cpu_step(reg, cfg, retries), cfg)
+            reg.set_display_name("registration").set_caching_options(False)
 
     return rglcd_pipeline

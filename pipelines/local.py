@@ -30,10 +30,11 @@ def _absolute(path: str) -> str:
 
 def local_config(cfg: Config) -> Config:
     """The config with every local path absolute, so step subprocesses agree on them; no task retries
-    (kfp.local honours `set_retry` with its backoff: a local failure should fail fast) and no model-cache
+    (kfp.local honours `set_retry` with its backoff: a local failure should fail fast; training and step retries) and no model-cache
     PVC (kfp.local applies task env vars, and those would point the caches at its mount path)."""
     out = copy.deepcopy(cfg)
     out.pipeline.retries = 0
+    out.pipeline.step_retries = 0
     out.pipeline.model_cache_pvc = None
     out.storage.remote = _absolute(out.storage.remote)
     out.storage.cache_dir = _absolute(out.storage.cache_dir)

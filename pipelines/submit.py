@@ -4,10 +4,20 @@ Everything that can be wrong is checked before anything is sent: the config (`ch
 the cron expression, and the host (its healthz answers). The pipeline is compiled from the config
 (`kfp.Client.create_run_from_pipeline_func` for a run, a temporary package for a schedule) and sent inline,
 so the run records exactly what ran.
+
+Credentials. `kfp.Client(host=...)` sends no token of its own (kfp/client/client.py `_load_config`: an explicit
+host skips the in-cluster defaults), which multi-user KFP refuses. Inside a pod the submitter therefore passes
+`ServiceAccountTokenVolumeCredentials`: the projected ServiceAccount token with audience
+`pipelines.kubeflow.org` that KFP documents, at $KF_PIPELINES_SA_TOKEN_PATH or
+/var/run/secrets/kubeflow/pipelines/token (kfp/client/__init__.py; kubeflow/manifests mounts the same for its
+own components, e.g. ml-pipeline-scheduledworkflow). The KFP API server reviews that token and authorises each
+call by SubjectAccessReview on pipelines.kubeflow.org resources (backend/src/apiserver/common/const.go: runs,
+jobs for recurring runs, experiments, pipelines), which the submitter's Role in manifests/base/rbac.yaml grants.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 import tempfile
 import time
@@ -68,14 +78,16 @@ def validate_cron(expr: str) -> str:
     return " ".join(fields)
 
 
-def check_host(host: str, timeout: float = 10.0) -> dict[str, Any]:
-    """GET <host>/apis/v2beta1/healthz; returns its JSON or raises SubmitError naming the host."""
+def check_host(host: str, timeout: float = 10.0, token: str | None = None) -> dict[str, Any]:
+    """GET <host>/apis/v2beta1/healthz (with the bearer `token` if given); returns its JSON or raises
+    SubmitError naming the host."""
     if not re.match(r"^https?://[^/\s]+", host or ""):
         raise SubmitError(f"--host {host!r} is not allowed; allowed: an http(s):// URL of the KFP API, "
                           "e.g. http://ml-pipeline.kubeflow:8888")
     url = host.rstrip("/") + "/apis/v2beta1/healthz"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:
             return json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as err:
         raise SubmitError(f"KFP at {host} answered {url} with HTTP {err.code}; is this the KFP API endpoint "
@@ -87,15 +99,30 @@ def check_host(host: str, timeout: float = 10.0) -> dict[str, Any]:
             from None
 
 
+def token_path() -> Path | None:
+    """The projected KFP token of this pod ($KF_PIPELINES_SA_TOKEN_PATH or KFP's default path), if mounted."""
+    from kfp.client import KF_PIPELINES_SA_TOKEN_ENV, KF_PIPELINES_SA_TOKEN_PATH
+
+    path = Path(os.environ.get(KF_PIPELINES_SA_TOKEN_ENV) or KF_PIPELINES_SA_TOKEN_PATH)
+    return path if path.is_file() else None
+
+
 def _client(cfg: Config, host: str, log: Callable[[str], None]) -> tuple[Any, str | None]:
-    """kfp.Client for `host` (already checked), with the namespace set when KFP runs multi-user."""
+    """kfp.Client for `host` (already checked), with the namespace set when KFP runs multi-user, and the
+    projected ServiceAccount token when this runs in a pod that mounts one."""
     import kfp
+    from kfp.client import ServiceAccountTokenVolumeCredentials
 
     for warning in check_cluster_config(cfg):
         log(f"warning: {warning}")
-    health = check_host(host)
+    path = token_path()
+    health = check_host(host, token=path.read_text().strip() if path else None)
     namespace = cfg.pipeline.namespace if health.get("multi_user") else None
-    return kfp.Client(host=host, namespace=namespace or "kubeflow"), namespace
+    if path is None and health.get("multi_user"):
+        log("warning: multi-user KFP and no ServiceAccount token at $KF_PIPELINES_SA_TOKEN_PATH: requests go "
+            "without credentials (mount a projected token with audience pipelines.kubeflow.org)")
+    credentials = ServiceAccountTokenVolumeCredentials(path=str(path)) if path else None
+    return kfp.Client(host=host, namespace=namespace or "kubeflow", credentials=credentials), namespace
 
 
 def run_arguments(cfg: Config, data_uri: str = "", max_steps: int = 0) -> dict[str, Any]:

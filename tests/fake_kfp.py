@@ -76,8 +76,11 @@ def _matches(obj: dict[str, Any], filter_json: str | None) -> bool:
 class FakeKFP:
     """The fake API server; `start()`/`stop()` or use as a context manager."""
 
-    def __init__(self, run_states: tuple[str, ...] = ("SUCCEEDED",), multi_user: bool = False):
-        self.run_states, self.multi_user = tuple(run_states), multi_user
+    def __init__(self, run_states: tuple[str, ...] = ("SUCCEEDED",), multi_user: bool = False,
+                 tokens: tuple[str, ...] = ()):
+        """`tokens`: when given, every request must carry `Authorization: Bearer <one of them>` (HTTP 401
+        otherwise), as multi-user KFP requires of in-cluster callers."""
+        self.run_states, self.multi_user, self.tokens = tuple(run_states), multi_user, tuple(tokens)
         self.requests: list[dict[str, Any]] = []
         self.experiments: dict[str, dict] = {}
         self.runs: dict[str, dict] = {}
@@ -118,9 +121,13 @@ class FakeKFP:
 
     # ---- API ------------------------------------------------------------------------------------------
     def handle(self, method: str, path: str, query: dict[str, str], body: Any, raw: bytes,
-               ctype: str) -> tuple[int, Any]:
+               ctype: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        headers = headers or {}
         with self._lock:
-            self.requests.append({"method": method, "path": path, "query": query, "json": body})
+            self.requests.append({"method": method, "path": path, "query": query, "json": body,
+                                  "authorization": headers.get("Authorization")})
+            if self.tokens and headers.get("Authorization") not in [f"Bearer {t}" for t in self.tokens]:
+                return 401, {"error": "Unauthenticated: no valid bearer token", "code": 16}
             if path == f"{API}/healthz":
                 return 200, {"multi_user": self.multi_user, "pipeline_store": "database"}
             for pattern, func in self._routes():
@@ -232,7 +239,8 @@ def _handler(api: FakeKFP) -> type[BaseHTTPRequestHandler]:
             ctype = self.headers.get("Content-Type", "")
             try:
                 body = json.loads(raw) if raw and "json" in ctype else None
-                code, obj = api.handle(method, url.path, query, body, raw, ctype)
+                code, obj = api.handle(method, url.path, query, body, raw, ctype,
+                                       {"Authorization": self.headers.get("Authorization")})  # any case
             except (BadRequest, ValueError) as err:
                 code, obj = 400, {"error": str(err), "code": 3}
             data = json.dumps(obj).encode()

@@ -7,8 +7,12 @@ every outcome asserted here. Without the binaries: skipped (failed under CI=true
 """
 from __future__ import annotations
 
+import base64
 import copy
 import os
+import signal
+import subprocess
+import sys
 import shutil
 import time
 import uuid
@@ -17,14 +21,16 @@ import pytest
 import yaml
 from kubernetes import client, config as kube_config
 
-from components import k8s_launcher as kl
+from components.launcher import api as la
+from components.launcher import objects as lo
 from k8s import checks
 from k8s.cluster import ControlPlane, missing
-from rglcd.config import load_config
 
 pytestmark = pytest.mark.cluster
-NS = "rglcd"
-POOL = checks.gpu_pool("local")
+OVERLAY = "standalone"
+CFG = checks.overlay_config(OVERLAY)
+NS = CFG.pipeline.namespace                       # kubeflow: standalone KFP runs the run pods in its namespace
+POOL = {"nodeLabels": CFG.pipeline.node_selector, "taints": checks.pool_taints(CFG)}
 GPUS_PER_NODE = 8
 
 
@@ -38,8 +44,7 @@ def cluster(tmp_path_factory):
     cp = ControlPlane(tmp_path_factory.mktemp("k8s"))
     try:
         cp.start(crds=checks.CRD_DIR)
-        cp.start_fakes(checks.MANIFESTS / "overlays" / "local" / "gpu-pool.yaml", gpu_nodes=2, gpus=GPUS_PER_NODE,
-                       cpu_nodes=1)
+        cp.start_fakes(checks.pipeline_file(OVERLAY), gpu_nodes=2, gpus=GPUS_PER_NODE, cpu_nodes=1)
         cp.admin = kube_config.new_client_from_config(config_file=str(cp.kubeconfig))
         yield cp
     except Exception:
@@ -73,16 +78,18 @@ def v1_20(docs: list[dict]) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def applied(cluster):
-    """`kubectl apply` of the local overlay, as a platform engineer would (the CRDs came with the cluster)."""
-    docs = checks.kustomize(checks.MANIFESTS / "overlays" / "local")
+    """`kubectl apply` of the standalone overlay into KFP's namespace, as a platform engineer would (KFP and the
+    CRDs came with the cluster; here only the namespace stands for KFP)."""
+    docs = checks.kustomize(checks.MANIFESTS / "overlays" / OVERLAY)
+    cluster.kubectl("create", "namespace", NS)
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(v1_20(docs)))
-    wait_for(lambda: _sa_token_ready(cluster.admin), "ServiceAccount ready")
+    wait_for(lambda: _token_filled(cluster.admin), "the launcher's token Secret")
     return docs
 
 
-def _sa_token_ready(api) -> bool:
-    sa = client.CoreV1Api(api).read_namespaced_service_account("rglcd-pipeline", NS)
-    return bool(sa.secrets)
+def _token_filled(api) -> bool:
+    secret = client.CoreV1Api(api).read_namespaced_secret(CFG.pipeline.launcher_token_secret, NS)
+    return bool((secret.data or {}).get("token"))
 
 
 def wait_for(pred, what: str, timeout: float = 45.0, every: float = 0.3):
@@ -95,17 +102,32 @@ def wait_for(pred, what: str, timeout: float = 45.0, every: float = 0.3):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture(scope="module")
-def sa_api(cluster, applied) -> client.ApiClient:
-    """An API client authenticated as ServiceAccount rglcd/rglcd-pipeline (a TokenRequest token)."""
-    req = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600))
-    token = client.CoreV1Api(cluster.admin).create_namespaced_service_account_token("rglcd-pipeline", NS, req)
+def token_client(cluster, token: str) -> client.ApiClient:
     conf = client.Configuration()
     conf.host = cluster.admin.configuration.host
     conf.ssl_ca_cert = cluster.admin.configuration.ssl_ca_cert
-    conf.api_key = {"authorization": token.status.token}
+    conf.api_key = {"authorization": token}
     conf.api_key_prefix = {"authorization": "Bearer"}
     return client.ApiClient(conf)
+
+
+@pytest.fixture(scope="module")
+def launcher_api(cluster, applied) -> client.ApiClient:
+    """The launcher identity as the multi-node training step gets it: the token from its Secret."""
+    secret = client.CoreV1Api(cluster.admin).read_namespaced_secret(CFG.pipeline.launcher_token_secret, NS)
+    return token_client(cluster, base64.b64decode(secret.data["token"]).decode())
+
+
+@pytest.fixture(scope="module")
+def launcher_kubeconfig(cluster, launcher_api, tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("launcher") / "kubeconfig"
+    conf = launcher_api.configuration
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "l",
+        "clusters": [{"name": "c", "cluster": {"server": conf.host, "certificate-authority": conf.ssl_ca_cert}}],
+        "users": [{"name": "launcher", "user": {"token": conf.api_key["authorization"]}}],
+        "contexts": [{"name": "l", "context": {"cluster": "c", "user": "launcher", "namespace": NS}}]}))
+    return str(path)
 
 
 def pods_of(api, selector: str) -> list:
@@ -119,7 +141,7 @@ def failed_scheduling(api, pod: str) -> str:
 
 
 def pod_body(name: str, gpus: int, tolerate: bool = True, node_selector: dict | None = None) -> dict:
-    spec = {"restartPolicy": "Never", "serviceAccountName": "rglcd-pipeline",
+    spec = {"restartPolicy": "Never", "serviceAccountName": CFG.pipeline.service_account,
             "containers": [{"name": "c", "image": "x",
                             "resources": {"limits": {"nvidia.com/gpu": str(gpus)}} if gpus else {}}]}
     if tolerate:
@@ -138,26 +160,22 @@ def test_overlay_applies_and_pvcs_bind(cluster, applied):
                        and p, f"PVC {name} Bound")
         assert pvc.spec.volume_name and pvc.spec.storage_class_name == "standard"
     got = {(o["kind"], o["metadata"]["name"]) for o in yaml.safe_load(cluster.kubectl(
-        "-n", NS, "get", "serviceaccount,role,rolebinding,configmap,cronjob,pytorchjob", "-o", "yaml"))["items"]}
+        "-n", NS, "get", "serviceaccount,role,rolebinding,configmap,cronjob,secret", "-o", "yaml"))["items"]}
     want = {(d["kind"], d["metadata"]["name"]) for d in applied
             if d["kind"] not in ("Namespace", "PersistentVolumeClaim")}
     assert want <= got
 
 
-def test_manifest_pytorchjob_trains_on_the_gpu_pool(cluster, applied):
-    """Applied suspended (no pods, however long we wait); started by the documented patch."""
-    co = client.CustomObjectsApi(cluster.admin)
-    time.sleep(1.5)                                   # the fake operator reconciles every 0.3 s
-    assert not pods_of(cluster.admin, "training.kubeflow.org/job-name=rglcd-train")
-    cluster.kubectl("-n", NS, "patch", "pytorchjob", "rglcd-train", "--type", "merge",
-                    "-p", '{"spec":{"runPolicy":{"suspend":false}}}')
-    job = wait_for(lambda: kl.job_state(kl.PYTORCHJOB, j := co.get_namespaced_custom_object(
-        "kubeflow.org", "v1", NS, "pytorchjobs", "rglcd-train")) and j, "rglcd-train to finish")
-    assert kl.job_state(kl.PYTORCHJOB, job) == "Succeeded"
-    (pod,) = pods_of(cluster.admin, "training.kubeflow.org/job-name=rglcd-train")
-    assert pod.spec.node_name.startswith("gpu-node-") and pod.status.phase == "Succeeded"
-    assert {v.name: v.persistent_volume_claim.claim_name for v in pod.spec.volumes if v.persistent_volume_claim} \
-        == {"checkpoints": "rglcd-checkpoints", "model-cache": "rglcd-model-cache"}
+def test_multi_user_overlay_applies_with_its_profile(cluster, applied):
+    """The other mode applies too (the profile controller, absent here, would create the namespace)."""
+    docs = checks.kustomize(checks.MANIFESTS / "overlays" / "multi-user")
+    ns = checks.overlay_config("multi-user").pipeline.namespace
+    cluster.kubectl("create", "namespace", ns)
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(v1_20(docs)))
+    profile = client.CustomObjectsApi(cluster.admin).get_cluster_custom_object("kubeflow.org", "v1", "profiles", ns)
+    assert profile["spec"]["owner"]["kind"] == "User"
+    roles = {r.metadata.name for r in client.RbacAuthorizationV1Api(cluster.admin).list_namespaced_role(ns).items}
+    assert roles == {"rglcd-submitter", "rglcd-pipeline", "rglcd-launcher"}
 
 
 def test_cronjob_pods_run_on_cpu_nodes(cluster, applied):
@@ -188,64 +206,92 @@ def test_scheduler_keeps_gpu_pods_on_fitting_gpu_nodes(cluster, applied):
     assert fits.spec.node_name.startswith("gpu-node-")
     msgs = {n: wait_for(lambda n=n: failed_scheduling(cluster.admin, n), f"FailedScheduling of {n}")
             for n in cases if not n.startswith("fits")}
-    assert "had taint {nvidia.com/gpu: present}, that the pod didn't tolerate" in msgs[f"untolerated-{tag}"]
+    assert "had taint {nvidia.com/gpu: }, that the pod didn't tolerate" in msgs[f"untolerated-{tag}"]
     assert "Insufficient nvidia.com/gpu" in msgs[f"too-many-{tag}"]
-    assert "3 node(s) didn't match" in msgs[f"wrong-pool-{tag}"]
+    assert "node(s) didn't match" in msgs[f"wrong-pool-{tag}"]
     for n in cases:
         assert core.read_namespaced_pod(n, NS).spec.node_name != "cpu-node-0"
 
 
-# --- RBAC ------------------------------------------------------------------------------------------------
+# --- RBAC: a permission matrix per identity, by SubjectAccessReview against the applied Roles --------------
 
-ALLOWED = [(g, r, v, NS) for g, r, v in kl.PERMISSIONS] + [
-    ("", "pods/log", "get", NS), ("argoproj.io", "workflowtaskresults", "create", NS),
-    ("pipelines.kubeflow.org", "runs", "create", NS)]
-DENIED = [("", "secrets", "get", NS), ("", "secrets", "list", NS), ("", "pods", "create", NS),
-          ("", "pods", "delete", NS), ("apps", "deployments", "create", NS), ("", "nodes", "list", None),
-          ("kubeflow.org", "pytorchjobs", "create", "default"), ("rbac.authorization.k8s.io", "roles", "create", NS),
-          ("", "configmaps", "update", NS)]
-
-
-def _can(api, group, resource, verb, ns) -> bool:
+def allowed(cluster, account: str, group: str, resource: str, verb: str, ns: str | None, name: str = "") -> bool:
     sub = resource.split("/")
     attrs = client.V1ResourceAttributes(group=group, resource=sub[0], subresource=sub[1] if len(sub) > 1 else None,
-                                        verb=verb, namespace=ns)
-    review = client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(resource_attributes=attrs))
-    return client.AuthorizationV1Api(api).create_self_subject_access_review(review).status.allowed
+                                        verb=verb, namespace=ns, name=name or None)
+    review = client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
+        user=f"system:serviceaccount:{NS}:{account}", groups=["system:serviceaccounts", f"system:serviceaccounts:{NS}"],
+        resource_attributes=attrs))
+    return client.AuthorizationV1Api(cluster.admin).create_subject_access_review(review).status.allowed
 
 
-def test_service_account_can_do_what_the_pipeline_needs_and_nothing_else(sa_api):
-    assert [a for a in ALLOWED if not _can(sa_api, *a)] == []
-    assert [d for d in DENIED if _can(sa_api, *d)] == []
-    with pytest.raises(client.ApiException) as err:            # and the server enforces it on real calls
-        client.CoreV1Api(sa_api).list_namespaced_secret(NS)
-    assert err.value.status == 403 and "system:serviceaccount:rglcd:rglcd-pipeline" in err.value.body
-    assert isinstance(client.CoreV1Api(sa_api).list_namespaced_pod(NS).items, list)
+KFP = "pipelines.kubeflow.org"
+# account -> (each call its code makes, dangerous neighbours); (group, resource, verb, namespace, name)
+MATRIX = {
+    "rglcd-submitter": (
+        [(KFP, r, v, NS, "") for r in ("experiments", "runs", "jobs") for v in ("create", "get", "list")],
+        [(KFP, "runs", "delete", NS, ""), (KFP, "runs", "create", "default", ""), ("", "secrets", "get", NS, ""),
+         ("", "pods", "create", NS, ""), ("kubeflow.org", "pytorchjobs", "create", NS, "")]),
+    "rglcd-pipeline": (
+        [("", "secrets", "get", NS, "mlpipeline-minio-artifact"), ("", "configmaps", "get", NS, "kfp-launcher"),
+         ("", "pods", "get", NS, "any-task-pod"), ("argoproj.io", "workflowtaskresults", "create", NS, ""),
+         ("argoproj.io", "workflowtaskresults", "patch", NS, "")],
+        [("", "secrets", "get", NS, "rglcd-s3"), ("", "secrets", "get", NS, CFG.pipeline.launcher_token_secret),
+         ("", "secrets", "list", NS, ""), ("", "pods/exec", "create", NS, "x"), ("", "pods", "create", NS, ""),
+         ("kubeflow.org", "pytorchjobs", "create", NS, ""), (KFP, "runs", "create", NS, ""),
+         ("", "configmaps", "get", NS, "other")]),
+    "rglcd-launcher": (
+        [(g, r, v, NS, "") for g, r, v in la.PERMISSIONS],
+        [("", "secrets", "get", NS, "rglcd-s3"), ("", "pods/log", "get", NS, "x"), ("", "pods/exec", "create", NS, "x"),
+         ("", "pods", "create", NS, ""), ("kubeflow.org", "pytorchjobs", "create", "default", ""),
+         ("", "pods", "list", "default", ""), (KFP, "runs", "create", NS, ""), ("", "configmaps", "update", NS, ""),
+         ("rbac.authorization.k8s.io", "roles", "create", NS, "")]),
+    "rglcd-training": (
+        [],
+        [(KFP, "runs", "create", NS, ""), (KFP, "jobs", "create", NS, ""), ("", "secrets", "get", NS, "rglcd-s3"),
+         ("", "pods", "list", NS, ""), ("kubeflow.org", "pytorchjobs", "create", NS, "")]),
+}
+
+
+@pytest.mark.parametrize("account", sorted(MATRIX))
+def test_permission_matrix_per_identity(cluster, applied, account):
+    calls, neighbours = MATRIX[account]
+    assert [c for c in calls if not allowed(cluster, account, *c)] == []
+    assert [d for d in neighbours if allowed(cluster, account, *d)] == []
+
+
+def test_rbac_is_enforced_on_real_calls(cluster, launcher_api):
+    with pytest.raises(client.ApiException) as err:
+        client.CoreV1Api(launcher_api).list_namespaced_secret(NS)
+    assert err.value.status == 403 and f"system:serviceaccount:{NS}:rglcd-launcher" in err.value.body
+    assert isinstance(client.CoreV1Api(launcher_api).list_namespaced_pod(NS).items, list)
 
 
 # --- the launcher ----------------------------------------------------------------------------------------
 
 def _cfg(*overrides: str):
-    return load_config(overrides=["pipeline.distributed=pytorchjob", "pipeline.gpus=1",
-                                          f"pipeline.node_selector={POOL['nodeLabels']}", *overrides])
+    return checks.overlay_config(OVERLAY, "pipeline.distributed=pytorchjob", "pipeline.gpus=1",
+                                 "pipeline.train_cpu=1", "pipeline.train_memory=2Gi", *overrides)
 
 
-def test_launcher_runs_a_multi_node_job_as_the_service_account(cluster, sa_api):
+def test_launcher_runs_a_multi_node_job_as_the_service_account(cluster, launcher_api):
     name = "lt-" + uuid.uuid4().hex[:6]
-    result = kl.run(_cfg("pipeline.num_nodes=3", "pipeline.gpus=4"), name, sa_api, unschedulable_timeout=30)
+    result = la.run(_cfg("pipeline.num_nodes=3", "pipeline.gpus=4"), name, launcher_api, unschedulable_timeout=30)
     assert (result.kind, result.state, result.output_dir) == ("PyTorchJob", "Succeeded", f"/checkpoints/{name}")
     assert sorted(result.pod_nodes) == [f"{name}-master-0", f"{name}-worker-0", f"{name}-worker-1"]
     assert set(result.pod_nodes.values()) <= {"gpu-node-0", "gpu-node-1"}
     pods = {p.metadata.name: p for p in pods_of(cluster.admin, f"training.kubeflow.org/job-name={name}")}
     worker = pods[f"{name}-worker-1"].spec.containers[0]
     assert {e.name: e.value for e in worker.env}["PET_NODE_RANK"] == "2"
-    assert worker.resources.limits == {"nvidia.com/gpu": "4"} and worker.command[-2:] == ["--config",
-                                                                                           "/etc/rglcd/config.yaml"]
+    assert worker.resources.limits == {"memory": "2Gi", "nvidia.com/gpu": "4"}
+    assert worker.command[-2:] == ["--config", "/etc/rglcd/config.yaml"]
+    assert pods[f"{name}-worker-1"].spec.service_account_name == "rglcd-training"
+    assert not [v for v in pods[f"{name}-worker-1"].spec.volumes if v.secret]      # no API token mounted
     core = client.CoreV1Api(cluster.admin)
     cm = core.read_namespaced_config_map(f"{name}-config", NS)
     assert cm.metadata.owner_references[0].name == name
     assert yaml.safe_load(cm.data["config.yaml"])["pipeline"]["num_nodes"] == 3
-    kl.delete(sa_api, kl.PYTORCHJOB, NS, name)                   # the garbage collector takes pods + ConfigMap
+    la.delete(launcher_api, lo.PYTORCHJOB, NS, name)                   # the garbage collector takes pods + ConfigMap
 
     def gone():
         try:
@@ -256,9 +302,9 @@ def test_launcher_runs_a_multi_node_job_as_the_service_account(cluster, sa_api):
     wait_for(gone, "garbage collection of the ConfigMap and pods")
 
 
-def test_launcher_runs_a_trainjob(cluster, sa_api):
+def test_launcher_runs_a_trainjob(cluster, launcher_api):
     name = "tj-" + uuid.uuid4().hex[:6]
-    result = kl.run(_cfg("pipeline.distributed=trainjob", "pipeline.num_nodes=2"), name, sa_api,
+    result = la.run(_cfg("pipeline.distributed=trainjob", "pipeline.num_nodes=2"), name, launcher_api,
                     unschedulable_timeout=30)
     assert (result.kind, result.state) == ("TrainJob", "Complete") and len(result.pod_nodes) == 2
     assert all(n.startswith("gpu-node-") for n in result.pod_nodes.values())
@@ -266,43 +312,43 @@ def test_launcher_runs_a_trainjob(cluster, sa_api):
 
 @pytest.mark.parametrize("overrides,expected,hint", [
     (["pipeline.gpus=9"], "Insufficient nvidia.com/gpu", "no node of the pool has 9 free nvidia.com/gpu"),
-    (["pipeline.gpu_toleration_key=gpu"], "didn't tolerate", "taint key 'gpu'"),
+    (['pipeline.gpu_taints=["gpu:NoSchedule"]'], "didn't tolerate", "the pods tolerate the taints ['gpu:NoSchedule']"),
 ])
-def test_launcher_reports_unschedulable_gpu_requests(cluster, sa_api, overrides, expected, hint):
+def test_launcher_reports_unschedulable_gpu_requests(cluster, launcher_api, overrides, expected, hint):
     name = "lu-" + uuid.uuid4().hex[:6]
-    with pytest.raises(kl.Unschedulable) as err:
-        kl.run(_cfg(*overrides), name, sa_api, unschedulable_timeout=0)
+    with pytest.raises(la.Unschedulable) as err:
+        la.run(_cfg(*overrides), name, launcher_api, unschedulable_timeout=0)
     assert expected in str(err.value) and hint in str(err.value) and f"{name}-master-0" in str(err.value)
     co = client.CustomObjectsApi(cluster.admin)                   # a stuck job is cleaned up
     wait_for(lambda: not any(j["metadata"]["name"] == name for j in co.list_namespaced_custom_object(
         "kubeflow.org", "v1", NS, "pytorchjobs")["items"]), "the stuck job to be deleted")
 
 
-def test_launcher_reports_a_failed_job(cluster, sa_api):
+def test_launcher_reports_a_failed_job(cluster, launcher_api):
     name = "lf-" + uuid.uuid4().hex[:6]
-    with pytest.raises(kl.JobFailed, match=f"PyTorchJob rglcd/{name} failed: PodFailed: pod"):
-        kl.run(_cfg(), name, sa_api, annotations={"fake-kubelet/exit-code": "3"}, unschedulable_timeout=30)
+    with pytest.raises(la.JobFailed, match=f"PyTorchJob {NS}/{name} failed: PodFailed: pod"):
+        la.run(_cfg(), name, launcher_api, annotations={"fake-kubelet/exit-code": "3"}, unschedulable_timeout=30)
 
 
-def test_launcher_explains_rbac_denial_and_conflicts(cluster, sa_api):
-    with pytest.raises(kl.Forbidden) as err:
-        kl.launch(sa_api, _cfg("pipeline.namespace=default"), "forbidden-" + uuid.uuid4().hex[:4])
+def test_launcher_explains_rbac_denial_and_conflicts(cluster, launcher_api):
+    with pytest.raises(la.Forbidden) as err:
+        la.launch(launcher_api, _cfg("pipeline.namespace=default"), "forbidden-" + uuid.uuid4().hex[:4])
     text = str(err.value)
     assert "create PyTorchJob default/" in text and "forbidden by RBAC" in text
-    assert "system:serviceaccount:rglcd:rglcd-pipeline" in text and "manifests/base/rbac.yaml" in text
-    with pytest.raises(kl.Forbidden, match="get PyTorchJob default/"):
-        kl.job_exists(sa_api, _cfg("pipeline.namespace=default"), "forbidden")
+    assert f"system:serviceaccount:{NS}:rglcd-launcher" in text and "manifests/base/rbac.yaml" in text
+    with pytest.raises(la.Forbidden, match="get PyTorchJob default/"):
+        la.job_exists(launcher_api, _cfg("pipeline.namespace=default"), "forbidden")
     name = "dup-" + uuid.uuid4().hex[:4]
-    assert not kl.job_exists(sa_api, _cfg(), name)              # what a retried launcher pod asks first
-    kl.launch(sa_api, _cfg(), name)
-    assert kl.job_exists(sa_api, _cfg(), name)
-    with pytest.raises(kl.LaunchError, match="already exists"):
-        kl.launch(sa_api, _cfg(), name)
-    kl.delete(sa_api, kl.PYTORCHJOB, NS, name)
+    assert not la.job_exists(launcher_api, _cfg(), name)              # what a retried launcher pod asks first
+    la.launch(launcher_api, _cfg(), name)
+    assert la.job_exists(launcher_api, _cfg(), name)
+    with pytest.raises(lo.LaunchError, match="already exists"):
+        la.launch(launcher_api, _cfg(), name)
+    la.delete(launcher_api, lo.PYTORCHJOB, NS, name)
 
 
 def test_apiserver_validates_custom_resources_with_our_crds(cluster, applied):
-    job = kl.build_job(_cfg(), "bad-" + uuid.uuid4().hex[:4])
+    job = lo.build_job(_cfg(), "bad-" + uuid.uuid4().hex[:4])
     job["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] = "one"
     job["spec"]["runPolicy"]["cleanPodPolicy"] = "Sometimes"
     with pytest.raises(client.ApiException) as err:
@@ -310,3 +356,55 @@ def test_apiserver_validates_custom_resources_with_our_crds(cluster, applied):
                                                                                "pytorchjobs", job)
     assert err.value.status == 422
     assert "replicas" in err.value.body and "cleanPodPolicy" in err.value.body
+
+
+# --- clean-up: a cancelled run's job goes with it ----------------------------------------------------------
+
+_LAUNCH = """
+import sys
+from components.launcher import api
+from k8s import checks
+cfg = checks.overlay_config("standalone", *sys.argv[3:])
+print("launching", flush=True)
+api.run(cfg, sys.argv[1], api.api_client(sys.argv[2]), annotations={"fake-kubelet/run-seconds": "600"})
+"""
+
+
+def _job_gone(cluster, name: str) -> bool:
+    jobs = client.CustomObjectsApi(cluster.admin).list_namespaced_custom_object("kubeflow.org", "v1", NS,
+                                                                                "pytorchjobs")["items"]
+    return not any(j["metadata"]["name"] == name for j in jobs) and \
+        not pods_of(cluster.admin, f"training.kubeflow.org/job-name={name}")
+
+
+def test_cancel_mid_job_deletes_the_launched_job(cluster, launcher_kubeconfig):
+    """Cancelling a KFP run stops the launcher's pod with SIGTERM; the launcher deletes the job, and the garbage
+    collector its pods. Here the launcher runs as a process with the launcher's token, as in the step."""
+    name = "cancel-" + uuid.uuid4().hex[:5]
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(checks.REPO), tests, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", _LAUNCH, name, launcher_kubeconfig, "pipeline.distributed=pytorchjob",
+                             "pipeline.num_nodes=2", "pipeline.gpus=1"], env=env, cwd=checks.REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        running = wait_for(lambda: [p for p in pods_of(cluster.admin, f"training.kubeflow.org/job-name={name}")
+                                    if p.status.phase == "Running"], "training pods running", timeout=60)
+        assert len(running) == 2 and proc.poll() is None            # mid-job: pods running, launcher waiting
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and "Cancelled" in err and f"{NS}/{name} deleted" in err
+    wait_for(lambda: _job_gone(cluster, name), "the job and its pods to be deleted", timeout=60)
+
+
+def test_deleting_the_launchers_pod_deletes_the_job(cluster, applied, launcher_api):
+    """Owner reference: when KFP deletes a run's pods (run deleted, TTL), the job goes with its launcher pod."""
+    core, name = client.CoreV1Api(cluster.admin), "owned-" + uuid.uuid4().hex[:5]
+    owner = core.create_namespaced_pod(NS, pod_body(f"launcher-{name}", 0))
+    la.launch(launcher_api, _cfg(), name, annotations={"fake-kubelet/run-seconds": "600"},
+              owner={"name": owner.metadata.name, "uid": owner.metadata.uid})
+    wait_for(lambda: pods_of(cluster.admin, f"training.kubeflow.org/job-name={name}"), "training pods")
+    core.delete_namespaced_pod(owner.metadata.name, NS, grace_period_seconds=0)
+    wait_for(lambda: _job_gone(cluster, name), "garbage collection of the owned job", timeout=60)

@@ -1,9 +1,11 @@
 """Container images, checked without a Docker engine: hadolint on the Dockerfiles, the structure the project
-requires (pinned CUDA base, torch built for that CUDA, multi-stage, non-root, caches on the /cache volume), the
-pins matching pyproject.toml and the tested environment, the build context, and `make images`."""
+requires (slim bases pinned by digest, multi-stage, non-root, caches on the /cache volume, packages only from a
+lock with hashes, clients only in the CPU image), the pins matching pyproject.toml and the tested environment,
+the build context, and `make images`."""
 from __future__ import annotations
 
 import importlib.metadata as md
+import importlib.util
 import os
 import re
 import shutil
@@ -21,7 +23,9 @@ from rglcd.config import PipelineConfig
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "images"
 DOCKERFILES = {"train": IMAGES / "train.Dockerfile", "cpu": IMAGES / "cpu.Dockerfile"}
-TORCH_PAIR = ("torch", "torchvision")       # pinned by build args, from a CUDA/CPU-specific index
+TORCH_PAIR = ("torch", "torchvision")       # pinned in images/lock.py (and the Makefile's install)
+CLIENTS = {"mlflow": "mlflow-skinny"}       # pyproject (tests need the server) -> the images' client package
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 
 
 def stages(path: Path) -> list[dict]:
@@ -81,35 +85,65 @@ def test_multi_stage_pinned_non_root_with_caches_on_the_volume(image):
     build, final = stages(DOCKERFILES[image])[0], stages(DOCKERFILES[image])[-1]
     assert len(stages(DOCKERFILES[image])) >= 2 and build["name"] == "build"
     for stage in (build, final):
-        assert re.search(r":\d+\.\d+\.\d+[-\w.]*$", stage["from"]) or "@sha256:" in stage["from"], stage["from"]
+        assert DIGEST.search(stage["from"]) and "-slim-" in stage["from"], f"slim base pinned by digest: {stage['from']}"
     final_text = "\n".join(final["lines"])
     assert "COPY --from=build /opt/venv /opt/venv" in final_text
     assert not re.search(r"build-essential|gcc|python3-dev|\bpip install\b|\bgit\b", final_text), \
         "no build tools or installs in the final stage"
     assert [ln for ln in final["lines"] if ln.startswith("USER")][-1] == "USER 1000:1000"   # = manifests' runAsUser
     env = dict(re.findall(r"(\w+)=(\S+)", " ".join(ln[4:] for ln in final["lines"] if ln.startswith("ENV"))))
-    assert all(env[k].startswith("/cache/") for k in ("HF_HOME", "TORCH_HOME")) and env["XDG_CACHE_HOME"] == "/cache"
+    if image == "train":        # model caches on the model-cache PVC
+        assert all(env[k].startswith("/cache/") for k in ("HF_HOME", "TORCH_HOME")) and env["XDG_CACHE_HOME"] == "/cache"
+    else:                       # no models: caches on the writable /tmp emptyDir (read-only root filesystem)
+        assert env["XDG_CACHE_HOME"].startswith("/tmp/")
+    installs = [ln for ln in build["lines"] if re.search(r"\bpip install\b", ln)]
+    assert f"pip install --require-hashes --no-deps -r images/{image}.lock" in installs[0]
     assert not re.search(r"(?i)(secret|password|token|aws_)\w*=", " ".join(ln for s in stages(DOCKERFILES[image])
                                                                       for ln in s["lines"] if ln[:3] in ("ENV", "ARG")))
 
 
-def test_torch_matches_the_cuda_base_and_the_tested_pins():
-    train = DOCKERFILES["train"]
-    cuda = re.search(r"nvidia/cuda:(\d+)\.(\d+)\.\d+-(?:cudnn-)?runtime-ubuntu\d+\.\d+$", stages(train)[-1]["from"])
-    assert cuda, "the training image runs on an nvidia/cuda runtime base"
-    assert arg_default(train, "TORCH_INDEX").endswith(f"/cu{cuda.group(1)}{cuda.group(2)}")
-    assert arg_default(DOCKERFILES["cpu"], "TORCH_INDEX").endswith("/cpu")
+def locked(image: str) -> dict[str, tuple[str, list[str]]]:
+    """name -> (version, sha256 hashes) of images/<image>.lock."""
+    text = re.sub(r"\\\n\s*", " ", (IMAGES / f"{image}.lock").read_text())
+    out = {}
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", line).groups()
+            out[norm(name)] = (version, re.findall(r"--hash=sha256:([0-9a-f]{64})", line))
+    return out
+
+
+@pytest.mark.parametrize("image,inputs", [("train", "requirements.txt"), ("cpu", "requirements-client.txt")])
+def test_locks_hash_every_package_and_hold_the_pinned_versions(image, inputs):
+    lock = locked(image)
+    assert lock and all(len(hashes) >= 1 for _, hashes in lock.values()), "every package hashed"
+    for name, req in pins(IMAGES / inputs).items():
+        (spec,) = req.specifier
+        assert lock[name][0] == spec.version, f"{image}.lock: {name} {lock[name][0]} != {spec.version}"
+
+
+def test_training_image_gets_torch_with_its_own_cuda_and_the_cpu_image_only_clients():
+    spec = importlib.util.spec_from_file_location("images_lock", IMAGES / "lock.py")
+    lockmod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lockmod)
+
+    train, cpu = locked("train"), locked("cpu")
     make_pins = dict(re.findall(r"\b(torch|torchvision)==(\S+)", (REPO / "Makefile").read_text()))
-    for path in DOCKERFILES.values():
-        assert arg_default(path, "TORCH_VERSION") == make_pins["torch"]
-        assert arg_default(path, "TORCHVISION_VERSION") == make_pins["torchvision"]
+    assert {n: train[n][0] for n in TORCH_PAIR} == make_pins == dict(p.split("==") for p in lockmod.TORCH)
+    cuda = {n for n in train if n.startswith("nvidia-") and n.endswith(("-cu13", "-cu12"))}
+    assert cuda, "torch's CUDA libraries come as wheels, so no CUDA runtime base"
     import torch
     if torch.__version__.split("+")[0] == make_pins["torch"] and torch.version.cuda:
-        assert torch.version.cuda == f"{cuda.group(1)}.{cuda.group(2)}", "the tested torch's CUDA is the base's"
+        assert all(n.endswith(f"-cu{torch.version.cuda.split('.')[0]}") for n in cuda)
+    heavy = {"torch", "torchvision", "triton", "diffusers", "transformers", "open-clip-torch", "mlflow", "numpy"}
+    assert not (heavy & set(cpu)) and not [n for n in cpu if n.startswith("nvidia-")]
+    assert {"kfp", "kubernetes", "boto3", "dvc-s3", "mlflow-skinny"} <= set(cpu)
+    assert "mlflow" not in train and "mlflow-skinny" in train          # the client, not the server
 
 
 def test_requirements_pin_exactly_the_pyproject_dependencies():
-    deps = {norm(Requirement(d).name): Requirement(d) for d in pyproject()["project"]["dependencies"]}
+    deps = {CLIENTS.get(n, n): r for n, r in ((norm(Requirement(d).name), Requirement(d))
+                                              for d in pyproject()["project"]["dependencies"])}
     pinned = pins(IMAGES / "requirements.txt")
     assert set(pinned) == set(deps) - set(TORCH_PAIR)
     for name, req in pinned.items():
@@ -117,7 +151,8 @@ def test_requirements_pin_exactly_the_pyproject_dependencies():
         assert spec.operator == "==", f"{name}: pin an exact version"
         assert deps[name].specifier.contains(spec.version), f"{name}=={spec.version} violates {deps[name]}"
         assert req.extras == deps[name].extras, name
-        installed = md.version(name) if _installed(name) else None
+        tested = {v: k for k, v in CLIENTS.items()}.get(name, name)      # mlflow-skinny: the tests ran mlflow
+        installed = md.version(tested) if _installed(tested) else None
         assert installed in (None, spec.version), f"{name}: image pins {spec.version}, tests ran {installed}"
 
 

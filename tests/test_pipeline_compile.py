@@ -78,18 +78,25 @@ def test_gpu_steps_request_the_pool(gpu_lrm):
                                          "sizeLimit": "32Gi"}]
         assert container(spec, task)["image"] == "ghcr.io/rglcd/rglcd-train:0.1.0"
     for task in ("configure", "prep-data", "register-model"):
-        assert "resources" not in container(spec, task)
+        assert "accelerator" not in container(spec, task)["resources"]
         assert "nodeSelector" not in platform[f"exec-{task}"] and "tolerations" not in platform[f"exec-{task}"]
-        assert container(spec, task)["image"] == "ghcr.io/rglcd/rglcd-cpu:0.1.0"
+        image = "ghcr.io/rglcd/rglcd-train:0.1.0" if task == "prep-data" else "ghcr.io/rglcd/rglcd-cpu:0.1.0"
+        assert container(spec, task)["image"] == image        # prep needs torch; the CPU image has clients only
 
 
 def test_secret_pvc_retries_and_caching(gpu_lrm):
     spec, platform = gpu_lrm
-    for ex in platform.values():   # every step may touch the DVC remote
-        (secret,) = ex["secretAsEnv"]
-        assert secret["secretName"] == "rglcd-s3"
-        assert {(m["secretKey"], m["envVar"]) for m in secret["keyToEnv"]} == {
-            ("AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"), ("AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY")}
+    from components.podspec import MLFLOW_KEYS, S3_KEYS
+
+    for name, ex in platform.items():   # every step may touch the DVC remote: the one S3 key list, same way
+        s3 = [s for s in ex["secretAsEnv"] if s["secretName"] == "rglcd-s3"]
+        assert [m["secretKey"] for s in s3 for m in s["keyToEnv"]] == list(S3_KEYS)
+        assert [s.get("optional", False) for s in s3] == [False, True]       # region/endpoint/session optional
+        mlflow = [s for s in ex["secretAsEnv"] if s["secretName"] == "rglcd-mlflow"]
+        talks_to_mlflow = name in ("exec-evaluate-student", "exec-register-model")
+        assert bool(mlflow) == talks_to_mlflow, name
+        if mlflow:
+            assert [m["secretKey"] for m in mlflow[0]["keyToEnv"]] == list(MLFLOW_KEYS) and mlflow[0]["optional"]
     mounts = {m["constant"]: m["mountPath"] for m in platform["exec-train-student"]["pvcMount"]}
     assert mounts == {"rglcd-checkpoints": "/checkpoints", "rglcd-model-cache": "/cache"}
     env = {e["name"]: e["value"] for e in container(spec, "train-student")["env"]}
@@ -98,12 +105,50 @@ def test_secret_pvc_retries_and_caching(gpu_lrm):
     assert t["train-student"]["inputs"]["parameters"]["checkpoint_root"]["runtimeValue"]["constant"] == "/checkpoints"
     assert t["train-student"]["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
     assert t["train-student"]["retryPolicy"]["maxRetryCount"] == 2
-    assert "retryPolicy" not in t["evaluate-student"]
+    assert t["prep-data"]["retryPolicy"]["maxRetryCount"] == t["evaluate-student"]["retryPolicy"]["maxRetryCount"] \
+        == spec["components"]["comp-condition-1"]["dag"]["tasks"]["register-model"]["retryPolicy"]["maxRetryCount"] == 2
+    assert "retryPolicy" not in t["configure"]
     cached = {name: caching(task) for name, task in t.items() if name != "condition-1"}
     assert cached == {"configure": True, "prep-data": True, "pretrain-lrm": True, "train-student": False,
                       "evaluate-student": False}
     reg = spec["components"]["comp-condition-1"]["dag"]["tasks"]["register-model"]
     assert caching(reg) is False
+
+
+def test_every_task_has_requests_a_memory_limit_a_timeout_and_a_non_root_identity(gpu_lrm):
+    spec, platform = gpu_lrm
+    expected = {"train-student": ("32", "256Gi", 172800), "pretrain-lrm": ("8", "64Gi", 21600),
+                "evaluate-student": ("8", "64Gi", 21600), "configure": ("1", "4Gi", 21600),
+                "prep-data": ("1", "4Gi", 21600), "register-model": ("1", "4Gi", 21600)}
+    for task, (cpu, memory, timeout) in expected.items():
+        res = container(spec, task)["resources"]
+        assert (res["resourceCpuRequest"], res["resourceMemoryRequest"], res["resourceMemoryLimit"]) == \
+            (cpu, memory, memory), task
+        ex = platform[f"exec-{task}"]
+        assert int(ex["activeDeadlineSeconds"]) == timeout, task
+        assert ex["securityContext"] == {"runAsUser": "1000", "runAsGroup": "1000", "runAsNonRoot": True}, task
+
+
+def test_kueue_label_and_pool_taints_reach_gpu_tasks_only(tmp_path):
+    spec, platform = compiled(tmp_path, "sd21-base-hpsv21", "pipeline.queue_name=team-gpu",
+                              'pipeline.gpu_taints=["nvidia.com/gpu=present:NoSchedule", "pool:NoExecute"]')
+    ex = platform["exec-train-student"]
+    assert ex["podMetadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-gpu"
+    assert ex["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "present",
+                                  "effect": "NoSchedule"}, {"key": "pool", "operator": "Exists", "effect": "NoExecute"}]
+    assert "podMetadata" not in platform["exec-configure"] and "tolerations" not in platform["exec-prep-data"]
+
+
+def test_launcher_step_alone_gets_the_launcher_token_and_its_own_pod_identity(tmp_path):
+    spec, platform = compiled(tmp_path, "sd21-base-hpsv21", "pipeline.distributed=trainjob", "pipeline.num_nodes=2")
+    ex = platform["exec-launch-training"]
+    assert ex["secretAsVolume"] == [{"secretName": "rglcd-launcher-token", "secretNameParameter": {
+        "runtimeValue": {"constant": "rglcd-launcher-token"}}, "mountPath": "/var/run/secrets/rglcd/launcher",
+        "optional": False}] or [v["mountPath"] for v in ex["secretAsVolume"]] == ["/var/run/secrets/rglcd/launcher"]
+    assert {f["name"]: f["fieldPath"] for f in ex["fieldPathAsEnv"]} == {"POD_NAME": "metadata.name",
+                                                                         "POD_UID": "metadata.uid"}
+    assert int(ex["activeDeadlineSeconds"]) > 172800                       # outlives the job's own deadline
+    assert not [n for n, e in platform.items() if n != "exec-launch-training" and "secretAsVolume" in e]
 
 
 def test_components_install_nothing_at_pod_start(gpu_lrm):
@@ -140,7 +185,7 @@ def test_multi_node_training_goes_through_the_launcher(tmp_path):
     spec, platform = compiled(tmp_path, "sd21-base-hpsv21", "pipeline.distributed=pytorchjob", "pipeline.num_nodes=4")
     t = tasks(spec)
     assert "train-student" not in t and "launch-training" in t
-    assert "resources" not in container(spec, "launch-training")      # GPUs are on the job's pods
+    assert "accelerator" not in container(spec, "launch-training")["resources"]     # GPUs are on the job's pods
     assert container(spec, "launch-training")["image"] == "ghcr.io/rglcd/rglcd-cpu:0.1.0"
     mounts = {m["constant"]: m["mountPath"] for m in platform["exec-launch-training"]["pvcMount"]}
     assert mounts["rglcd-checkpoints"] == "/checkpoints"
@@ -248,44 +293,44 @@ def test_pod_model_cache_and_local_settings(monkeypatch, tmp_path):
 
 
 def test_launch_training_stages_inputs_reattaches_and_publishes(tmp_path, monkeypatch):
-    """The multi-node step's own logic, with the cluster calls of components.k8s_launcher replaced by a job
+    """The multi-node step's own logic, with the cluster calls of components.launcher replaced by a job
     that 'runs' by writing what `rglcd train` writes (the launcher itself is tested against a real API server)."""
     from kfp.dsl import HTML, Dataset, Metrics, Model
 
-    from components import k8s_launcher
-    from components import runtime
+    from components import podspec
+    from components.launcher import api as launcher, staging
     from components.train import launch_training
     from rglcd.storage import Pointer, verify
 
     cfg = load_config("tiny", overrides=["pipeline.distributed=pytorchjob", f"storage.remote={tmp_path / 'remote'}"])
     calls, existing = [], set()
     ckpt = tmp_path / "checkpoints"
-    monkeypatch.setattr(k8s_launcher, "CHECKPOINT_DIR", str(ckpt))
-    monkeypatch.setattr(k8s_launcher, "api_client", lambda: "api")
-    monkeypatch.setattr(k8s_launcher, "job_exists", lambda api, c, name: name in existing)
+    monkeypatch.setattr(podspec, "CHECKPOINT_MOUNT", str(ckpt))
+    monkeypatch.setattr(launcher, "api_client", lambda: "api")
+    monkeypatch.setattr(launcher, "job_exists", lambda api, c, name: name in existing)
+    monkeypatch.setenv("POD_NAME", "launcher-pod")
+    monkeypatch.setenv("POD_UID", "uid-1")
     staged_calls = []
-    real_stage = runtime.stage_inputs
+    real_stage = staging.stage_inputs
 
     def stage_inputs(*args):
         staged_calls.append(args)
         return real_stage(*args)
 
-    monkeypatch.setattr(runtime, "stage_inputs", stage_inputs)
+    monkeypatch.setattr(staging, "stage_inputs", stage_inputs)
 
-    def launch(api, c, name, train_args, annotations):
-        calls.append((name, train_args, annotations))
-        existing.add(name)
-
-    def wait(api, c, name):
+    def run(c, name, api, train_args, annotations, owner, attach):
+        if not attach:
+            calls.append((name, train_args, annotations, owner))
+            existing.add(name)
         out = ckpt / name
         (out / "model" / "unet").mkdir(parents=True, exist_ok=True)
         (out / "model" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
         (out / "report.html").write_text("<!doctype html><p>report</p>")
         (out / "metrics.jsonl").write_text('{"step": 1, "lcd_loss": 0.5}\n{"step": 2, "lcd_loss": 0.25}\n')
-        return k8s_launcher.JobResult(name, "rglcd", "PyTorchJob", "Succeeded", str(out), 1.0, {"p-0": "gpu-node-1"})
+        return launcher.JobResult(name, "rglcd", "PyTorchJob", "Succeeded", str(out), 1.0, {"p-0": "gpu-node-1"})
 
-    monkeypatch.setattr(k8s_launcher, "launch", launch)
-    monkeypatch.setattr(k8s_launcher, "wait", wait)
+    monkeypatch.setattr(launcher, "run", run)
     data = tmp_path / "dataset"
     data.mkdir()
     (data / "manifest.json").write_text("{}")
@@ -304,7 +349,8 @@ def test_launch_training_stages_inputs_reattaches_and_publishes(tmp_path, monkey
                                           run_id=run_id, lrm=Model(uri=str(lrm)), **out)
         if attempt == 1:        # the retry's input artifact differs: a re-stage would overwrite what the job reads
             (data / "manifest.json").write_text('{"retry": true}')
-    (name, args, annotations), = calls
+    (name, args, annotations, owner), = calls
+    assert owner == {"name": "launcher-pod", "uid": "uid-1"}
     assert name == res.job_name == f"rglcd-{run_id}" and len(name) <= 45
     staged = ckpt / name / "inputs"
     assert args == ("--data", str(staged / "data"), "--resume", "auto", "--lrm-checkpoint", str(staged / "lrm"))
@@ -339,7 +385,7 @@ def test_training_outputs_keep_the_last_finite_number_of_each_metric(tmp_path):
 def test_the_launch_step_and_its_job_share_volumes_at_the_same_paths(tmp_path):
     """The launch step stages inputs and reads outputs under its checkpoint-PVC mount; the job's pods mount the
     same PVC at the same path and write there; the job and the pipeline's steps keep models in one cache."""
-    from components import k8s_launcher
+    from components.launcher import objects as k8s_launcher
 
     overrides = ("pipeline.distributed=pytorchjob", "pipeline.num_nodes=2")
     cfg = load_config("sd21-base-hpsv21", overrides=list(overrides))

@@ -187,3 +187,24 @@ def test_uploaded_package_parses(kfp_api, tmp_path):
     pipe = client.upload_pipeline(str(package), pipeline_name="rglcd-tiny")
     assert client.get_pipeline_id("rglcd-tiny") == pipe.pipeline_id
     assert len(list(yaml.safe_load_all(package.read_text()))) == 2
+
+
+def test_in_cluster_submitter_sends_the_projected_kfp_token(tmp_path, monkeypatch, capsys):
+    """The CronJob's pod mounts a projected token (audience pipelines.kubeflow.org) and points
+    KF_PIPELINES_SA_TOKEN_PATH at it; every request to multi-user KFP carries it, or the server refuses."""
+    token = tmp_path / "token"
+    token.write_text("projected-sa-token\n")
+    with FakeKFP(multi_user=True, tokens=("projected-sa-token",)) as api:
+        monkeypatch.delenv("KF_PIPELINES_SA_TOKEN_PATH", raising=False)
+        monkeypatch.setattr("kfp.client.KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "absent"))
+        monkeypatch.setattr("kfp.client.client.KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "absent"), raising=False)
+        assert main(["pipeline", "submit", "--host", api.url, *CLUSTER, "--no-wait"]) == 1   # no token: refused
+        assert api.requests and {r["authorization"] for r in api.requests} == {None} and not api.runs
+        api.requests.clear()
+        monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token))
+        assert main(["pipeline", "submit", "--host", api.url, *CLUSTER, "--no-wait"]) == 0
+        assert main(["pipeline", "schedule", "--host", api.url, *CLUSTER, "--cron", "0 0 3 * * *"]) == 0
+    assert {r["authorization"] for r in api.requests} == {"Bearer projected-sa-token"}
+    assert {r["path"].rsplit("/", 1)[-1] for r in api.requests if r["method"] == "POST"} >= {"runs", "recurringruns"}
+    assert len(api.runs) == 1 and len(api.recurring_runs) == 1
+    assert "projected-sa-token" not in capsys.readouterr().out          # never printed

@@ -16,10 +16,11 @@ class ConfigError(ValueError):
 
 
 def F(default: Any, help: str, **rules: Any) -> Any:
-    """A dataclass field with a help line and validation rules (ge, gt, le, lt, multiple_of, choices).
+    """A dataclass field with a help line and validation rules (ge, gt, le, lt, multiple_of, choices, check).
 
     choices: the allowed values of a str field (or of each item of a list[str] field), or a function
     returning them, called at validation time (names that a registry grows, e.g. `rglcd.plugins`).
+    check: a function of the value returning None or the text of what is allowed (e.g. rglcd.config.kube.quantity).
     """
     meta = {"help": help, **rules}
     if isinstance(default, (list, dict)):
@@ -108,6 +109,9 @@ def _check_rules(key: str, value: Any, rules: dict[str, Any]) -> None:
     allowed = _choices(rules)
     if allowed is not None and value is not None:
         _check_choices(key, value, allowed)
+    problem = rules["check"](value) if "check" in rules else None
+    if problem:
+        raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {problem}")
     if value is None or isinstance(value, (str, list, dict)):
         return
     checks = {

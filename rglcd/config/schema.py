@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from rglcd.config import kube
 from rglcd.config.fields import F
 from rglcd.plugins import expert_reward_choices, reward_names
 
@@ -193,20 +194,54 @@ class RegistryConfig:
 
 @dataclass
 class PipelineConfig:
+    # Cluster settings (docs/cluster.md 4). Names must match the applied overlay: manifests/overlays/<mode>/
+    # pipeline.yaml holds this section for each deployment mode and is what `--config` reads on a cluster.
     image: str = F("ghcr.io/rglcd/rglcd-train:0.1.0", "container image of the GPU steps")
     cpu_image: str = F("ghcr.io/rglcd/rglcd-cpu:0.1.0", "container image of the CPU steps")
-    namespace: str = F("rglcd", "Kubernetes namespace")
-    service_account: str = F("rglcd-pipeline", "ServiceAccount the runs use")
+    namespace: str = F("rglcd", "Kubernetes namespace the run pods run in (standalone KFP: KFP's own, e.g. kubeflow; "
+                       "multi-user: the Profile's)", check=kube.dns_label)
+    service_account: str = F("rglcd-pipeline", "ServiceAccount of the KFP run pods (the pipeline runner)",
+                             check=kube.dns_label)
+    launcher_token_secret: str | None = F(
+        "rglcd-launcher-token", "ServiceAccount-token Secret of the job launcher, mounted only into the multi-node "
+        "training step (None: the launcher uses the run pods' own ServiceAccount)", check=kube.dns_subdomain)
+    training_service_account: str = F("rglcd-training", "ServiceAccount of launched training pods (no API token "
+                                      "mounted, no permissions)", check=kube.dns_label)
     experiment: str = F("rglcd", "KFP experiment name")
-    accelerator: str = F("nvidia.com/gpu", "accelerator resource type")
+    accelerator: str = F("nvidia.com/gpu", "accelerator resource type", check=kube.label_key)
     gpus: int = F(8, "GPUs per training pod", ge=0)
-    node_selector: dict[str, str] = F({}, "node labels of the GPU pool")
-    gpu_toleration_key: str = F("nvidia.com/gpu", "taint key tolerated on the GPU pool")
-    s3_secret: str | None = F("rglcd-s3", "Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (None: none)")
-    checkpoint_pvc: str = F("rglcd-checkpoints", "PVC mounted for checkpoints")
-    model_cache_pvc: str | None = F("rglcd-model-cache", "PVC mounted at /cache for HF/torch/rglcd model caches (None: none)")
-    shm_size: str = F("16Gi", "size of the memory-backed /dev/shm")
+    node_selector: dict[str, str] = F({}, "node labels of the GPU pool", check=kube.labels)
+    gpu_taints: list[str] = F(["nvidia.com/gpu:NoSchedule"], "taints of the GPU pool (key[=value]:Effect); GPU "
+                              "pods tolerate exactly these", check=kube.taints)
+    s3_secret: str | None = F("rglcd-s3", "Secret with the S3 keys (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY; "
+                              "optional AWS_DEFAULT_REGION, AWS_ENDPOINT_URL, AWS_SESSION_TOKEN) (None: none)",
+                              check=kube.dns_subdomain)
+    mlflow_secret: str | None = F("rglcd-mlflow", "Secret with MLflow credentials (MLFLOW_TRACKING_TOKEN or "
+                                  "MLFLOW_TRACKING_USERNAME/PASSWORD) for the evaluation and registration steps "
+                                  "(None: none)", check=kube.dns_subdomain)
+    checkpoint_pvc: str = F("rglcd-checkpoints", "PVC mounted for checkpoints", check=kube.dns_subdomain)
+    model_cache_pvc: str | None = F("rglcd-model-cache", "PVC mounted at /cache for HF/torch/rglcd model caches "
+                                    "(None: none)", check=kube.dns_subdomain)
+    shm_size: str | int = F("16Gi", "size of the memory-backed /dev/shm", check=kube.quantity)
+    # Requests (= memory limits) per kind of pod; CPU is requested, not limited (no CFS throttling of loaders).
+    train_cpu: str | int = F("32", "CPU request of a training pod (in-pod training and each node of a launched job)",
+                       check=kube.quantity)
+    train_memory: str | int = F("256Gi", "memory request and limit of a training pod", check=kube.quantity)
+    gpu_step_cpu: str | int = F("8", "CPU request of the LRM-pretraining and evaluation pods", check=kube.quantity)
+    gpu_step_memory: str | int = F("64Gi", "memory request and limit of the LRM-pretraining and evaluation pods",
+                             check=kube.quantity)
+    cpu_step_cpu: str | int = F("1", "CPU request of the CPU steps (configure, prep, registration, launcher)",
+                          check=kube.quantity)
+    cpu_step_memory: str | int = F("4Gi", "memory request and limit of the CPU steps", check=kube.quantity)
+    train_timeout: int = F(172800, "seconds a training pod or launched job may run before it is stopped "
+                           "(activeDeadlineSeconds; frees GPUs held by a hung job)", ge=60)
+    step_timeout: int = F(21600, "seconds any other step may run before it is stopped", ge=60)
     retries: int = F(3, "retries of the training step (resume from checkpoint)", ge=0)
+    step_retries: int = F(2, "retries of the prep, evaluation and registration steps (S3/MLflow I/O)", ge=0)
+    queue_name: str | None = F(None, "Kueue LocalQueue of the GPU workloads (label kueue.x-k8s.io/queue-name; "
+                               "None: no Kueue)", check=kube.dns_subdomain)
+    priority_class: str | None = F(None, "PriorityClass of launched multi-node training pods (None: the "
+                                   "cluster default)", check=kube.dns_subdomain)
     distributed: Literal["none", "pytorchjob", "trainjob"] = F("none", "launch multi-node training as this resource")
     num_nodes: int = F(1, "training nodes when distributed", gt=0)
 

@@ -32,9 +32,22 @@ def kustomize(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
-def gpu_pool(overlay: str) -> dict[str, Any]:
-    """The GPU node pool an overlay targets: nodeLabels, taints, gpusPerNode (overlays/<name>/gpu-pool.yaml)."""
-    return yaml.safe_load((MANIFESTS / "overlays" / overlay / "gpu-pool.yaml").read_text())
+def pipeline_file(overlay: str) -> Path:
+    """The overlay's pipeline.yaml: the config's `pipeline` section for that deployment mode."""
+    (path,) = sorted((MANIFESTS / "overlays" / overlay).rglob("pipeline.yaml"))
+    return path
+
+
+def overlay_config(overlay: str, *overrides: str):
+    """The config a person deploying `overlay` uses: defaults, its pipeline.yaml, then `overrides`."""
+    from rglcd.config import load_config
+    return load_config(path=pipeline_file(overlay), overrides=list(overrides))
+
+
+def pool_taints(cfg) -> list[dict[str, str]]:
+    """The GPU pool's taints as Node taints (from pipeline.gpu_taints)."""
+    from rglcd.config.kube import parse_taint
+    return [{k: v for k, v in parse_taint(t).items() if v or k != "value"} for t in cfg.pipeline.gpu_taints]
 
 
 def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
@@ -70,7 +83,9 @@ def pod_templates(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     """(where, pod template) for every pod template an object carries, custom resources included."""
     spec = doc.get("spec") or {}
     kind = doc["kind"]
-    if kind in ("Job", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"):
+    if kind == "Pod":
+        yield "pod", doc
+    elif kind in ("Job", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"):
         yield "spec.template", spec["template"]
     elif kind == "CronJob":
         yield "spec.jobTemplate.spec.template", spec["jobTemplate"]["spec"]["template"]

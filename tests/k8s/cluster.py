@@ -216,7 +216,7 @@ if __name__ == "__main__":
     cp = ControlPlane(run_dir)
     if action == "start":
         cp.start(crds=HERE / "crds")
-        cp.start_fakes(Path(os.environ.get("POOL", HERE.parents[1] / "manifests/overlays/local/gpu-pool.yaml")))
+        cp.start_fakes(Path(os.environ.get("POOL", HERE.parents[1] / "manifests/overlays/standalone/pipeline.yaml")))
         print(f"KUBECONFIG={cp.kubeconfig}")
     elif action == "stop":
         cp.stop()

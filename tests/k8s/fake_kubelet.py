@@ -19,6 +19,7 @@ import yaml
 from kubernetes import client, config
 
 EXIT_CODE = "fake-kubelet/exit-code"
+RUN_SECONDS = "fake-kubelet/run-seconds"     # per-pod override of --run-seconds (a long job to cancel)
 
 
 def now() -> str:
@@ -91,7 +92,7 @@ def step(v1: client.CoreV1Api, nodes: set[str], started: dict[str, float], run_s
         elif pod.status.phase == "Running" and not joined.get(uid, True):
             started.pop(uid, None)              # waiting at the rendezvous: the clock has not started
         elif pod.status.phase == "Running" and pod.spec.restart_policy != "Always" \
-                and time.monotonic() - started.setdefault(uid, time.monotonic()) > run_seconds:
+                and time.monotonic() - started.setdefault(uid, time.monotonic()) > float((pod.metadata.annotations or {}).get(RUN_SECONDS, run_seconds)):
             code = int((pod.metadata.annotations or {}).get(EXIT_CODE, "0"))
             v1.patch_namespaced_pod_status(name, ns, {"status": {
                 "phase": "Succeeded" if code == 0 else "Failed",
@@ -104,7 +105,7 @@ def step(v1: client.CoreV1Api, nodes: set[str], started: dict[str, float], run_s
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--kubeconfig", required=True)
-    ap.add_argument("--pool", required=True, help="an overlay's gpu-pool.yaml (nodeLabels, taints)")
+    ap.add_argument("--pool", required=True, help="an overlay's pipeline.yaml (pipeline.node_selector, gpu_taints)")
     ap.add_argument("--gpu-nodes", type=int, default=2)
     ap.add_argument("--gpus", type=int, default=8, help="nvidia.com/gpu per GPU node")
     ap.add_argument("--cpu-nodes", type=int, default=1)
@@ -112,10 +113,15 @@ def main() -> None:
     args = ap.parse_args()
     config.load_kube_config(args.kubeconfig)
     v1 = client.CoreV1Api()
-    pool = yaml.safe_load(open(args.pool))
+    pool = yaml.safe_load(open(args.pool))["pipeline"]
+    taints = []
+    for text in pool.get("gpu_taints", []):          # key[=value]:Effect, as rglcd.config.kube.parse_taint reads it
+        spec, _, effect = text.rpartition(":")
+        key, _, value = spec.partition("=")
+        taints.append({"key": key, "effect": effect, **({"value": value} if value else {})})
     nodes = set()
     for i in range(args.gpu_nodes):
-        register(v1, f"gpu-node-{i}", pool["nodeLabels"], pool["taints"], args.gpus)
+        register(v1, f"gpu-node-{i}", pool.get("node_selector", {}), taints, args.gpus)
         nodes.add(f"gpu-node-{i}")
     for i in range(args.cpu_nodes):
         register(v1, f"cpu-node-{i}", {}, [], 0)
