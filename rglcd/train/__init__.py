@@ -1,5 +1,6 @@
 """The RG-LCD training program: accelerate loop, checkpoint/resume, metrics, report (DESIGN.md `train`)."""
-from rglcd.train.checkpoint import TrainState, find_resume, list_checkpoints
+from rglcd.train.checkpoint import TrainState, list_checkpoints
+from rglcd.train.resume import find_resume
 from rglcd.train.loop import NonFiniteLoss, TrainResult, train
 
 __all__ = ["NonFiniteLoss", "TrainResult", "TrainState", "find_resume", "list_checkpoints", "train"]
