@@ -123,20 +123,24 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(file: Path) -> None:
-    """Restore what `rng_state` saved to `file`; anything that does not fit is an error naming the file."""
+    """Restore what `rng_state` saved to `file`; anything that does not fit is an error naming the file.
+    CUDA states are restored for the devices this process sees (a GPU checkpoint holds one per device)."""
     state = load_state(file)
-    want = {"python", "numpy", "torch"} | ({"cuda"} if torch.cuda.is_available() else set())
-    if not isinstance(state, dict) or set(state) != want:
+    want = {"python", "numpy", "torch"}
+    if not isinstance(state, dict) or not want <= set(state) <= want | {"cuda"}:
         got = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{file}: RNG state holds {got}, expected {sorted(want)}")
+        raise CheckpointError(f"{file}: RNG state holds {got}, expected {sorted(want)} (+ cuda)")
     try:
-        if not isinstance(state["torch"], torch.Tensor) or state["torch"].dtype != torch.uint8:
-            raise TypeError("torch state is not a uint8 tensor")
+        cuda = state.get("cuda", [])
+        for t in [state["torch"], *(cuda if isinstance(cuda, list) else [None])]:
+            if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8 or t.dim() != 1:
+                raise TypeError("torch and cuda states must be 1-d uint8 tensors")
         random.setstate(state["python"])
         np.random.set_state(state["numpy"])
         torch.set_rng_state(state["torch"])
-        if "cuda" in state:
-            torch.cuda.set_rng_state_all(state["cuda"])
+        if cuda and torch.cuda.is_available():
+            for device, t in enumerate(cuda[:torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(t, device)
     except (TypeError, ValueError, RuntimeError, IndexError) as err:
         raise CheckpointError(f"{file}: not a valid RNG state ({err})") from None
 

@@ -63,7 +63,7 @@ def load_state(path: str | Path, device: str | torch.device = "cpu") -> Any:
 def _encode(obj: Any, tensors: dict[str, torch.Tensor], where: str) -> Any:
     if isinstance(obj, torch.Tensor):
         key = _new_key(where, tensors)
-        tensors[key] = obj.detach().cpu().contiguous().clone()   # clone: no shared storage in the file
+        tensors[key] = obj.detach().to("cpu", copy=True).contiguous()   # one copy each: no shared storage
         return {"$t": key}
     if isinstance(obj, np.ndarray):
         if obj.dtype.name not in NUMPY_DTYPES:
