@@ -69,6 +69,9 @@ def test_bad_remotes_are_refused_at_the_edge(tmp_path):
     with pytest.raises(StorageError, match="must not embed credentials") as err:
         make_remote("s3://bucket/x", endpoint_url="http://me:hunter2@minio:9000")
     assert "hunter2" not in str(err.value)
+    with pytest.raises(StorageError, match=r"'s3://\*\*\*@bucket/x' embeds credentials") as err:
+        make_remote("s3://AKIAXYZ:hunter2@bucket/x", field="pointer meta.rglcd.remote")   # e.g. from a pointer file
+    assert "hunter2" not in str(err.value) and "AKIAXYZ" not in str(err.value)
     with pytest.raises(StorageError, match="only applies to s3://"):
         make_remote(str(tmp_path), endpoint_url="http://minio:9000")
     assert make_remote(str(tmp_path / "a" / ".." / "b")).url == str(tmp_path / "b")
