@@ -57,7 +57,7 @@ def select_checkpoint(accelerator, output_dir: Path, resume: str | None) -> tupl
     """Collective. The checkpoint to resume from (verified) and the names of the corrupt ones set aside."""
     if resume not in (None, "none", "never", "auto"):
         path = find_resume(output_dir, resume)
-        _warn_unlisted(path, verify_checkpoint(path))
+        _warn_unlisted(accelerator, path, verify_checkpoint(path))
         return path, []
     if find_resume(output_dir, resume) is None:
         return None, []
@@ -65,7 +65,7 @@ def select_checkpoint(accelerator, output_dir: Path, resume: str | None) -> tupl
     chosen = None
     for _, path in reversed(list_checkpoints(output_dir)):
         try:
-            _warn_unlisted(path, verify_checkpoint(path))
+            _warn_unlisted(accelerator, path, verify_checkpoint(path))
             chosen = path
             break
         except CheckpointError as err:
@@ -93,8 +93,8 @@ def _set_aside(path: Path) -> Path:
     return aside
 
 
-def _warn_unlisted(path: Path, unlisted: list[str]) -> None:
-    if unlisted:
+def _warn_unlisted(accelerator, path: Path, unlisted: list[str]) -> None:
+    if unlisted and accelerator.is_main_process:
         warnings.warn(f"checkpoint {path}: ignoring files its manifest does not list (never read): "
                       f"{', '.join(unlisted[:10])}", stacklevel=3)
 
