@@ -287,3 +287,70 @@ def test_cli_json_of_push_pull_and_register(local_cfg, model_dir, tmp_path, capf
     assert version["pointer"]["outs"] == pushed["pointer"]["outs"] and "registered: rglcd-student version 1" not in out.out
     assert main(["models", "list", "--json", *sets]) == 0
     assert [v["version"] for v in json.loads(capfd.readouterr().out)] == [1]
+# ---------------------------------------------------------------- concurrent registration of one run key
+
+def _register_at_barrier(barrier, overrides: list[str], pointer_file: str, out_file: str) -> None:
+    """Child process: build the config, wait for the others, register, write the answer."""
+    from rglcd.config import load_config
+
+    cfg = load_config("tiny", overrides=overrides)
+    barrier.wait(timeout=120)
+    info = register(cfg, pointer_file, METRICS, to_dict(cfg), "d1", run_id="kfp-same")
+    Path(out_file).write_text(json.dumps({"version": info.version, "created": info.created, "run_id": info.run_id}))
+
+
+def _three_at_once(overrides: list[str], pointer_file: Path, tmp_path: Path) -> list[dict]:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(3)
+    outs = [tmp_path / f"registered-{i}.json" for i in range(3)]
+    procs = [ctx.Process(target=_register_at_barrier, args=(barrier, overrides, str(pointer_file), str(out)))
+             for out in outs]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=300)
+    assert [proc.exitcode for proc in procs] == [0, 0, 0]
+    return [json.loads(out.read_text()) for out in outs]
+
+
+def _assert_one_run_one_version(cfg, answers: list[dict]) -> None:
+    from mlflow.entities import ViewType
+
+    versions = list_versions(cfg)
+    assert len(versions) == 1 and versions[0].aliases == ["candidate"]
+    assert {a["version"] for a in answers} == {versions[0].version}
+    assert sum(a["created"] for a in answers) == 1
+    exp = client(cfg).get_experiment_by_name(cfg.registry.model_name)
+    active = client(cfg).search_runs([exp.experiment_id], run_view_type=ViewType.ACTIVE_ONLY)
+    assert [r.info.run_id for r in active] == [versions[0].run_id]
+    again = register(cfg, read_pointer(Path(cfg.train.output_dir).parent / "p.json"), METRICS, to_dict(cfg), "d1",
+                     run_id="kfp-same")
+    assert (again.version, again.created, again.aliases) == (versions[0].version, False, ["candidate"])
+
+
+def _concurrent_case(cfg, overrides, model_dir, tmp_path):
+    pointer_file = write_pointer(push(cfg, model_dir).pointer, tmp_path / "p.json")
+    answers = _three_at_once(overrides, pointer_file, tmp_path)
+    _assert_one_run_one_version(cfg, answers)
+
+
+def _child_overrides(tmp_path: Path, model_cache: str, uri: str, name: str) -> list[str]:
+    return [f"model.cache_dir={model_cache}", f"train.output_dir={tmp_path / 'run'}",
+            f"storage.remote={tmp_path / 'remote'}", f"storage.cache_dir={tmp_path / 'dvc-cache'}",
+            f"registry.tracking_uri={uri}", f"registry.model_name={name}"]
+
+
+@pytest.mark.slow
+def test_three_concurrent_registrations_of_one_key_make_one_version_on_sqlite(tiny_cfg, mlflow_db, model_dir,
+                                                                              model_cache, tmp_path):
+    overrides = _child_overrides(tmp_path, model_cache, mlflow_db, "concurrent")
+    _concurrent_case(tiny_cfg(*overrides), overrides, model_dir, tmp_path)
+
+
+@pytest.mark.slow
+def test_three_concurrent_registrations_of_one_key_make_one_version_on_a_server(mlflow_server, tiny_cfg, model_dir,
+                                                                                model_cache, tmp_path):
+    overrides = _child_overrides(tmp_path, model_cache, mlflow_server, f"conc-{uuid.uuid4().hex[:8]}")
+    _concurrent_case(tiny_cfg(*overrides), overrides, model_dir, tmp_path)

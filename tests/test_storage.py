@@ -69,6 +69,9 @@ def test_bad_remotes_are_refused_at_the_edge(tmp_path):
     with pytest.raises(StorageError, match="must not embed credentials") as err:
         make_remote("s3://bucket/x", endpoint_url="http://me:hunter2@minio:9000")
     assert "hunter2" not in str(err.value)
+    with pytest.raises(StorageError, match=r"'s3://\*\*\*@bucket/x' embeds credentials") as err:
+        make_remote("s3://AKIAXYZ:hunter2@bucket/x", field="pointer meta.rglcd.remote")   # e.g. from a pointer file
+    assert "hunter2" not in str(err.value) and "AKIAXYZ" not in str(err.value)
     with pytest.raises(StorageError, match="only applies to s3://"):
         make_remote(str(tmp_path), endpoint_url="http://minio:9000")
     assert make_remote(str(tmp_path / "a" / ".." / "b")).url == str(tmp_path / "b")
@@ -159,7 +162,7 @@ def test_push_and_pull_refuse_bad_paths(tiny_cfg, model_dir, tmp_path):
     pointer = push(cfg, model_dir).pointer
     with pytest.raises(StorageError, match="not an empty directory"):
         pull(pointer, model_dir)
-    with pytest.raises(StorageError, match="is not in remote"):
+    with pytest.raises(StorageError, match=r"object f{32}\.dir \(student\) in remote .* is missing"):
         pull(Pointer(**{**pointer.__dict__, "md5": "f" * 32 + ".dir"}), tmp_path / "x")
 
 
@@ -212,3 +215,83 @@ def test_large_file_goes_up_multipart(s3_remote, tiny_cfg, tmp_path):
     assert etag.strip('"').endswith("-3")             # 3 parts: 50 + 50 + 1 MiB
     pull(pointer, tmp_path / "back")
     assert tree_digest(tmp_path / "back") == tree_digest(big)
+
+
+# ---------------------------------------------------------------- hostile and broken remotes
+
+def _crafted_remote(root: Path, entries: list[tuple[str, bytes]]) -> Pointer:
+    """A local remote holding file objects and a `.dir` listing them under the given (hostile) paths."""
+    listing = []
+    for relpath, data in entries:
+        md5 = hashlib.md5(data).hexdigest()
+        obj = root / "files" / "md5" / md5[:2] / md5[2:]
+        obj.parent.mkdir(parents=True, exist_ok=True)
+        obj.write_bytes(data)
+        listing.append({"md5": md5, "relpath": relpath})
+    raw = json.dumps(listing, sort_keys=True).encode()
+    md5 = hashlib.md5(raw).hexdigest()
+    obj = root / "files" / "md5" / md5[:2] / (md5[2:] + ".dir")
+    obj.parent.mkdir(parents=True, exist_ok=True)
+    obj.write_bytes(raw)
+    return Pointer(md5=md5 + ".dir", size=sum(len(d) for _, d in entries), nfiles=len(entries), path="art",
+                   remote=str(root))
+
+
+@pytest.mark.parametrize("relpath", ["../marker", "/ABS/marker", "ok/../../marker", "a//marker", "./marker",
+                                     "a\\..\\..\\marker", "", "ok/\x00marker"])
+def test_pull_refuses_listing_paths_outside_the_destination(tmp_path, relpath):
+    relpath = relpath.replace("/ABS", str(tmp_path))
+    pointer = _crafted_remote(tmp_path / "remote", [("good.txt", b"fine"), (relpath, b"escaped")])
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(StorageError, match=r"object [0-9a-f]{32}\.dir \(art\) in remote .*remote lists the path "
+                                           r".*outside the destination.*nothing was written"):
+        pull(pointer, work / "dest")
+    assert not (tmp_path / "marker").exists() and not (work / "marker").exists()
+    assert list(work.iterdir()) == []                                   # no DEST, no staging or cache left
+
+
+def test_pull_refuses_colliding_entries_and_bad_md5s(tmp_path):
+    pointer = _crafted_remote(tmp_path / "r1", [("a", b"file"), ("a/b", b"inside a file")])
+    with pytest.raises(StorageError, match=r"entry 'a/b' collides with another entry"):
+        pull(pointer, tmp_path / "d1")
+    raw = json.dumps([{"md5": "../../../../marker", "relpath": "x"}]).encode()
+    md5 = hashlib.md5(raw).hexdigest()
+    (tmp_path / "r2" / "files" / "md5" / md5[:2]).mkdir(parents=True)
+    (tmp_path / "r2" / "files" / "md5" / md5[:2] / (md5[2:] + ".dir")).write_bytes(raw)
+    bad = Pointer(md5=md5 + ".dir", size=0, nfiles=1, path="art", remote=str(tmp_path / "r2"))
+    with pytest.raises(StorageError, match=r"entry 'x' has md5 '../../../../marker'; allowed: 32 hex digits"):
+        pull(bad, tmp_path / "d2")
+    assert not (tmp_path / "d1").exists() and not (tmp_path / "d2").exists()
+
+
+def test_pull_refuses_a_cache_object_that_is_a_symlink(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"outside data")
+    pointer = _crafted_remote(tmp_path / "remote", [("copy.txt", b"outside data")])
+    md5 = hashlib.md5(b"outside data").hexdigest()
+    cached = tmp_path / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    cached.parent.mkdir(parents=True)
+    cached.symlink_to(secret)                                   # a shared cache someone tampered with
+    with pytest.raises(StorageError, match=rf"object {md5} \(copy.txt\) is missing or corrupt"):
+        pull(pointer, tmp_path / "dest", cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "dest").exists()
+
+
+def test_missing_or_corrupt_objects_are_named_with_the_remote(tmp_path):
+    pointer = _crafted_remote(tmp_path / "remote", [("a.txt", b"alpha"), ("sub/b.txt", b"beta")])
+    obj = tmp_path / "remote" / "files" / "md5" / hashlib.md5(b"beta").hexdigest()[:2] / hashlib.md5(b"beta").hexdigest()[2:]
+    obj.write_bytes(b"BETA, tampered")
+    pattern = (rf"pull of {pointer.md5} \(art\) in remote {tmp_path / 'remote'} failed: object "
+               rf"{hashlib.md5(b'beta').hexdigest()} \(sub/b.txt\) is missing or corrupt in the remote")
+    with pytest.raises(StorageError, match=pattern):
+        pull(pointer, tmp_path / "d1")
+    obj.unlink(missing_ok=True)
+    with pytest.raises(StorageError, match=pattern):
+        pull(pointer, tmp_path / "d2")
+    listing = tmp_path / "remote" / "files" / "md5" / pointer.md5[:2] / pointer.md5[2:]
+    listing.write_bytes(listing.read_bytes().replace(b"a.txt", b"A.txt"))
+    with pytest.raises(StorageError, match=rf"object {pointer.md5} \(art\) in remote .* is corrupt \(its md5 differs\)"):
+        pull(pointer, tmp_path / "d3")
+    assert not any((tmp_path / d).exists() for d in ("d1", "d2", "d3"))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]        # no staging left behind

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from rglcd.train import NonFiniteLoss, list_checkpoints, train
 from rglcd.train.checkpoint import check_compatible
+from rglcd.train.statefile import load_state
 from rglcd.train.metrics import read_metrics_jsonl
 
 FAST = ["reward.name=none", "reward.guidance=direct", "train.batch_size=2", "train.validation_every=1000",
@@ -35,12 +36,11 @@ def _crash_at(step: int, micro: int):
 
 
 def _state(ckpt: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a checkpoint: student, EMA target, optimizer (and LRM + its optimizer)."""
+    """Every tensor and number of a checkpoint: student, EMA target, optimizer, schedule (and LRM + its optimizer).
+    Not the RNG states: library start-up code draws from the global generators (a DataLoader its base seed)."""
     tensors = {f"student.{k}": v for k, v in load_file(str(ckpt / "model.safetensors")).items()}
-    for extra in sorted(ckpt.glob("custom_checkpoint_*.pkl")) + sorted(ckpt.glob("optimizer*.bin")):
-        state = torch.load(extra, weights_only=False)
-        flat = state if isinstance(state, dict) else {}
-        for key, value in _flatten(flat, extra.name):
+    for extra in sorted(set(ckpt.glob("*.safetensors")) - set(ckpt.glob("rng-*"))):
+        for key, value in _flatten(load_state(extra), extra.name):
             tensors[key] = value if isinstance(value, torch.Tensor) else torch.tensor(float(value))
     return tensors
 
@@ -94,7 +94,7 @@ def test_resume_at_several_kill_points_with_lrm_fine_tuning_is_bit_exact(tiny_cf
     # before the first checkpoint, right after one, and in the last micro-batch of a step
     res = _run_with_crashes(tiny_cfg, tmp_path, "res", [(1, 0), (2, 1), (4, 1)], *over, lrm_checkpoint=tiny_lrm)
     _assert_identical(ref.checkpoint, res.checkpoint)
-    assert any(k.startswith("custom_checkpoint_2") for k in _state(res.checkpoint))   # the LRM is in it
+    assert any(k.startswith("lrm.safetensors") for k in _state(res.checkpoint))   # the LRM is in it
     records = read_metrics_jsonl(res.output_dir / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5] and all(r["lrm_loss"] is not None for r in records)
     saved = json.loads((res.output_dir / "lrm" / "lrm_config.json").read_text())
@@ -102,7 +102,8 @@ def test_resume_at_several_kill_points_with_lrm_fine_tuning_is_bit_exact(tiny_cf
 
 
 def test_resume_needs_the_same_number_of_processes(tmp_path):
-    (tmp_path / "checkpoint.json").write_text(json.dumps({"step": 2, "num_processes": 2}))
+    (tmp_path / "checkpoint.json").write_text(json.dumps({"format": "rglcd-checkpoint", "version": 2,
+                                                          "state": {"step": 2}, "num_processes": 2}))
     with pytest.raises(ValueError, match="written by 2 processes, this run has 1"):
         check_compatible(tmp_path, 1)
 

@@ -8,7 +8,8 @@ Layout (no second copy of the weights):
 - a model version with source `runs:/<run>/dvc-pointer` (the pointer file MLflow serves) and the
   pointer itself in its tags, so `get_pointer` + `rglcd.storage.pull` fetch the exact weights.
 Idempotent: the run key (weights md5 + config hash + KFP run id) is a tag; registering the same key again
-returns the existing version. Tracking URI: a SQLite file (embedded default) or an MLflow server URL.
+returns the existing version, also when several registrations of one key run at once (`_settle`).
+Tracking URI: a SQLite file (embedded default) or an MLflow server URL.
 """
 from __future__ import annotations
 
@@ -102,7 +103,27 @@ def _experiment_id(client: Any, cfg: Any) -> str:
     uri = cfg.registry.tracking_uri
     if uri.startswith("sqlite:///"):   # artifacts beside the DB file, not in ./mlruns of the CWD
         location = (Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent / "mlflow-artifacts").as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    with _unless_exists():             # another registration created it meanwhile
+        return client.create_experiment(name, artifact_location=location)
+    return client.get_experiment_by_name(name).experiment_id
+
+
+@contextmanager
+def _unless_exists() -> Iterator[None]:
+    """Swallow MLflow's RESOURCE_ALREADY_EXISTS (a concurrent caller created the same thing first)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
+def _ensure_model(client: Any, name: str) -> None:
+    if not client.search_registered_models(f"name='{name}'"):
+        with _unless_exists():
+            client.create_registered_model(name, description="RG-LCD students; weights live in the DVC remote")
 
 
 def _check_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -184,13 +205,40 @@ def _log_run(client: Any, exp_id: str, rec: _Record) -> str:
     return rid
 
 
+def _settle(client: Any, name: str, key: str, mine: Any, run_id: str) -> Any:
+    """Concurrent registrations of one run key: the version with the lowest number wins; the others
+    delete their version and their run, and report the winner. Returns the winning version.
+
+    Why this rule: MLflow's registry has no compare-and-set on tags or aliases, and neither a SQLite
+    file nor an object-store remote offers a lock that works across hosts. But the tracking store
+    hands out version numbers in one transaction per version (unique (name, version) key, retried on
+    conflict), so once a caller's own version exists every version with a lower number is already
+    visible to its search. Every caller thus agrees on the same minimum, whoever runs first and
+    however they interleave; a later rerun finds it too (`_find_version`). A caller that dies before
+    cleaning up leaves a duplicate that never wins, so answers stay the same.
+    """
+    from mlflow.exceptions import MlflowException
+
+    winner = _find_version(client, name, key)
+    if winner is None or int(winner.version) == int(mine.version):
+        return mine
+    try:
+        client.delete_model_version(name, mine.version)
+        if run_id != winner.run_id:
+            client.delete_run(run_id)
+    except MlflowException:             # already gone (another loser shared this run): nothing left to undo
+        pass
+    return winner
+
+
 def register(cfg: Any, model_pointer: Pointer | str | Path, metrics: dict[str, Any], config_dict: dict[str, Any],
              data_version: Any, run_id: str | None = None, verify_remote: bool = True) -> ModelVersionInfo:
     """Register the weights behind `model_pointer` as a new version of `cfg.registry.model_name`.
 
     Order that loses nothing: the pointer is verified in the remote first (unless `verify_remote` is
     False because the caller just did), then the run is logged, then the version is created and given
-    `cfg.registry.alias`. Re-running with the same run key returns the existing version (`created=False`).
+    `cfg.registry.alias`. Re-running with the same run key returns the existing version (`created=False`);
+    so do concurrent calls with one key: one run, one version, the alias set by the one that created it.
     `run_id`: the KFP run id (default: $KFP_RUN_ID).
     """
     pointer = read_pointer(model_pointer)
@@ -204,11 +252,13 @@ def register(cfg: Any, model_pointer: Pointer | str | Path, metrics: dict[str, A
             verify(pointer)
         exp_id = _experiment_id(client, cfg)
         rid = _find_finished_run(client, exp_id, rec.key) or _log_run(client, exp_id, rec)
-        if not client.search_registered_models(f"name='{name}'"):
-            client.create_registered_model(name, description="RG-LCD students; weights live in the DVC remote")
+        _ensure_model(client, name)
         version_tags = {k: v for k, v in rec.tags.items() if not k.startswith("lib.")}
         mv = client.create_model_version(name, f"runs:/{rid}/{POINTER_DIR}", run_id=rid, tags=version_tags,
                                          description=f"DVC {pointer.md5} in {pointer.remote}")
+        winner = _settle(client, name, rec.key, mv, rid)
+        if int(winner.version) != int(mv.version):
+            return _info(client, client.get_model_version(name, winner.version))
         if cfg.registry.alias:
             client.set_registered_model_alias(name, cfg.registry.alias, mv.version)
         return _info(client, client.get_model_version(name, mv.version), created=True)

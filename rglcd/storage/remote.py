@@ -39,6 +39,14 @@ def redact(text: str) -> str:
     return text
 
 
+def safe_url(url: str) -> str:
+    """`url` with any user:password@ part replaced by ***@ (for messages and records)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
+
+
 @dataclass(frozen=True)
 class RemoteSpec:
     """A DVC remote: `url` is s3://bucket/prefix or an absolute local directory."""
@@ -52,7 +60,9 @@ class RemoteSpec:
         return self.url.startswith("s3://")
 
     def describe(self) -> str:
-        return f"{self.url} (endpoint {self.endpoint_url})" if self.endpoint_url else self.url
+        """The remote for messages, never with credentials."""
+        url = safe_url(self.url)
+        return f"{url} (endpoint {safe_url(self.endpoint_url)})" if self.endpoint_url else url
 
 
 def make_remote(url: str, endpoint_url: str | None = None, region: str | None = None,
@@ -60,6 +70,9 @@ def make_remote(url: str, endpoint_url: str | None = None, region: str | None = 
     """Validate a remote at the edge; local paths become absolute. `field` names the setting in errors."""
     if not url:
         raise StorageError(f"{field}: empty; allowed: s3://bucket/prefix or a local directory")
+    if "://" in url and "@" in urlsplit(url).netloc:
+        raise StorageError(f"{field}: {safe_url(url)!r} embeds credentials (user:password@); give them as "
+                           "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY env or a profile")
     scheme = urlsplit(url).scheme
     if scheme == "s3":
         bucket = urlsplit(url).netloc

@@ -6,8 +6,9 @@ push:   hash the directory (DVC md5 tree) -> upload the file objects that the re
         directory (no local cache copy); S3 uploads of large files are multipart (s3fs: files from
         100 MiB, 50 MiB parts, grown to stay under S3's 10,000-part limit). Content already in the
         remote is not uploaded again.
-pull:   fetch the objects of the pointer into the local cache (each re-hashed on arrival), then copy
-        the tree out to DEST. Only the pointer is needed: the remote comes from its meta.
+pull:   read and check the pointer's `.dir` listing (paths that stay inside DEST, md5s), fetch its
+        objects into the local cache (each re-hashed on arrival), copy the tree out into a staging
+        folder and rename it to DEST. Only the pointer is needed: the remote comes from its meta.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rglcd.storage.listing import check_listing, read_listing, where
 from rglcd.storage.pointer import Pointer, read_pointer
 from rglcd.storage.remote import (RemoteSpec, StorageError, explain, make_remote, open_cache, open_remote,
                                   remote_errors)
@@ -148,48 +150,71 @@ def pull(pointer: Pointer | str | Path, dest: str | Path, cache_dir: str | Path 
 
     `cache_dir`: local DVC cache kept for later pulls (None: a temporary one, removed afterwards).
     `remote`: reach the pointer's remote by another URL/endpoint.
+    The remote's listing is checked before anything is fetched (rglcd.storage.listing), and the tree is
+    checked out into a staging folder beside `dest` that is renamed to `dest` only when complete, so a
+    failed pull leaves no partial file.
     """
     start = time.perf_counter()
     pointer = read_pointer(pointer)
     dest = Path(dest).resolve()
     _check_dest(dest)
     spec = remote or remote_from_pointer(pointer)
-    tmp = None if cache_dir is not None else tempfile.mkdtemp(prefix=".rglcd-pull-", dir=dest.parent
-                                                              if dest.parent.exists() else None)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.pull-", dir=dest.parent))
     try:
-        fetched = _fetch_and_checkout(pointer, dest, spec, Path(cache_dir or tmp), jobs)
+        fetched = _fetch_and_checkout(pointer, dest, work, spec, Path(cache_dir or work / "cache"), jobs)
     finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     return PullResult(dest, pointer, fetched, time.perf_counter() - start)
 
 
-def _fetch_and_checkout(pointer: Pointer, dest: Path, spec: RemoteSpec, cache_dir: Path, jobs: int | None) -> int:
-    from dvc_data.hashfile.checkout import checkout
+def _fetch(pointer: Pointer, spec: RemoteSpec, cache, jobs: int | None) -> tuple[list[tuple[str, str]], int]:
+    """Check the listing, then bring every object into `cache`; returns (entries, objects fetched)."""
     from dvc_data.hashfile.hash_info import HashInfo
     from dvc_data.hashfile.transfer import transfer
+
+    action = f"pull of {pointer.md5}"
+    with remote_errors(spec, action) as errors:
+        odb = open_remote(spec)
+        source = cache if cache.exists(pointer.md5) else odb
+        entries = check_listing(read_listing(source, pointer, spec), pointer, spec)
+        result = transfer(odb, cache, {HashInfo("md5", pointer.md5)}, jobs=jobs, shallow=False, verify=True)
+        if result.failed:
+            raise _failed(action, spec, len(result.failed), pointer.nfiles + 1, errors)
+    # DVC drops an object whose bytes do not match its md5 (verify=True) without failing the transfer
+    for relpath, oid in [*entries, ("the listing", pointer.md5)]:   # a bad file stops DVC before the listing
+        file = Path(cache.oid_to_path(oid))
+        if file.is_symlink() or not file.is_file():
+            raise StorageError(f"pull of {where(pointer, spec)} failed: object {oid} ({relpath}) is missing or "
+                               "corrupt in the remote; push the directory again")
+    return entries, len(result.transferred)
+
+
+def _fetch_and_checkout(pointer: Pointer, dest: Path, work: Path, spec: RemoteSpec, cache_dir: Path,
+                        jobs: int | None) -> int:
+    from dvc_data.hashfile.checkout import checkout
+    from dvc_data.hashfile.hash_info import HashInfo
     from dvc_data.hashfile.tree import Tree
     from dvc_objects.fs.local import LocalFileSystem
 
-    action = f"pull of {pointer.md5}"
-    cache, hash_info = open_cache(cache_dir), HashInfo("md5", pointer.md5)
-    with remote_errors(spec, action) as errors:
-        odb = open_remote(spec)
-        if not cache.exists(pointer.md5) and not odb.exists(pointer.md5):
-            raise StorageError(f"{action} failed: it is not in remote {spec.describe()} (was it pushed there?)")
-        result = transfer(odb, cache, {hash_info}, jobs=jobs, shallow=False, verify=True)
-        if result.failed:
-            raise _failed(action, spec, len(result.failed), pointer.nfiles + 1, errors)
-    tree = Tree.load(cache, hash_info)
-    dest.mkdir(parents=True, exist_ok=True)
-    checkout(str(dest), LocalFileSystem(), tree, cache, force=True)
-    _check_checkout(dest, pointer)
-    return len(result.transferred)
+    cache = open_cache(cache_dir)
+    _, fetched = _fetch(pointer, spec, cache, jobs)
+    tree = Tree.load(cache, HashInfo("md5", pointer.md5))
+    staged = work / "tree"
+    checkout(str(staged), LocalFileSystem(), tree, cache, force=True)
+    _check_checkout(staged, pointer)
+    if dest.exists():
+        dest.rmdir()                     # empty (checked by _check_dest)
+    staged.rename(dest)
+    return fetched
 
 
 def _check_checkout(dest: Path, pointer: Pointer) -> None:
+    links = [p for p in dest.rglob("*") if p.is_symlink()]
+    if links:
+        raise StorageError(f"pull: checkout of {pointer.md5} produced a symlink ({links[0].name}); refused")
     files = [p for p in dest.rglob("*") if p.is_file()]
     size = sum(p.stat().st_size for p in files)
     if len(files) != pointer.nfiles or size != pointer.size:
-        raise StorageError(f"pull: {str(dest)!r} has {len(files)} files / {size} bytes, the pointer "
-                           f"{pointer.md5} says {pointer.nfiles} / {pointer.size}; the cache may be corrupt")
+        raise StorageError(f"pull: {pointer.md5} checked out {len(files)} files / {size} bytes, the pointer "
+                           f"says {pointer.nfiles} / {pointer.size}; the cache may be corrupt")

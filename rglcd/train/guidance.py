@@ -28,11 +28,6 @@ class Guidance:
     def finetunes(self) -> bool:
         return self.lrm_optimizer is not None
 
-    def register(self, accelerator) -> None:
-        """LRM weights and its own optimizer are saved with every checkpoint. No DDP wrapper: the
-        fine-tuning step averages LRM gradients across processes itself (rglcd.lrm.finetune)."""
-        if self.finetunes:
-            accelerator.register_for_checkpointing(self.lrm, self.lrm_optimizer)
 
 
 def _expert(cfg, device, dtype):

@@ -26,9 +26,10 @@ from rglcd.data.stream import StreamSpec, make_loader
 from rglcd.models import load_teacher, make_target
 from rglcd.optim import make_optimizer, make_scheduler, optimizer_update, trainable
 from rglcd.step import lcd_step
-from rglcd.train.checkpoint import TrainState, check_compatible, find_resume, list_checkpoints, refuse_newer_checkpoints
+from rglcd.train.checkpoint import TrainState, list_checkpoints
 from rglcd.train.guidance import Guidance, build_guidance, finetune_lrm
 from rglcd.train.outputs import TrainResult, finish_run, start_outputs
+from rglcd.train.resume import resume_run
 from rglcd.train.setup import build_student, weight_dtype
 
 Hook = Callable[..., None]
@@ -176,8 +177,6 @@ def build_run(cfg, lrm_checkpoint: str | None, hooks: dict[str, Hook] | None) ->
     scheduler = make_scheduler(optimizer, cfg.train)
     student, optimizer, scheduler = acc.prepare(student, optimizer, scheduler)
     state = TrainState()
-    acc.register_for_checkpointing(target, state)
-    guidance.register(acc)
     return Run(cfg, acc, Path(cfg.train.output_dir), teacher, student, target, optimizer, scheduler, guidance,
                state, trainable(acc.unwrap_model(student)), hooks or {})
 
@@ -186,18 +185,14 @@ def train(cfg, data_dir: str | None = None, lrm_checkpoint: str | None = None, r
           hooks: dict[str, Hook] | None = None) -> TrainResult:
     """Train the student on `data_dir` (a prep output, shards, a table or builtin:photos; default data.train).
 
-    resume: "auto" (newest complete checkpoint in train.output_dir, if any), "none", or a checkpoint dir.
+    resume: "auto" (newest intact checkpoint in train.output_dir, if any), "none", or a checkpoint dir.
     hooks: optional callables "micro_batch"(run, step, micro), after each backward, and "step"(run, step,
     record), after each optimizer step (progress UIs, tests that inspect or interrupt a run).
     """
     run = build_run(cfg, lrm_checkpoint, hooks)
     acc = run.accelerator
-    resumed = find_resume(run.out, resume)
-    refuse_newer_checkpoints(run.out, resumed)
-    if resumed is not None:
-        check_compatible(resumed, acc.num_processes)
-        acc.load_state(str(resumed))
     source, data_info = open_training_data(cfg, data_dir or cfg.data.train)
+    resumed = resume_run(run, resume, data_info)   # verified, config compared, restored (rglcd.train.resume)
     outputs = start_outputs(run, data_info, resumed)
     batches = stream_for(cfg, source, acc, run.state.micro_batches)
     interrupted, record = False, {}

@@ -43,7 +43,8 @@ class Outputs:
         self.prompts: list[str] = []
         self.reported: tuple[int, Path | None] | None = None   # (step, report path) of the last report written
         if self.main:
-            write_run_info(run.cfg, run.out, data_info, run.accelerator.num_processes, str(run.accelerator.device))
+            write_run_info(run.cfg, run.out, data_info, run.accelerator.num_processes, str(run.accelerator.device),
+                           resumes=run.state.resumes)
             self.metrics = MetricsLog(self.metrics_path, run.state.step, run.out / "tensorboard")
             self.prompts = pick_prompts(load_prompts(run.cfg.data.prompts), run.cfg.train.validation_prompts)
 
@@ -84,7 +85,7 @@ class Outputs:
 
     def checkpoint(self) -> Path:
         run = self.run
-        path = save_checkpoint(run.accelerator, run.out, run.state, run.cfg.train.keep_checkpoints)
+        path = save_checkpoint(run, self.data_info)
         self.write_report()
         return path
 

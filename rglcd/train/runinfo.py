@@ -10,10 +10,12 @@ from rglcd.config import dump_config
 from rglcd.provenance import provenance
 
 
-def write_run_info(cfg, out_dir: Path, data: dict[str, Any], world_size: int, device: str) -> dict[str, Any]:
-    """Write config.yaml and run.json into `out_dir`; returns the run.json content."""
+def write_run_info(cfg, out_dir: Path, data: dict[str, Any], world_size: int, device: str,
+                   resumes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Write config.yaml and run.json into `out_dir`; returns the run.json content. `resumes`: the run's
+    resume history (rglcd.train.resume: which checkpoint, which settings changed)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(dump_config(cfg))
-    info = {**provenance(cfg, device), "data": data, "world_size": world_size}
+    info = {**provenance(cfg, device), "data": data, "world_size": world_size, "resumes": resumes or []}
     (out_dir / "run.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     return info
