@@ -70,7 +70,7 @@ def test_vbench_prompts_and_prompt_files(tmp_path):
         load_prompts(str(tmp_path / "nope.txt"))
     # every error names the setting the spec came from, once; broken JSON is a ValueError, not a traceback
     (tmp_path / "broken.json").write_text("[\"x\",")
-    with pytest.raises(ValueError, match=r"^eval.prompts: .*broken.json: not valid JSON"):
+    with pytest.raises(ValueError, match=r"^eval.prompts: .*broken.json' is not valid JSON"):
         load_prompts(tmp_path / "broken.json", field="eval.prompts")
     (tmp_path / "dict.json").write_text(json.dumps([{"text": "x"}]))
     with pytest.raises(ValueError, match=r"^--prompts-file: .*expected a JSON list of strings"):

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from rglcd.config import Config, list_presets, load_config
+from rglcd.safeio import read_mapping
 
 
 def add_config_args(parser: argparse.ArgumentParser, default_preset: str | None = "tiny") -> None:
@@ -24,14 +22,5 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def read_mapping_file(path: str, what: str) -> dict[str, Any]:
-    """A JSON or YAML file holding a mapping; errors name `what` (the flag) and the path."""
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"{what}: {path!r} does not exist")
-    try:
-        data = yaml.safe_load(file.read_text())          # YAML reads JSON too
-    except yaml.YAMLError as err:
-        raise ValueError(f"{what}: {path!r} is not valid JSON or YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{what}: {path!r} must hold a mapping")
-    return data
+    """A JSON or YAML file holding a mapping (rglcd.safeio: bounded, JSON read as JSON); errors name `what`."""
+    return read_mapping(path, what)

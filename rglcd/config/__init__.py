@@ -16,9 +16,11 @@ from typing import Any
 
 import yaml
 
+from rglcd.config.checks import check_values
 from rglcd.config.fields import ConfigError, field_help, from_dict, to_dict
 from rglcd.config.schema import (Config, DataConfig, DistillConfig, EvalConfig, LRMConfig, ModelConfig,
                                  PipelineConfig, RegistryConfig, RewardConfig, StorageConfig, TrainConfig)
+from rglcd.safeio import read_data
 
 __all__ = ["Config", "ConfigError", "ModelConfig", "DistillConfig", "RewardConfig", "LRMConfig", "DataConfig",
            "TrainConfig", "EvalConfig", "StorageConfig", "RegistryConfig", "PipelineConfig",
@@ -39,15 +41,7 @@ def _preset_dict(name: str) -> dict[str, Any]:
 
 
 def _read_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    text = path.read_text()
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}") from None
-    return _sections(data, f"config file {str(path)!r}")
+    return _sections(read_data(path, "config file", error=ConfigError), f"config file {str(path)!r}")
 
 
 def _sections(data: Any, what: str) -> dict[str, Any]:
@@ -96,6 +90,7 @@ def check(cfg: Config) -> Config:
         raise ConfigError(f"lrm.unlocked_text_blocks: {cfg.lrm.unlocked_text_blocks} exceeds lrm.text_layers {cfg.lrm.text_layers}")
     if cfg.lrm.unlocked_visual_blocks > cfg.lrm.layers:
         raise ConfigError(f"lrm.unlocked_visual_blocks: {cfg.lrm.unlocked_visual_blocks} exceeds lrm.layers {cfg.lrm.layers}")
+    check_values(cfg)
     return cfg
 
 

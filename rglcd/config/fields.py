@@ -7,16 +7,49 @@ types and out-of-range values with a `ConfigError` that names the key, the value
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Union, get_args, get_origin, get_type_hints
 
 
 class ConfigError(ValueError):
     """A config value or key that is not allowed. The message names key, value and what is allowed."""
 
 
+def _show(value: Any, limit: int = 80) -> str:
+    """repr(value) cut to `limit` characters: an error never echoes a whole (possibly huge) value."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text)} chars)"
+
+
+@dataclass(frozen=True)
+class Valid:
+    """A named check of a string value: `F(..., valid=K8S_LABEL)`; `allowed` is what the error says."""
+
+    allowed: str
+    ok: Callable[[str], bool]
+
+
+def _pattern(regex: str, max_len: int) -> Callable[[str], bool]:
+    compiled = re.compile(regex)
+    return lambda v: len(v) <= max_len and compiled.fullmatch(v) is not None
+
+
+# Kubernetes object names (k8s.io/apimachinery validation: IsDNS1123Label / IsDNS1123Subdomain) and
+# resource quantities (resource.Quantity: a number with an SI or binary suffix or a decimal exponent).
+K8S_LABEL = Valid("an RFC 1123 label: at most 63 lowercase letters, digits and '-', starting and ending "
+                  "with a letter or digit", _pattern(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", 63))
+K8S_SUBDOMAIN = Valid("an RFC 1123 subdomain: at most 253 lowercase letters, digits, '-' and '.', each "
+                      "dot-separated part starting and ending with a letter or digit",
+                      _pattern(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", 253))
+K8S_QUANTITY = Valid("a Kubernetes quantity such as 16Gi, 512Mi, 500M, 1.5 or 2e3",
+                     _pattern(r"\+?(\d+(\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?", 64))
+
+
 def F(default: Any, help: str, **rules: Any) -> Any:
-    """A dataclass field with a help line and validation rules (ge, gt, le, lt, multiple_of)."""
+    """A dataclass field with a help line and validation rules (ge, gt, le, lt, multiple_of, valid)."""
     meta = {"help": help, **rules}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
@@ -49,12 +82,12 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping (section), got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping (section), got {_show(value)}")
         return from_dict(tp, value, prefix=key)
     if origin is Literal:
         value = _yaml_word(value, get_args(tp))
         if value not in get_args(tp):
-            raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {_type_name(tp)}")
+            raise ConfigError(f"{key}: {_show(value)} is not allowed; allowed: {_type_name(tp)}")
         return value
     if origin in (Union, types.UnionType):
         for arg in get_args(tp):
@@ -62,34 +95,47 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 return _coerce(key, value, arg)
             except ConfigError:
                 continue
-        raise ConfigError(f"{key}: {value!r} has the wrong type; expected {_type_name(tp)}")
+        raise ConfigError(f"{key}: {_show(value)} has the wrong type; expected {_type_name(tp)}")
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: {value!r} has the wrong type; expected {_type_name(tp)}")
+            raise ConfigError(f"{key}: {_show(value)} has the wrong type; expected {_type_name(tp)}")
         (item,) = get_args(tp)
         return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: {value!r} has the wrong type; expected {_type_name(tp)}")
+            raise ConfigError(f"{key}: {_show(value)} has the wrong type; expected {_type_name(tp)}")
         _, vt = get_args(tp)
         return {str(k): _coerce(f"{key}.{k}", v, vt) for k, v in value.items()}
     if tp is type(None):
         if value is not None:
-            raise ConfigError(f"{key}: expected null, got {value!r}")
+            raise ConfigError(f"{key}: expected null, got {_show(value)}")
         return None
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-6 (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
+    if tp is float:
+        return _finite(key, value)
     if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
-        raise ConfigError(f"{key}: {value!r} has the wrong type; expected {_type_name(tp)}")
+        raise ConfigError(f"{key}: {_show(value)} has the wrong type; expected {_type_name(tp)}")
     return value
 
 
+def _finite(key: str, value: Any) -> float:
+    """A float field's value: ints and numeric strings (YAML 1.1 reads 1e-6 as a string) are accepted,
+    inf and nan are not (a non-finite lr or guidance range poisons a run long after it started)."""
+    number = value
+    if isinstance(value, str):  # YAML 1.1 reads 1e-6 (no dot) as a string
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        raise ConfigError(f"{key}: {_show(value)} has the wrong type; expected float")
+    if not math.isfinite(number):
+        raise ConfigError(f"{key}: {_show(value)} is not allowed; allowed: a finite number")
+    return float(number)
+
+
 def _check_rules(key: str, value: Any, rules: dict[str, Any]) -> None:
+    if isinstance(value, str) and "valid" in rules and not rules["valid"].ok(value):
+        raise ConfigError(f"{key}: {_show(value)} is not allowed; allowed: {rules['valid'].allowed}")
     if value is None or isinstance(value, (str, list, dict)):
         return
     checks = {
@@ -98,9 +144,9 @@ def _check_rules(key: str, value: Any, rules: dict[str, Any]) -> None:
     }
     for name, (ok, sym) in checks.items():
         if name in rules and not ok(value, rules[name]):
-            raise ConfigError(f"{key}: {value!r} is out of range; allowed: {sym} {rules[name]}")
+            raise ConfigError(f"{key}: {_show(value)} is out of range; allowed: {sym} {rules[name]}")
     if "multiple_of" in rules and value % rules["multiple_of"]:
-        raise ConfigError(f"{key}: {value!r} is not allowed; allowed: a multiple of {rules['multiple_of']}")
+        raise ConfigError(f"{key}: {_show(value)} is not allowed; allowed: a multiple of {rules['multiple_of']}")
 
 
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
@@ -111,7 +157,7 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     if unknown:
         where = prefix or "config"
         raise ConfigError(
-            f"{prefix + '.' if prefix else ''}{unknown[0]}: unknown key in {where}; "
+            f"{prefix + '.' if prefix else ''}{str(unknown[0])[:80]}: unknown key in {where}; "
             f"allowed: {', '.join(sorted(fields))}")
     kwargs = {}
     for name, value in data.items():
@@ -140,4 +186,5 @@ def field_help(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
     return rows
 
 
-__all__ = ["ConfigError", "F", "from_dict", "to_dict", "field_help"]
+__all__ = ["ConfigError", "F", "K8S_LABEL", "K8S_QUANTITY", "K8S_SUBDOMAIN", "Valid", "field_help", "from_dict",
+           "to_dict"]

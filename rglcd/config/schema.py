@@ -8,11 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rglcd.config.fields import F
+from rglcd.config.fields import K8S_LABEL, K8S_QUANTITY, K8S_SUBDOMAIN, F
 
 # "toy": the toy world's classifier reward (rglcd.toy); only `rglcd toy run` builds it, not the reward registry.
 RewardName = Literal["none", "hpsv2.1", "pickscore", "clipscore", "imagereward", "toy"]
 Precision = Literal["no", "fp16", "bf16"]
+# The rewards rglcd.rewards registers (evaluation scores them by name).
+EvalRewardName = Literal["hpsv2.1", "pickscore", "clipscore", "imagereward", "lrm"]
 
 
 @dataclass
@@ -97,6 +99,12 @@ class DataConfig:
     prompts: str = F("builtin:vbench", "prompt list: a .txt/.json file or builtin:vbench")
     # Smallest accepted image side in px during prep.
     min_image_size: int = F(64, "images with a shorter side below this are dropped", gt=0)
+    # Decompression-bomb guard: larger images are dropped (prep) or refused (training) before decoding.
+    max_image_pixels: int | None = F(None, "images with more pixels are dropped as too_large (None: 64 x "
+                                     "model.resolution^2, at least 4096^2)", gt=0)
+    # Tables (csv/parquet/jsonl) name images by path or URL; by default only inside the table's own folder/prefix.
+    remote_images: list[str] = F([], "URL prefixes (http(s)://host/path, s3://bucket/prefix) table rows may "
+                                     "fetch images from; empty: only the table's own folder or bucket prefix")
     # Longest caption in tokens (the text encoder's context).
     max_caption_tokens: int = F(77, "captions longer than this (in tokens) are dropped", gt=2)
     # Records per tar shard written by prep.
@@ -162,7 +170,7 @@ class EvalConfig:
     hps_benchmark: str | None = F("hub", "HPSv2 benchmark prompts: dir of anime/concept-art/paintings/photo .json, 'hub' (zhwang/HPDv2) or None to skip")
     fid_prompts: str | None = F(None, "captions for the FID images: .txt/.json (None: the evaluation prompts, cycled)")
     # Scorers: registered rewards averaged over the evaluation prompts, and open_clip CLIP score.
-    rewards: list[str] = F(["hpsv2.1"], "registered rewards scored as a mean over the evaluation prompts")
+    rewards: list[EvalRewardName] = F(["hpsv2.1"], "registered rewards scored as a mean over the evaluation prompts")
     reward_weights: dict[str, str] = F({}, "weights per reward name: path, s3:// URI, hub id or 'tiny' (absent: default source)")
     clip_model: str | None = F("ViT-L-14", "open_clip model of the CLIP score ('tiny': random test model; None: skip)")
     clip_pretrained: str | None = F("openai", "open_clip pretrained tag or checkpoint file of eval.clip_model")
@@ -194,17 +202,19 @@ class RegistryConfig:
 class PipelineConfig:
     image: str = F("ghcr.io/rglcd/rglcd-train:0.1.0", "container image of the GPU steps")
     cpu_image: str = F("ghcr.io/rglcd/rglcd-cpu:0.1.0", "container image of the CPU steps")
-    namespace: str = F("rglcd", "Kubernetes namespace")
-    service_account: str = F("rglcd-pipeline", "ServiceAccount the runs use")
+    namespace: str = F("rglcd", "Kubernetes namespace", valid=K8S_LABEL)
+    service_account: str = F("rglcd-pipeline", "ServiceAccount the runs use", valid=K8S_SUBDOMAIN)
     experiment: str = F("rglcd", "KFP experiment name")
     accelerator: str = F("nvidia.com/gpu", "accelerator resource type")
     gpus: int = F(8, "GPUs per training pod", ge=0)
     node_selector: dict[str, str] = F({}, "node labels of the GPU pool")
     gpu_toleration_key: str = F("nvidia.com/gpu", "taint key tolerated on the GPU pool")
-    s3_secret: str | None = F("rglcd-s3", "Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (None: none)")
-    checkpoint_pvc: str = F("rglcd-checkpoints", "PVC mounted for checkpoints")
-    model_cache_pvc: str | None = F("rglcd-model-cache", "PVC mounted at /cache for HF/torch/rglcd model caches (None: none)")
-    shm_size: str = F("16Gi", "size of the memory-backed /dev/shm")
+    s3_secret: str | None = F("rglcd-s3", "Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (None: none)",
+                              valid=K8S_SUBDOMAIN)
+    checkpoint_pvc: str = F("rglcd-checkpoints", "PVC mounted for checkpoints", valid=K8S_SUBDOMAIN)
+    model_cache_pvc: str | None = F("rglcd-model-cache", "PVC mounted at /cache for HF/torch/rglcd model caches (None: none)",
+                                    valid=K8S_SUBDOMAIN)
+    shm_size: str = F("16Gi", "size of the memory-backed /dev/shm (a Kubernetes quantity)", valid=K8S_QUANTITY)
     retries: int = F(3, "retries of the training step (resume from checkpoint)", ge=0)
     distributed: Literal["none", "pytorchjob", "trainjob"] = F("none", "launch multi-node training as this resource")
     num_nodes: int = F(1, "training nodes when distributed", gt=0)

@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from rglcd.safeio import read_data
+
 _DIR_MD5 = re.compile(r"^[0-9a-f]{32}\.dir$")
 
 
@@ -82,14 +84,8 @@ def read_pointer(path: str | Path | Pointer) -> Pointer:
     a `Pointer` is returned as it is."""
     if isinstance(path, Pointer):
         return path
-    path = Path(path)
-    if not path.is_file():
-        raise PointerError(f"pointer file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise PointerError(f"pointer file {str(path)!r} is not valid JSON/YAML: {err}") from None
-    return Pointer.from_dvc(data, source=f"pointer file {str(path)!r}")
+    what = f"pointer file {str(path)!r}"
+    return Pointer.from_dvc(read_data(path, "pointer file", error=PointerError), source=what)
 
 
 def write_pointer(pointer: Pointer, path: str | Path) -> Path:
