@@ -39,9 +39,17 @@ def open_binary(url: str) -> IO[bytes]:
     return filesystem(url).open(url, "rb")
 
 
-def read_bytes(url: str) -> bytes:
+class TooLarge(ValueError):
+    """A file larger than the reader allows."""
+
+
+def read_bytes(url: str, max_bytes: int | None = None) -> bytes:
+    """All bytes of a local path or URL; with `max_bytes`, TooLarge instead of reading more than that."""
     with open_binary(url) as handle:
-        return handle.read()
+        data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise TooLarge(f"larger than the {max_bytes} bytes allowed")
+    return data
 
 
 def list_tars(spec: str) -> list[str]:
