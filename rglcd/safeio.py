@@ -94,7 +94,7 @@ class SafeLoader(yaml.SafeLoader):
             if isinstance(key, (list, dict)):
                 raise _Refused(f"line {key_node.start_mark.line + 1}: a mapping key must be a plain value")
             if key in seen:
-                raise _Refused(f"line {key_node.start_mark.line + 1}: duplicate key {short(key, 60)}")
+                raise _Refused(f"line {key_node.start_mark.line + 1}: duplicate key {short(repr(key), 60)}")
             seen.add(key)
         return super().construct_mapping(node, deep)
 
@@ -124,7 +124,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise _Refused(f"duplicate key {short(key, 60)}")
+            raise _Refused(f"duplicate key {short(repr(key), 60)}")
         out[key] = value
     return out
 
