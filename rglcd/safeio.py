@@ -157,6 +157,8 @@ def parse_json(text: str, what: str, path: str | Path, error: type[Exception] = 
                                              f"{err.colno})") from None
     except _Refused as err:
         raise _fail(error, what, Path(path), f"is not accepted: {err}") from None
+    except (ValueError, RecursionError) as err:  # e.g. an integer of more than 4300 digits
+        raise _fail(error, what, Path(path), f"is not valid JSON ({err})") from None
 
 
 def parse_yaml(text: str, what: str, path: str | Path, error: type[Exception] = ValueError) -> Any:
@@ -172,6 +174,8 @@ def parse_yaml(text: str, what: str, path: str | Path, error: type[Exception] = 
         raise _fail(error, what, Path(path), f"is not valid YAML{where} ({problem})") from None
     except RecursionError:
         raise _fail(error, what, Path(path), "is not accepted: nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as err:  # constructors: bad dates, unhashable keys, ...
+        raise _fail(error, what, Path(path), f"is not valid YAML ({type(err).__name__}: {err})") from None
 
 
 def parse_data(text: str, what: str, path: str | Path, error: type[Exception] = ValueError) -> Any:
@@ -183,7 +187,7 @@ def parse_data(text: str, what: str, path: str | Path, error: type[Exception] = 
         try:
             if _depth(text) <= MAX_DEPTH:
                 return json.loads(text, object_pairs_hook=_no_duplicates)
-        except (json.JSONDecodeError, _Refused):
+        except (ValueError, _Refused, RecursionError):
             pass  # YAML flow style, or a JSON problem the YAML reader reports with its line
     return parse_yaml(text, what, path, error)
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import copy
 import json
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -35,7 +36,7 @@ def list_presets() -> list[str]:
 
 def _preset_dict(name: str) -> dict[str, Any]:
     if name not in list_presets():
-        raise ConfigError(f"preset: {name!r} is not a known preset; allowed: {', '.join(list_presets())}")
+        raise ConfigError(f"preset: {repr(name)[:80]} is not a known preset; allowed: {', '.join(list_presets())}")
     text = (resources.files("rglcd.config") / "presets" / f"{name}.yaml").read_text()
     return yaml.safe_load(text) or {}
 
@@ -111,13 +112,25 @@ def load_config(preset: str | None = None, path: str | Path | None = None,
         data = _read_file(path)
     else:
         data = copy.deepcopy(_sections(data, "config data")) if data is not None else {}
-    preset = preset or data.get("preset")
-    if preset is not None and preset != "custom":
-        data = _merge(_preset_dict(preset), data)
-        data["preset"] = preset
-    for text in overrides:
-        data = _merge(data, parse_override(text))
-    return config_from_dict(data)
+    with _naming(path):
+        preset = preset or data.get("preset")
+        if preset is not None and preset != "custom":
+            data = _merge(_preset_dict(preset), data)
+            data["preset"] = preset
+        for text in overrides:
+            data = _merge(data, parse_override(text))
+        return config_from_dict(data)
+
+
+@contextmanager
+def _naming(path: str | Path | None) -> Iterator[None]:
+    """Errors about values that came from a config file also name the file."""
+    try:
+        yield
+    except ConfigError as err:
+        if path is None:
+            raise
+        raise ConfigError(f"{err} (config file {str(path)!r})") from None
 
 
 def dump_config(cfg: Config, fmt: str = "yaml") -> str:

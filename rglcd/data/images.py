@@ -13,6 +13,8 @@ import torch
 from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
+# The only decoders untrusted bytes reach, whatever their name says (no EPS/Ghostscript, TIFF, PSD, ...).
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
 
 
 class BadImage(ValueError):
@@ -35,7 +37,7 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
     """Encoded bytes -> fully decoded RGB image (EXIF orientation applied); truncated or non-image bytes raise
     BadImage, more than `max_pixels` pixels (read from the header, before decoding) ImageTooLarge."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as img:
             if max_pixels is not None and img.width * img.height > max_pixels:
                 raise ImageTooLarge(f"{img.width}x{img.height} is more than the {max_pixels} pixels allowed")
             img.load()

@@ -66,7 +66,12 @@ def resolve_local(ref: str, base: Path) -> str | None:
 
 
 def resolve_ref(ref: str, base: str, remote_base: bool, allowed: tuple[str, ...] = ()) -> str | None:
-    """Where to read the image `ref` of a table whose folder/prefix is `base`; None: outside the source."""
+    """Where to read the image `ref` of a table whose folder/prefix is `base`; None: outside the source
+    (or not resolvable at all: a reference that is not UTF-8 text, or holds a NUL)."""
+    try:
+        ref.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that were not UTF-8 in a CSV (read with surrogateescape)
+        return None
     if "://" in ref:
         return resolve_remote(ref, base if remote_base else None, allowed)
     return resolve_remote(ref, base, allowed) if remote_base else resolve_local(ref, Path(base))

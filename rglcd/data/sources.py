@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 import numpy as np
+import numpy.lib.format as npformat
 from PIL import Image
 
 from rglcd.data.images import IMAGE_EXTENSIONS
@@ -102,18 +104,31 @@ def _caption(sample: dict) -> str | None:
     return caption if isinstance(caption, str) else None
 
 
+def _load_npy(data: bytes) -> np.ndarray:
+    """A .npy array without pickles, its header checked against the bytes there are (no huge allocation)."""
+    stream = io.BytesIO(data)
+    version = npformat.read_magic(stream)
+    readers = {(1, 0): npformat.read_array_header_1_0, (2, 0): npformat.read_array_header_2_0}
+    if version not in readers:
+        raise ValueError(f".npy version {version} is not allowed; allowed: 1.0, 2.0")
+    shape, _, dtype = readers[version](stream)
+    if dtype.hasobject or math.prod(shape) * dtype.itemsize > len(data):
+        raise ValueError("array header does not match its data")
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
 def sample_to_record(sample: dict, index: int) -> Record:
     """A webdataset sample -> Record; a caption that is not UTF-8 or latents that do not load set `problem`."""
     image_ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
     record = Record(index, None, sample[image_ext] if image_ext else None, None, sample["__key__"])
     try:
         record.caption = _caption(sample)
-    except ValueError:  # UnicodeDecodeError and JSONDecodeError
+    except (ValueError, RecursionError):  # UnicodeDecodeError, JSONDecodeError, a JSON nested too deeply
         record.problem = "bad_caption_encoding"
     if LATENT_KEY in sample:
         try:
-            record.latent_moments = np.load(io.BytesIO(sample[LATENT_KEY]), allow_pickle=False)
-        except (ValueError, OSError, EOFError):
+            record.latent_moments = _load_npy(sample[LATENT_KEY])
+        except Exception:  # numpy's header parser raises ValueError, SyntaxError, tokenize.TokenError, EOFError...
             record.problem = record.problem or "corrupt_latents"
     return record
 
