@@ -1,5 +1,5 @@
 """Output folders a user names (`rglcd prep --out`, `rglcd sample --out`): nothing the project did not
-write is ever replaced or deleted (docs/threat-model.md).
+write is ever replaced or deleted (docs/threat-model.md 3.7).
 
     with work_area(out) as work:                  # out/.rglcd-work: locked, emptied of a killed run's leftovers
         stale = claim(out, owned, set(), overwrite, "--out")     # early: refuse a folder of someone else's files

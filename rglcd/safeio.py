@@ -1,4 +1,4 @@
-"""Reading small untrusted files: configs, metrics, prompt lists, pointers (docs/threat-model.md).
+"""Reading small untrusted files: configs, metrics, prompt lists, pointers (docs/threat-model.md 3.1).
 
 One reader for every such file, so each gets the same limits:
 

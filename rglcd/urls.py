@@ -6,7 +6,7 @@
 
 Credentials belong in the environment (AWS_* variables, MLFLOW_TRACKING_USERNAME/PASSWORD, PGPASSWORD,
 a Kubernetes Secret), never in a value that is printed, persisted in task outputs or cached by KFP
-(docs/threat-model.md).
+(docs/threat-model.md 3.3).
 """
 from __future__ import annotations
 

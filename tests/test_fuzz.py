@@ -1,4 +1,4 @@
-"""Fuzzing every reader of untrusted input (issue 14; docs/threat-model.md).
+"""Fuzzing every reader of untrusted input (issue 14; docs/threat-model.md 4).
 
 Each reader gets seeded random mutations of valid inputs (bit flips, inserted structure tokens, cut,
 duplicated and spliced ranges) and pure random bytes for a bounded time (RGLCD_FUZZ_SECONDS, default

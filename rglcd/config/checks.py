@@ -1,7 +1,7 @@
 """Config rules about untrusted or inconsistent values, run at load with the other cross-field rules.
 
 - no value anywhere in the config holds a URL with credentials (scheme://user:password@host): configs
-  are printed, recorded with runs, passed as pipeline parameters and cached by KFP (docs/threat-model.md);
+  are printed, recorded with runs, passed as pipeline parameters and cached by KFP (docs/threat-model.md 3.3);
 - the evaluation gate's step count is one of the evaluated step counts;
 - per-reward weights name rewards that are evaluated;
 - the remote-image allow-list holds plain http(s)/s3 URL prefixes.

@@ -29,7 +29,8 @@ def pixel_limit(resolution: int, max_pixels: int | None = None) -> int:
     """Most pixels an image may have: `max_pixels` if set, else 64 x resolution^2 (8x the side), at least 4096^2.
 
     Training resizes the shorter side to `resolution`, so anything larger only costs memory: a 13000^2
-    PNG of 0.5 MB on disk decodes to 0.5 GB of RGB pixels and several GB in PIL's conversions."""
+    PNG of 0.5 MB on disk decodes to 0.5 GB of RGB pixels and several GB in PIL's conversions
+    (docs/threat-model.md 3.4)."""
     return max_pixels if max_pixels is not None else max(64 * resolution * resolution, 4096 * 4096)
 
 

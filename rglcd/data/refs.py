@@ -1,4 +1,4 @@
-"""Where a table row's image reference may point (docs/threat-model.md: tables are untrusted).
+"""Where a table row's image reference may point (docs/threat-model.md 3.6: tables are untrusted).
 
 A table (csv/parquet/jsonl) names each image by a path or URL. By default a reference resolves only
 inside the table's own folder (local tables; symlinks are followed before the check) or its own URL
