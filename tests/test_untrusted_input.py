@@ -287,6 +287,32 @@ def test_a_killed_prep_leaves_nothing_outside_its_folder_and_the_next_run_cleans
     assert manifest["num_records"] == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
 
 
+def test_a_prep_killed_mid_run_leaves_nothing_beside_its_folder(model_cache, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "rglcd", "prep", "--source", "builtin:photos:100000", "--out",
+                             str(out), "--set", f"model.cache_dir={model_cache}", "--set", "data.shard_size=100000"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob(".rglcd-work/*.tar")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert list(out.glob(".rglcd-work/*.tar")), "prep never started writing"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]              # nothing beside --out
+    assert [p.name for p in out.iterdir()] == [".rglcd-work"]
+    manifest = prep(_cfg(model_cache), "builtin:photos:3", out)               # the next run clears it
+    assert manifest["num_records"] == 3
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "shard-000000.tar"]
+
+
 def test_sample_out_never_replaces_files_it_did_not_write(model_cache, tmp_path, capsys):
     out = tmp_path / "grid"
     out.mkdir()
@@ -368,6 +394,25 @@ def test_remote_images_need_an_explicit_allow_list(model_cache, tmp_path, http_s
     manifest = prep(_cfg(model_cache, f"data.remote_images=['{url}/ok']"), str(tmp_path / "t.csv"), tmp_path / "out")
     assert manifest["num_records"] == 1 and manifest["dropped"]["outside_source"] == 2
     assert set(hits) == {"/ok/a.png"}                  # fsspec may ask twice (size, then content)
+
+
+def test_a_bucket_table_reads_only_under_its_own_prefix(model_cache, tmp_path, s3_remote, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_remote.server.endpoint_url)
+    client, bucket = s3_remote.server.client(), s3_remote.bucket
+    for key, seed in [("data/img/a.png", 1), ("private/b.png", 2), ("data/img/c.png", 3)]:
+        client.put_object(Bucket=bucket, Key=key, Body=_png(seed))
+    rows = [("img/a.png", "inside"), ("../private/b.png", "dot-dot"), (f"s3://{bucket}/private/b.png", "absolute"),
+            (f"s3://{bucket}/data/img/c.png", "absolute inside")]
+    client.put_object(Bucket=bucket, Key="data/t.csv", Body=_csv(rows))
+    manifest = prep(_cfg(model_cache), f"s3://{bucket}/data/t.csv", tmp_path / "out")
+    assert manifest["num_records"] == 2 and manifest["dropped"]["outside_source"] == 2
+    assert [r.caption for r in open_source(str(tmp_path / "out")).read_unit(0)] == ["inside", "absolute inside"]
+
+
+def _csv(rows) -> bytes:
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=["image", "caption"]).to_csv(index=False).encode()
 
 
 # ---------------------------------------------------------------- 13. named errors, captions, rejects
