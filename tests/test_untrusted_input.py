@@ -463,6 +463,25 @@ def test_rejects_are_listed_per_record_and_capped(model_cache, tmp_path, monkeyp
     assert set(manifest["dropped"]) == set(DROP_REASONS)
 
 
+def test_a_brace_pattern_naming_a_billion_shards_is_refused_without_expanding_it():
+    """In a child limited to 2 GiB more address space: braceexpand materialises each range, so a regression
+    would exhaust memory there, not in the test process."""
+    import subprocess
+    import sys
+
+    code = ("import resource\nfrom rglcd.data import open_source\n"
+            "size = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (size + (2 << 30), size + (2 << 30)))\n"
+            "try:\n    open_source('s3://bucket/shard-{000000000..999999999}.tar')\n"
+            "except ValueError as err:\n    print(err)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "names more than 1000000 shards" in proc.stdout, proc.stderr[-2000:]
+    from rglcd.data.io import list_tars
+
+    assert list_tars("x/shard-{000..002}-{a,b}.tar") == ["x/shard-000-a.tar", "x/shard-000-b.tar", "x/shard-001-a.tar",
+                                                          "x/shard-001-b.tar", "x/shard-002-a.tar", "x/shard-002-b.tar"]
+
+
 def test_a_manifest_naming_shards_outside_its_folder_is_refused(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "manifest.json").write_text(json.dumps({

@@ -6,10 +6,12 @@ AWS_ENDPOINT_URL; credentials follow boto's usual chain.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import IO
 
 REMOTE_SCHEMES = ("s3://", "http://", "https://")
+MAX_SHARDS = 1_000_000  # a brace pattern naming more is refused, not expanded (e.g. {0..999999999})
 
 
 def is_remote(url: str) -> bool:
@@ -52,11 +54,33 @@ def read_bytes(url: str, max_bytes: int | None = None) -> bytes:
     return data
 
 
+_GROUP = re.compile(r"\{([^{}]*)\}")                      # an innermost {...} group
+_INT_RANGE = re.compile(r"(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?")
+_CHAR_RANGE = re.compile(r"[A-Za-z]\.\.[A-Za-z](\.\.-?\d+)?")
+
+
+def _pattern_size(spec: str) -> int:
+    """An upper bound of the names a brace pattern expands to (product over its groups)."""
+    total = 1
+    for group in _GROUP.findall(spec):
+        match = _INT_RANGE.fullmatch(group)
+        if match:
+            step = abs(int(match[3] or 1)) or 1
+            total *= abs(int(match[2]) - int(match[1])) // step + 1
+        elif _CHAR_RANGE.fullmatch(group):
+            total *= 52                                            # a letter range
+        else:
+            total *= group.count(",") + 1                          # a list
+    return total
+
+
 def list_tars(spec: str) -> list[str]:
     """Shard URLs for a spec: a .tar file or URL, a brace pattern (shard-{000..009}.tar), or a folder/prefix."""
     import braceexpand
 
     if "{" in spec:
+        if _pattern_size(spec) > MAX_SHARDS:  # braceexpand builds each range in memory: count first
+            raise ValueError(f"data source {spec[:120]!r}: the pattern names more than {MAX_SHARDS} shards")
         return list(braceexpand.braceexpand(spec))
     if spec.endswith(".tar"):
         return [spec]
