@@ -129,35 +129,39 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _depth(text: str) -> int:
-    """Deepest bracket nesting of JSON text (strings are skipped)."""
-    deepest = level = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            escaped, in_string = (False, in_string) if escaped else (ch == "\\", ch != '"')
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            level += 1
-            deepest = max(deepest, level)
-        elif ch in "]}":
-            level -= 1
-    return deepest
+def _too_deep(obj: Any) -> bool:
+    """True when lists/dicts nest deeper than MAX_DEPTH (checked without recursion)."""
+    stack = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            if depth > MAX_DEPTH:
+                return True
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
+def _json(text: str) -> Any:
+    """json.loads with duplicate keys refused and nesting bounded (the C parser stops near the recursion
+    limit with RecursionError; MAX_DEPTH is checked on the result)."""
+    data = json.loads(text, object_pairs_hook=_no_duplicates)
+    if _too_deep(data):
+        raise _Refused(f"nested deeper than {MAX_DEPTH} levels")
+    return data
 
 
 def parse_json(text: str, what: str, path: str | Path, error: type[Exception] = ValueError) -> Any:
     """JSON with duplicate keys and nesting beyond MAX_DEPTH refused; errors name `what` and `path`."""
-    if _depth(text) > MAX_DEPTH:
-        raise _fail(error, what, Path(path), f"is not accepted: nested deeper than {MAX_DEPTH} levels")
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates)
+        return _json(text)
     except json.JSONDecodeError as err:
         raise _fail(error, what, Path(path), f"is not valid JSON ({err.msg} at line {err.lineno} column "
                                              f"{err.colno})") from None
     except _Refused as err:
         raise _fail(error, what, Path(path), f"is not accepted: {err}") from None
-    except (ValueError, RecursionError) as err:  # e.g. an integer of more than 4300 digits
+    except RecursionError:
+        raise _fail(error, what, Path(path), f"is not accepted: nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as err:  # e.g. an integer of more than 4300 digits
         raise _fail(error, what, Path(path), f"is not valid JSON ({err})") from None
 
 
@@ -182,11 +186,9 @@ def parse_data(text: str, what: str, path: str | Path, error: type[Exception] = 
     """JSON when the file is named .json or its text parses as JSON; YAML otherwise."""
     if Path(path).suffix.lower() == ".json":
         return parse_json(text, what, path, error)
-    stripped = text.lstrip()
-    if stripped[:1] in ("{", "["):
+    if text.lstrip()[:1] in ("{", "["):
         try:
-            if _depth(text) <= MAX_DEPTH:
-                return json.loads(text, object_pairs_hook=_no_duplicates)
+            return _json(text)
         except (ValueError, _Refused, RecursionError):
             pass  # YAML flow style, or a JSON problem the YAML reader reports with its line
     return parse_yaml(text, what, path, error)
