@@ -13,15 +13,16 @@ import types
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Union, get_args, get_origin, get_type_hints
 
+from rglcd.safeio import short
+
 
 class ConfigError(ValueError):
     """A config value or key that is not allowed. The message names key, value and what is allowed."""
 
 
-def _show(value: Any, limit: int = 80) -> str:
-    """repr(value) cut to `limit` characters: an error never echoes a whole (possibly huge) value."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text)} chars)"
+def _show(value: Any) -> str:
+    """repr(value) cut short: an error never echoes a whole (possibly huge) value."""
+    return short(repr(value))
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ K8S_LABEL = Valid("an RFC 1123 label: at most 63 lowercase letters, digits and '
 K8S_SUBDOMAIN = Valid("an RFC 1123 subdomain: at most 253 lowercase letters, digits, '-' and '.', each "
                       "dot-separated part starting and ending with a letter or digit",
                       _pattern(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", 253))
-K8S_QUANTITY = Valid("a Kubernetes quantity such as 16Gi, 512Mi, 500M, 1.5 or 2e3",
+K8S_QUANTITY = Valid("a Kubernetes quantity such as 16Gi, 512Mi or 500M",
                      _pattern(r"\+?(\d+(\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?", 64))
 
 

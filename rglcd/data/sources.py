@@ -273,11 +273,15 @@ class FolderSource:
             record.problem = OUTSIDE
             return record
         record.image = str(file)  # read by the process that uses it (prep: bounded by the pixel limit)
-        if txt.is_file() and resolve_local(str(txt), self.root) is not None:
-            try:
-                record.caption = read_text(txt, "caption", MAX_CAPTION_BYTES)
-            except ValueError:
-                record.problem = "bad_caption_encoding"
+        if not txt.is_file() or resolve_local(str(txt), self.root) is None:
+            return record
+        if txt.stat().st_size > MAX_CAPTION_BYTES:
+            record.problem = "caption_too_long"
+            return record
+        try:
+            record.caption = read_text(txt, "caption", MAX_CAPTION_BYTES)
+        except ValueError:
+            record.problem = "bad_caption_encoding"
         return record
 
 
