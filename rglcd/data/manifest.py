@@ -3,7 +3,7 @@
 Fields: format, source, num_records, shards [{name, count, sha256}], seen, dropped {reason: count},
 rejects [{key, reason}] (the first MAX_REJECTS dropped records: which file or row, and why),
 content_hash (sha256 over the shards' hashes: the data version), latents {precomputed, resolution,
-vae, shape, dtype, crop}, filters {min_image_size, max_caption_tokens, tokenizer}.
+vae, shape, dtype, crop}, filters {min_image_size, max_caption_tokens, max_image_pixels, tokenizer, dedup}.
 """
 from __future__ import annotations
 
