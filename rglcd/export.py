@@ -16,6 +16,7 @@ import torch
 
 from rglcd.fsutil import replace_dir
 from rglcd.provenance import provenance
+from rglcd.safeio import read_mapping
 from rglcd.sample import from_teacher, lcm_scheduler
 
 MANIFEST = "rglcd.json"
@@ -102,4 +103,4 @@ def read_manifest(model_dir: str | Path) -> dict:
     path = Path(model_dir) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{str(path)!r} not found: {str(model_dir)!r} is not an rglcd export")
-    return json.loads(path.read_text())
+    return read_mapping(path, "export manifest")

@@ -79,7 +79,7 @@ def test_mapping_files_named_by_flags_read_json_and_yaml_and_refuse_the_rest(tmp
     (tmp_path / "broken.json").write_text('{"fid": ')
     for name, error, words in [("missing.json", FileNotFoundError, "does not exist"),
                                ("list.json", ValueError, "must hold a mapping"),
-                               ("broken.json", ValueError, "is not valid JSON or YAML")]:
+                               ("broken.json", ValueError, "is not valid JSON")]:
         with pytest.raises(error, match=rf"^--production-metrics: '.*{name}' {words}"):
             read_mapping_file(str(tmp_path / name), "--production-metrics")
 

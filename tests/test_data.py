@@ -13,6 +13,7 @@ from PIL import Image
 from rglcd.config import load_config
 from rglcd.data import StreamSpec, TrainStream, load_prompts, open_source, photo_record, photos, prep, vbench_prompts
 from rglcd.data.images import to_training_tensor
+from rglcd.data.manifest import DROP_REASONS
 from rglcd.data.stream import global_records
 
 
@@ -70,7 +71,7 @@ def test_vbench_prompts_and_prompt_files(tmp_path):
         load_prompts(str(tmp_path / "nope.txt"))
     # every error names the setting the spec came from, once; broken JSON is a ValueError, not a traceback
     (tmp_path / "broken.json").write_text("[\"x\",")
-    with pytest.raises(ValueError, match=r"^eval.prompts: .*broken.json: not valid JSON"):
+    with pytest.raises(ValueError, match=r"^eval.prompts: .*broken.json' is not valid JSON"):
         load_prompts(tmp_path / "broken.json", field="eval.prompts")
     (tmp_path / "dict.json").write_text(json.dumps([{"text": "x"}]))
     with pytest.raises(ValueError, match=r"^--prompts-file: .*expected a JSON list of strings"):
@@ -124,12 +125,17 @@ def test_prep_drops_and_counts_bad_records(model_cache, tmp_path):
     cfg = _cfg(model_cache)
     manifest = prep(cfg, str(tmp_path / "src"), tmp_path / "out")
     assert manifest["num_records"] == 4 and manifest["seen"] == 11
-    assert manifest["dropped"] == {"corrupt_image": 2, "too_small": 1, "missing_image": 0, "empty_caption": 2,
-                                   "caption_too_long": 1, "duplicate": 1, "truncated": 0}
+    assert {k: v for k, v in manifest["dropped"].items() if v} == {"corrupt_image": 2, "too_small": 1,
+                                                                   "empty_caption": 2, "caption_too_long": 1,
+                                                                   "duplicate": 1}
+    assert sorted(manifest["dropped"]) == sorted(DROP_REASONS)
+    assert sorted(r["reason"] for r in manifest["rejects"]) == sorted(
+        ["corrupt_image"] * 2 + ["too_small", "empty_caption", "empty_caption", "caption_too_long", "duplicate"])
+    assert all(r["key"].startswith(str(tmp_path / "src")) for r in manifest["rejects"])
     assert manifest["latents"] == {"precomputed": False}
     assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == manifest
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json", "shard-000000.tar"]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]   # no temp dir left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]        # no temp dir beside it
     again = prep(cfg, str(tmp_path / "src"), tmp_path / "out")                  # re-prep replaces, same hash
     assert again["content_hash"] == manifest["content_hash"]
     records = list(open_source(str(tmp_path / "out")).read_unit(0))

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from rglcd import fsutil
 from rglcd.fsutil import build_once
 
 REPO = Path(__file__).resolve().parents[1]

@@ -226,7 +226,7 @@ def test_cli_register_list_promote(local_cfg, model_dir, tmp_path, capsys):
     assert "'device' = 'cpu' is not a number" in capsys.readouterr().err
     (tmp_path / "broken.yaml").write_text("fid: [30.0\n")
     assert main([*argv[:3], "--metrics", str(tmp_path / "broken.yaml"), *sets]) == 1
-    assert "broken.yaml' is not valid JSON or YAML" in capsys.readouterr().err
+    assert "broken.yaml' is not valid YAML at line 2" in capsys.readouterr().err
 
 
 def test_versions_registered_by_others_are_listed(local_cfg, model_dir):

@@ -11,12 +11,10 @@ import contextlib
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import yaml
-
 from rglcd.devices import DEVICE_HELP
+from rglcd.safeio import read_mapping
 
 
 def add_device_arg(parser: argparse.ArgumentParser, default: str | None = "auto", help: str = DEVICE_HELP) -> None:
@@ -62,14 +60,5 @@ def stdout_to_stderr(active: bool) -> Iterator[None]:
 
 
 def read_mapping_file(path: str, what: str) -> dict[str, Any]:
-    """A JSON or YAML file holding a mapping; errors name `what` (the flag) and the path."""
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"{what}: {path!r} does not exist")
-    try:
-        data = yaml.safe_load(file.read_text())          # YAML reads JSON too
-    except yaml.YAMLError as err:
-        raise ValueError(f"{what}: {path!r} is not valid JSON or YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{what}: {path!r} must hold a mapping")
-    return data
+    """A JSON or YAML file holding a mapping (rglcd.safeio: bounded, JSON read as JSON); errors name `what`."""
+    return read_mapping(path, what)

@@ -16,7 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "store VAE latents (--set data.precompute_latents=true).")
     add_config_args(parser)
     parser.add_argument("--source", default=None, help="data to ingest (default: the config's data.train)")
-    parser.add_argument("--out", required=True, help="output folder (written atomically)")
+    parser.add_argument("--out", required=True,
+                        help="output folder: new, empty or an earlier prep output (the manifest is installed last)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a folder that holds other files; they are left untouched")
     parser.set_defaults(func=_prep)
 
 
@@ -24,7 +27,7 @@ def _prep(args: argparse.Namespace) -> int:
     from rglcd.data.prep import prep
 
     cfg = config_from_args(args)
-    manifest = prep(cfg, args.source or cfg.data.train, args.out)
+    manifest = prep(cfg, args.source or cfg.data.train, args.out, overwrite=args.overwrite)
     dropped = {k: v for k, v in manifest["dropped"].items() if v}
     print(f"prep: kept {manifest['num_records']} of {manifest['seen']} records in {len(manifest['shards'])} shards "
           f"at {args.out}; dropped {json.dumps(dropped) if dropped else 'none'}; "

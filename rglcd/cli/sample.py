@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from rglcd.cli._common import add_device_arg
 from rglcd.config.args import add_config_args, config_from_args
 from rglcd.devices import resolve_device
+from rglcd.outdir import claim, remove
+from rglcd.safeio import read_mapping
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,9 +29,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=None, help="sampling seed (default: eval.seed)")
     parser.add_argument("--resolution", type=int, default=None, help="image size in px (default: the UNet's)")
     add_device_arg(parser)
-    parser.add_argument("--out", required=True, metavar="DIR", help="output directory for PNGs and grid.png")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output directory for PNGs and grid.png: new, empty or an earlier sample output")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a folder that holds other files; they are left untouched")
     add_config_args(parser)
     parser.set_defaults(func=_sample)
+
+
+_LABEL = re.compile(r"(steps|teacher)-[0-9]+")
+
+
+def _outputs(labels, num_prompts: int) -> set[str]:
+    """The files one `rglcd sample` run writes in --out (rglcd.outdir: nothing else there is touched)."""
+    return {"grid.png", "samples.json"} | {f"{label}/{i:03d}.png" for label in labels for i in range(num_prompts)}
+
+
+def _earlier_outputs(out: Path) -> set[str]:
+    """Files an earlier run wrote in `out`, from its samples.json (unreadable: none are known to be ours)."""
+    try:
+        info = read_mapping(out / "samples.json", "samples.json")
+    except (ValueError, FileNotFoundError):
+        return set()
+    runs, prompts = info.get("runs"), info.get("prompts")
+    if not isinstance(runs, dict) or not isinstance(prompts, list):
+        return set()
+    return _outputs([label for label in runs if isinstance(label, str) and _LABEL.fullmatch(label)], len(prompts))
 
 
 def _or(value, default):
@@ -54,6 +80,7 @@ def _sample(args: argparse.Namespace) -> None:
     if any(n < 1 for _, n, _ in runs.values()):
         raise ValueError(f"--steps: step counts must be >= 1, got {args.steps}")
     out, seed = Path(args.out), _or(args.seed, cfg.eval.seed)
+    stale = claim(out, _earlier_outputs(out), _outputs(runs, len(prompts)), args.overwrite)
     columns, index = [], {}
     for label, (fn, steps, guidance) in runs.items():
         generator = torch.Generator().manual_seed(seed)
@@ -67,4 +94,5 @@ def _sample(args: argparse.Namespace) -> None:
     save_grid(grid, out / "grid.png", ncols=len(columns))
     (out / "samples.json").write_text(json.dumps({"model": args.model, "seed": seed, "prompts": prompts,
                                                   "runs": index}, indent=2))
+    remove(out, stale)
     print(f"{len(prompts)} prompts x {len(runs)} runs ({', '.join(runs)}) written to {out} (grid.png)")

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import copy
 import json
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
+from rglcd.config.checks import check_values
 from rglcd.config.fields import ConfigError, field_help, from_dict, to_dict
 from rglcd.config.schema import (Config, DataConfig, DistillConfig, EvalConfig, LRMConfig, ModelConfig,
                                  PipelineConfig, RegistryConfig, RewardConfig, StorageConfig, TrainConfig)
+from rglcd.safeio import read_data
 
 __all__ = ["Config", "ConfigError", "ModelConfig", "DistillConfig", "RewardConfig", "LRMConfig", "DataConfig",
            "TrainConfig", "EvalConfig", "StorageConfig", "RegistryConfig", "PipelineConfig",
@@ -33,21 +36,13 @@ def list_presets() -> list[str]:
 
 def _preset_dict(name: str) -> dict[str, Any]:
     if name not in list_presets():
-        raise ConfigError(f"preset: {name!r} is not a known preset; allowed: {', '.join(list_presets())}")
+        raise ConfigError(f"preset: {repr(name)[:80]} is not a known preset; allowed: {', '.join(list_presets())}")
     text = (resources.files("rglcd.config") / "presets" / f"{name}.yaml").read_text()
     return yaml.safe_load(text) or {}
 
 
 def _read_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    text = path.read_text()
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}") from None
-    return _sections(data, f"config file {str(path)!r}")
+    return _sections(read_data(path, "config file", error=ConfigError), f"config file {str(path)!r}")
 
 
 def _sections(data: Any, what: str) -> dict[str, Any]:
@@ -96,6 +91,7 @@ def check(cfg: Config) -> Config:
         raise ConfigError(f"lrm.unlocked_text_blocks: {cfg.lrm.unlocked_text_blocks} exceeds lrm.text_layers {cfg.lrm.text_layers}")
     if cfg.lrm.unlocked_visual_blocks > cfg.lrm.layers:
         raise ConfigError(f"lrm.unlocked_visual_blocks: {cfg.lrm.unlocked_visual_blocks} exceeds lrm.layers {cfg.lrm.layers}")
+    check_values(cfg)
     return cfg
 
 
@@ -121,13 +117,25 @@ def load_config(preset: str | None = None, path: str | Path | None = None,
         data = _read_file(path)
     else:
         data = copy.deepcopy(_sections(data, "config data")) if data is not None else {}
-    preset = preset or data.get("preset") or default_preset
-    if preset is not None and preset != "custom":
-        data = _merge(_preset_dict(preset), data)
-        data["preset"] = preset
-    for text in overrides:
-        data = _merge(data, parse_override(text))
-    return config_from_dict(data)
+    with _naming(path):
+        preset = preset or data.get("preset") or default_preset
+        if preset is not None and preset != "custom":
+            data = _merge(_preset_dict(preset), data)
+            data["preset"] = preset
+        for text in overrides:
+            data = _merge(data, parse_override(text))
+        return config_from_dict(data)
+
+
+@contextmanager
+def _naming(path: str | Path | None) -> Iterator[None]:
+    """Errors about values that came from a config file also name the file."""
+    try:
+        yield
+    except ConfigError as err:
+        if path is None:
+            raise
+        raise ConfigError(f"{err} (config file {str(path)!r})") from None
 
 
 def dump_config(cfg: Config, fmt: str = "yaml") -> str:

@@ -7,12 +7,20 @@ types and out-of-range values with a `ConfigError` that names the key, the value
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from rglcd.safeio import short
 
 
 class ConfigError(ValueError):
     """A config value or key that is not allowed. The message names key, value and what is allowed."""
+
+
+def _show(value: Any) -> str:
+    """repr(value) cut short: an error never echoes a whole (possibly huge) value."""
+    return short(repr(value))
 
 
 def F(default: Any, help: str, **rules: Any) -> Any:
@@ -54,12 +62,12 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping (section), got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping (section), got {_show(value)}")
         return from_dict(tp, value, prefix=key)
     if origin is Literal:
         value = _yaml_word(value, get_args(tp))
         if value not in get_args(tp):
-            raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {_type_name(tp)}")
+            raise ConfigError(f"{key}: {_show(value)} is not allowed; allowed: {_type_name(tp)}")
         return value
     if origin in (Union, types.UnionType):
         for arg in get_args(tp):
@@ -67,31 +75,42 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 return _coerce(key, value, arg)
             except ConfigError:
                 continue
-        raise ConfigError(f"{key}: {value!r} has the wrong type; expected {_type_name(tp)}")
+        raise ConfigError(f"{key}: {_show(value)} has the wrong type; expected {_type_name(tp)}")
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: {value!r} has the wrong type; expected {_type_name(tp)}")
+            raise ConfigError(f"{key}: {_show(value)} has the wrong type; expected {_type_name(tp)}")
         (item,) = get_args(tp)
         return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: {value!r} has the wrong type; expected {_type_name(tp)}")
+            raise ConfigError(f"{key}: {_show(value)} has the wrong type; expected {_type_name(tp)}")
         _, vt = get_args(tp)
         return {str(k): _coerce(f"{key}.{k}", v, vt) for k, v in value.items()}
     if tp is type(None):
         if value is not None:
-            raise ConfigError(f"{key}: expected null, got {value!r}")
+            raise ConfigError(f"{key}: expected null, got {_show(value)}")
         return None
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-6 (no dot) as a string
+    if tp is float:
+        return _finite(key, value)
+    if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
+        raise ConfigError(f"{key}: {_show(value)} has the wrong type; expected {_type_name(tp)}")
+    return value
+
+
+def _finite(key: str, value: Any) -> float:
+    """A float field's value: ints and numeric strings (YAML 1.1 reads 1e-6 as a string) are accepted,
+    inf and nan are not (a non-finite lr or guidance range poisons a run long after it started)."""
+    number = value
+    if isinstance(value, str):  # YAML 1.1 reads 1e-6 (no dot) as a string
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             pass
-    if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
-        raise ConfigError(f"{key}: {value!r} has the wrong type; expected {_type_name(tp)}")
-    return value
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        raise ConfigError(f"{key}: {_show(value)} has the wrong type; expected float")
+    if not math.isfinite(number):
+        raise ConfigError(f"{key}: {_show(value)} is not allowed; allowed: a finite number")
+    return float(number)
 
 
 def _choices(rules: dict[str, Any]) -> list | None:
@@ -102,7 +121,7 @@ def _choices(rules: dict[str, Any]) -> list | None:
 def _check_choices(key: str, value: Any, allowed: list) -> None:
     for item in value if isinstance(value, list) else [value]:
         if item not in allowed:
-            raise ConfigError(f"{key}: {item!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
+            raise ConfigError(f"{key}: {_show(item)} is not allowed; allowed: {', '.join(map(str, allowed))}")
 
 
 def _check_rules(key: str, value: Any, rules: dict[str, Any]) -> None:
@@ -111,7 +130,7 @@ def _check_rules(key: str, value: Any, rules: dict[str, Any]) -> None:
         _check_choices(key, value, allowed)
     problem = rules["check"](value) if "check" in rules else None
     if problem:
-        raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {problem}")
+        raise ConfigError(f"{key}: {_show(value)} is not allowed; allowed: {problem}")
     if value is None or isinstance(value, (str, list, dict)):
         return
     checks = {
@@ -120,20 +139,20 @@ def _check_rules(key: str, value: Any, rules: dict[str, Any]) -> None:
     }
     for name, (ok, sym) in checks.items():
         if name in rules and not ok(value, rules[name]):
-            raise ConfigError(f"{key}: {value!r} is out of range; allowed: {sym} {rules[name]}")
+            raise ConfigError(f"{key}: {_show(value)} is out of range; allowed: {sym} {rules[name]}")
     if "multiple_of" in rules and value % rules["multiple_of"]:
-        raise ConfigError(f"{key}: {value!r} is not allowed; allowed: a multiple of {rules['multiple_of']}")
+        raise ConfigError(f"{key}: {_show(value)} is not allowed; allowed: a multiple of {rules['multiple_of']}")
 
 
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass `cls` from `data`, recursively; missing keys take their defaults."""
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(str(k) for k in set(data) - set(fields))
     if unknown:
         where = prefix or "config"
         raise ConfigError(
-            f"{prefix + '.' if prefix else ''}{unknown[0]}: unknown key in {where}; "
+            f"{prefix + '.' if prefix else ''}{str(unknown[0])[:80]}: unknown key in {where}; "
             f"allowed: {', '.join(sorted(fields))}")
     kwargs = {}
     for name, value in data.items():
@@ -164,4 +183,4 @@ def field_help(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
     return rows
 
 
-__all__ = ["ConfigError", "F", "from_dict", "to_dict", "field_help"]
+__all__ = ["ConfigError", "F", "field_help", "from_dict", "to_dict"]

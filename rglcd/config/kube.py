@@ -22,7 +22,7 @@ def dns_label(value: str | None) -> str | None:
     """A namespace, ServiceAccount or other DNS-1123 label name (None passes: 'not used')."""
     if value is None or (len(value) <= 63 and _DNS_LABEL.match(value)):
         return None
-    return "lowercase letters, digits and '-', starting and ending alphanumeric, at most 63 characters"
+    return "a DNS-1123 label: lowercase letters, digits and '-', starting and ending alphanumeric, at most 63 characters"
 
 
 def dns_subdomain(value: str | None) -> str | None:

@@ -98,6 +98,12 @@ class DataConfig:
     prompts: str = F("builtin:vbench", "prompt list: a .txt/.json file or builtin:vbench")
     # Smallest accepted image side in px during prep.
     min_image_size: int = F(64, "images with a shorter side below this are dropped", gt=0)
+    # Decompression-bomb guard: larger images are dropped (prep) or refused (training) before decoding.
+    max_image_pixels: int | None = F(None, "images with more pixels are dropped as too_large (None: 64 x "
+                                     "model.resolution^2, at least 4096^2)", gt=0)
+    # Tables (csv/parquet/jsonl) name images by path or URL; by default only inside the table's own folder/prefix.
+    remote_images: list[str] = F([], "URL prefixes (http(s)://host/path, s3://bucket/prefix) table rows may "
+                                     "fetch images from; empty: only the table's own folder or bucket prefix")
     # Longest caption in tokens (the text encoder's context).
     max_caption_tokens: int = F(77, "captions longer than this (in tokens) are dropped", gt=2)
     # Records per tar shard written by prep.

@@ -13,20 +13,42 @@ import torch
 from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
+# The only decoders untrusted bytes reach, whatever their name says (no EPS/Ghostscript, TIFF, PSD, ...).
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
 
 
 class BadImage(ValueError):
     """Bytes that do not decode to an image."""
 
 
-def image_from_bytes(data: bytes) -> Image.Image:
-    """Encoded bytes -> fully decoded RGB image (EXIF orientation applied); truncated or non-image bytes raise BadImage."""
+class ImageTooLarge(BadImage):
+    """An image whose header declares more pixels than allowed (a decompression bomb, or just too big)."""
+
+
+def pixel_limit(resolution: int, max_pixels: int | None = None) -> int:
+    """Most pixels an image may have: `max_pixels` if set, else 64 x resolution^2 (8x the side), at least 4096^2.
+
+    Training resizes the shorter side to `resolution`, so anything larger only costs memory: a 13000^2
+    PNG of 0.5 MB on disk decodes to 0.5 GB of RGB pixels and several GB in PIL's conversions
+    (docs/threat-model.md 3.4)."""
+    return max_pixels if max_pixels is not None else max(64 * resolution * resolution, 4096 * 4096)
+
+
+def image_from_bytes(data: bytes, max_pixels: int | None = None) -> Image.Image:
+    """Encoded bytes -> fully decoded RGB image (EXIF orientation applied); truncated or non-image bytes raise
+    BadImage, more than `max_pixels` pixels (read from the header, before decoding) ImageTooLarge."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise ImageTooLarge(f"{img.width}x{img.height} is more than the {max_pixels} pixels allowed")
             img.load()
             return ImageOps.exif_transpose(img).convert("RGB")  # camera photos stored rotated stand upright
-    except Exception as err:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
-        raise BadImage(f"{type(err).__name__}: {err}") from None
+    except ImageTooLarge:
+        raise
+    except Image.DecompressionBombError as err:
+        raise ImageTooLarge(str(err)[:200]) from None
+    except Exception as err:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
+        raise BadImage(f"{type(err).__name__}: {str(err)[:200]}") from None
 
 
 def pixel_hash(image: Image.Image) -> str:

@@ -6,10 +6,12 @@ AWS_ENDPOINT_URL; credentials follow boto's usual chain.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import IO
 
 REMOTE_SCHEMES = ("s3://", "http://", "https://")
+MAX_SHARDS = 1_000_000  # a brace pattern naming more is refused, not expanded (e.g. {0..999999999})
 
 
 def is_remote(url: str) -> bool:
@@ -39,9 +41,37 @@ def open_binary(url: str) -> IO[bytes]:
     return filesystem(url).open(url, "rb")
 
 
-def read_bytes(url: str) -> bytes:
+class TooLarge(ValueError):
+    """A file larger than the reader allows."""
+
+
+def read_bytes(url: str, max_bytes: int | None = None) -> bytes:
+    """All bytes of a local path or URL; with `max_bytes`, TooLarge instead of reading more than that."""
     with open_binary(url) as handle:
-        return handle.read()
+        data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise TooLarge(f"larger than the {max_bytes} bytes allowed")
+    return data
+
+
+_GROUP = re.compile(r"\{([^{}]*)\}")                      # an innermost {...} group
+_INT_RANGE = re.compile(r"(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?")
+_CHAR_RANGE = re.compile(r"[A-Za-z]\.\.[A-Za-z](\.\.-?\d+)?")
+
+
+def _pattern_size(spec: str) -> int:
+    """An upper bound of the names a brace pattern expands to (product over its groups)."""
+    total = 1
+    for group in _GROUP.findall(spec):
+        match = _INT_RANGE.fullmatch(group)
+        if match:
+            step = abs(int(match[3] or 1)) or 1
+            total *= abs(int(match[2]) - int(match[1])) // step + 1
+        elif _CHAR_RANGE.fullmatch(group):
+            total *= 52                                            # a letter range
+        else:
+            total *= group.count(",") + 1                          # a list
+    return total
 
 
 def list_tars(spec: str) -> list[str]:
@@ -49,6 +79,8 @@ def list_tars(spec: str) -> list[str]:
     import braceexpand
 
     if "{" in spec:
+        if _pattern_size(spec) > MAX_SHARDS:  # braceexpand builds each range in memory: count first
+            raise ValueError(f"data source {spec[:120]!r}: the pattern names more than {MAX_SHARDS} shards")
         return list(braceexpand.braceexpand(spec))
     if spec.endswith(".tar"):
         return [spec]

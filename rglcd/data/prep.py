@@ -2,18 +2,19 @@
 
 Each record is checked: the image decodes fully, its shorter side is >= data.min_image_size, the
 caption is non-empty and at most data.max_caption_tokens tokens with the teacher's tokenizer, and its
-decoded pixels are not an exact duplicate of an earlier record. Failures are dropped and counted by
-reason. Optionally the teacher's VAE latent moments (8 channels, centre crop at model.resolution) are
-stored with each record (data.precompute_latents). Output is written to a temporary sibling folder
-and renamed into place at the end, so an interrupted prep leaves nothing half-written.
+decoded pixels are not an exact duplicate of an earlier record; images larger than the pixel limit
+(data.max_image_pixels, derived from model.resolution) are refused from their header, before decoding.
+Failures are dropped, counted by reason and listed (the first MAX_REJECTS) in the manifest. Optionally
+the teacher's VAE latent moments (8 channels, centre crop at model.resolution) are stored with each
+record (data.precompute_latents). Shards are staged inside the output folder (rglcd.outdir) and
+installed at the end, the manifest last, so an interrupted prep leaves no half-written output, nothing
+outside the folder, and no file of the user's touched.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rglcd.data.images import BadImage, image_from_bytes, encode_image, pixel_hash, to_training_tensor
-from rglcd.data.io import read_bytes
-from rglcd.fsutil import replace_dir
-from rglcd.data.manifest import DROP_REASONS, FORMAT, MANIFEST, content_hash
+from rglcd.data.images import (BadImage, ImageTooLarge, image_from_bytes, encode_image, pixel_hash, pixel_limit,
+                               to_training_tensor)
+from rglcd.data.io import TooLarge, is_remote, read_bytes
+from rglcd.data.manifest import DROP_REASONS, FORMAT, MANIFEST, MAX_REJECTS, content_hash, read_manifest
 from rglcd.data.sources import LATENT_KEY, Record, open_source
+from rglcd.outdir import claim, install, journal, work_area
+from rglcd.urls import redact_urls
 
 ENCODE_BATCH = 16          # images per VAE encode call when precomputing latents
 _FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
@@ -34,27 +37,42 @@ _FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 
 # ---------------------------------------------------------------- validation
 
-def _fetch(record: Record) -> bytes | Image.Image | None:
-    """The record's encoded bytes (read from its path/URL if need be) or its decoded image; None if unreadable."""
+def _fetch(record: Record, max_bytes: int) -> bytes | Image.Image | None:
+    """The record's encoded bytes (read from its path/URL if need be, at most `max_bytes`) or its decoded
+    image; None if unreadable. TooLarge when the file is larger."""
     if not isinstance(record.image, str):
         return record.image
+    if not is_remote(record.image) and not Path(record.image).is_file():  # no FIFOs or devices
+        return None
     try:
-        return read_bytes(record.image)
+        return read_bytes(record.image, max_bytes)
+    except TooLarge:
+        raise
     except Exception:  # missing file, HTTP/S3 error: fsspec and aiohttp raise various types
         return None
 
 
-def check_record(record: Record, tokenizer, min_size: int, max_tokens: int,
-                 seen: set[str]) -> tuple[str | None, bytes | None, Image.Image | None]:
-    """(drop reason or None, original bytes, decoded image). Adds the image's pixel hash to `seen`."""
-    data = _fetch(record)
+def check_record(record: Record, tokenizer, min_size: int, max_tokens: int, seen: set[str],
+                 max_pixels: int) -> tuple[str | None, bytes | None, Image.Image | None]:
+    """(drop reason or None, original bytes, decoded image). Adds the image's pixel hash to `seen`.
+
+    Images with more than `max_pixels` pixels (or files larger than 4 bytes a pixel) are `too_large`,
+    refused from their header before they are decoded (decompression bombs)."""
+    if record.problem is not None:
+        return record.problem, None, None
+    try:
+        data = _fetch(record, 4 * max_pixels + (1 << 20))
+    except TooLarge:
+        return "too_large", None, None
     if data is None:
         return "missing_image", None, None
     if isinstance(data, Image.Image):
         data, image = None, data.convert("RGB")
     else:
         try:
-            image = image_from_bytes(data)
+            image = image_from_bytes(data, max_pixels)
+        except ImageTooLarge:
+            return "too_large", None, None
         except BadImage:
             return "corrupt_image", None, None
     if min(image.size) < min_size:
@@ -162,9 +180,11 @@ def _load_teacher_parts(cfg, need_vae: bool):
     return tokenizer, vae
 
 
-def _write_all(cfg, source, tokenizer, vae, shards: ShardSet, dropped: Counter) -> int:
-    """Validate every record of `source` and write the kept ones; returns the number of records seen."""
+def _write_all(cfg, source, tokenizer, vae, shards: ShardSet, dropped: Counter, rejects: list[dict]) -> int:
+    """Validate every record of `source` and write the kept ones; returns the number of records seen.
+    Drops are counted in `dropped` and the first MAX_REJECTS listed in `rejects` ({key, reason})."""
     seen_hashes: set[str] = set()
+    max_pixels = pixel_limit(cfg.model.resolution, cfg.data.max_image_pixels)
     pending: list[tuple[dict[str, Any], Image.Image]] = []
     seen = 0
 
@@ -177,16 +197,18 @@ def _write_all(cfg, source, tokenizer, vae, shards: ShardSet, dropped: Counter) 
             shards.write(sample)
         pending.clear()
 
-    def truncated(url: str, err: Exception) -> None:
-        dropped["truncated"] += 1
+    def drop(key: str, reason: str) -> None:
+        dropped[reason] += 1
+        if len(rejects) < MAX_REJECTS:
+            rejects.append({"key": redact_urls(key), "reason": reason})
 
     for unit in range(source.num_units()):
-        for record in source.read_unit(unit, on_error=truncated):
+        for record in source.read_unit(unit, on_error=lambda url, err: drop(url, "truncated")):
             seen += 1
             reason, data, image = check_record(record, tokenizer, cfg.data.min_image_size,
-                                               cfg.data.max_caption_tokens, seen_hashes)
+                                               cfg.data.max_caption_tokens, seen_hashes, max_pixels)
             if reason is not None:
-                dropped[reason] += 1
+                drop(record.key, reason)
                 continue
             pending.append(_sample(shards.count + len(pending), record.caption.strip(), data, image))
             if len(pending) == ENCODE_BATCH:
@@ -195,40 +217,49 @@ def _write_all(cfg, source, tokenizer, vae, shards: ShardSet, dropped: Counter) 
     return seen
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished `tmp` into place at `out` (an empty or earlier prep output is replaced)."""
-    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise FileExistsError(f"{out}: exists and is not a prep output; choose an empty or new folder")
-    replace_dir(tmp, out)
+def _owned(out: Path) -> set[str]:
+    """Files an earlier prep wrote in `out`: its manifest, the shards the manifest lists, and the files a
+    killed prep had started to install (its journal)."""
+    owned = journal(out)
+    try:
+        manifest = read_manifest(str(out)) if (out / MANIFEST).is_file() else None
+    except ValueError:
+        manifest = None  # not a manifest prep can read: the folder is not (only) ours
+    if manifest is not None:
+        owned |= {MANIFEST} | {s["name"] for s in manifest["shards"]}
+    return owned
 
 
-def prep(cfg, source: str, out_dir: str | Path) -> dict[str, Any]:
+def prep(cfg, source: str, out_dir: str | Path, overwrite: bool = False) -> dict[str, Any]:
     """Ingest `source` (image folder, table, shards or builtin:photos[:N]) into shards at `out_dir`.
 
-    Returns the manifest (also written as out_dir/manifest.json). Raises ValueError when no record is valid.
-    """
+    `out_dir` must be new, empty or an earlier prep output; with `overwrite` it may hold other files,
+    which are left untouched (rglcd.outdir). Shards are staged in `out_dir/.rglcd-work` and installed
+    at the end, the manifest last. Returns the manifest (also written as out_dir/manifest.json).
+    Raises ValueError when no record is valid; then nothing in `out_dir` has changed."""
     out = Path(out_dir).expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    src = open_source(source)
+    src = open_source(source, cfg.data.remote_images)
     if getattr(src, "latents", False):
         raise ValueError(f"{source}: already holds precomputed latents; prep reads image data sets")
+    owned = _owned(out)
+    claim(out, owned, set(), overwrite)
     tokenizer, vae = _load_teacher_parts(cfg, cfg.data.precompute_latents)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        shards, dropped = ShardSet(tmp, cfg.data.shard_size), Counter()
-        seen = _write_all(cfg, src, tokenizer, vae, shards, dropped)
+    with work_area(out) as work:
+        shards, dropped, rejects = ShardSet(work, cfg.data.shard_size), Counter(), []
+        seen = _write_all(cfg, src, tokenizer, vae, shards, dropped, rejects)
         written = shards.finish()
         if shards.count == 0:
             raise ValueError(f"{source}: no valid records among {seen} seen (dropped: {dict(dropped) or 'none'})")
-        manifest = _manifest(cfg, source, written, seen, dropped, vae)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        _replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        manifest = _manifest(cfg, source, written, seen, dropped, rejects, vae)
+        (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        new = [s["name"] for s in written] + [MANIFEST]
+        stale = claim(out, owned, set(new), overwrite)
+        install(work, out, new, last=MANIFEST, stale=stale, journal_names=owned | set(new))
     return manifest
 
 
-def _manifest(cfg, source: str, shards: list[dict], seen: int, dropped: Counter, vae) -> dict[str, Any]:
+def _manifest(cfg, source: str, shards: list[dict], seen: int, dropped: Counter, rejects: list[dict],
+              vae) -> dict[str, Any]:
     latents: dict[str, Any] = {"precomputed": vae is not None}
     if vae is not None:
         from rglcd.models import vae_scale_factor
@@ -237,7 +268,8 @@ def _manifest(cfg, source: str, shards: list[dict], seen: int, dropped: Counter,
         latents.update(resolution=cfg.model.resolution, vae=cfg.model.teacher, crop="center", dtype="float32",
                        shape=[2 * vae.config.latent_channels, side, side], key=LATENT_KEY)
     return {"format": FORMAT, "source": source, "num_records": sum(s["count"] for s in shards),
-            "seen": seen, "dropped": {r: dropped.get(r, 0) for r in DROP_REASONS}, "shards": shards,
+            "seen": seen, "dropped": {r: dropped.get(r, 0) for r in DROP_REASONS}, "rejects": rejects, "shards": shards,
             "content_hash": content_hash(shards), "latents": latents,
             "filters": {"min_image_size": cfg.data.min_image_size, "max_caption_tokens": cfg.data.max_caption_tokens,
+                        "max_image_pixels": pixel_limit(cfg.model.resolution, cfg.data.max_image_pixels),
                         "tokenizer": cfg.model.teacher, "dedup": "sha256 of decoded RGB pixels"}}

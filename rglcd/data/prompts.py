@@ -1,8 +1,9 @@
 """Prompt lists for validation images, evaluation and `rglcd sample` (`data.prompts`, `eval.prompts`, ...)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from rglcd.safeio import MAX_LIST_BYTES, parse_json, read_text
 
 ALLOWED = "builtin:vbench, a .txt file (one prompt a line) or a .json list"
 
@@ -21,19 +22,17 @@ def load_prompts(spec: str | Path, field: str = "data.prompts") -> list[str]:
     path = Path(spec).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{field}: {spec!r} is not a file (allowed: {ALLOWED})")
-    prompts = _json_prompts(path, field) if path.suffix == ".json" else path.read_text().splitlines()
+    text = read_text(path, field, MAX_LIST_BYTES)
+    prompts = _json_prompts(text, path, field) if path.suffix == ".json" else text.splitlines()
     prompts = [str(p).strip() for p in prompts if str(p).strip()]
     if not prompts:
         raise ValueError(f"{field}: {spec}: holds no prompts")
     return prompts
 
 
-def _json_prompts(path: Path, field: str) -> list:
-    expected = f'{field}: {path}: expected a JSON list of strings (or {{"prompt": ...}} objects)'
-    try:
-        items = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{field}: {path}: not valid JSON ({err})") from None
-    if not isinstance(items, list) or any(isinstance(i, dict) and "prompt" not in i for i in items):
-        raise ValueError(expected)
+def _json_prompts(text: str, path: Path, field: str) -> list[str]:
+    items = parse_json(text, field, path)
+    if not isinstance(items, list) or not all(isinstance(i, str) or isinstance(i, dict) and
+                                              isinstance(i.get("prompt"), str) for i in items):
+        raise ValueError(f'{field}: {path}: expected a JSON list of strings (or {{"prompt": ...}} objects)')
     return [item["prompt"] if isinstance(item, dict) else item for item in items]

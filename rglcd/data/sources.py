@@ -9,22 +9,29 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 import numpy as np
+import numpy.lib.format as npformat
 from PIL import Image
 
 from rglcd.data.images import IMAGE_EXTENSIONS
 from rglcd.data.io import is_remote, list_tars, open_binary
 from rglcd.data.manifest import read_manifest
+from rglcd.data.refs import OUTSIDE, resolve_local, resolve_ref
+from rglcd.safeio import read_text, short
+from rglcd.urls import redact_urls
 
 TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 IMAGE_COLUMNS = ("image", "image_path", "path", "file", "url", "image_url")
 CAPTION_COLUMNS = ("caption", "text", "prompt")
 TABLE_UNIT = 1000  # rows per unit of a table
 LATENT_KEY = "latent_moments.npy"
+MAX_CAPTION_BYTES = 1 << 16  # a caption file larger than this is not a caption
 
 ErrorHook = Callable[[str, Exception], None]
 
@@ -36,6 +43,7 @@ class Record:
     image: bytes | str | Image.Image | None      # encoded bytes, a path/URL to read, or a decoded image
     latent_moments: np.ndarray | None = None     # (8, h, w) VAE mean and log-variance, when precomputed
     key: str = ""                                # where it came from (for messages)
+    problem: str | None = None                   # why the source already knows it is unusable (a drop reason)
 
 
 class Source(Protocol):
@@ -85,14 +93,44 @@ def iter_tar(url: str, on_error: ErrorHook | None = None) -> Iterator[dict]:
         on_error(url, errors[0])
 
 
-def sample_to_record(sample: dict, index: int) -> Record:
-    image_ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+def _caption(sample: dict) -> str | None:
+    """The sample's caption (.txt, .caption or "caption" of .json); UnicodeError when it is not UTF-8/JSON."""
     caption = sample.get("txt", sample.get("caption"))
     if caption is None and "json" in sample:
-        caption = json.loads(sample["json"]).get("caption")
-    caption = caption.decode("utf-8", "replace") if isinstance(caption, bytes) else caption
-    moments = np.load(io.BytesIO(sample[LATENT_KEY])) if LATENT_KEY in sample else None
-    return Record(index, caption, sample[image_ext] if image_ext else None, moments, sample["__key__"])
+        meta = json.loads(sample["json"].decode("utf-8"))  # JSONDecodeError is a ValueError
+        caption = meta.get("caption") if isinstance(meta, dict) else None
+    if isinstance(caption, bytes):
+        caption = caption.decode("utf-8")
+    return caption if isinstance(caption, str) else None
+
+
+def _load_npy(data: bytes) -> np.ndarray:
+    """A .npy array without pickles, its header checked against the bytes there are (no huge allocation)."""
+    stream = io.BytesIO(data)
+    version = npformat.read_magic(stream)
+    readers = {(1, 0): npformat.read_array_header_1_0, (2, 0): npformat.read_array_header_2_0}
+    if version not in readers:
+        raise ValueError(f".npy version {version} is not allowed; allowed: 1.0, 2.0")
+    shape, _, dtype = readers[version](stream)
+    if dtype.hasobject or math.prod(shape) * dtype.itemsize > len(data):
+        raise ValueError("array header does not match its data")
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def sample_to_record(sample: dict, index: int) -> Record:
+    """A webdataset sample -> Record; a caption that is not UTF-8 or latents that do not load set `problem`."""
+    image_ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+    record = Record(index, None, sample[image_ext] if image_ext else None, None, sample["__key__"])
+    try:
+        record.caption = _caption(sample)
+    except (ValueError, RecursionError):  # UnicodeDecodeError, JSONDecodeError, a JSON nested too deeply
+        record.problem = "bad_caption_encoding"
+    if LATENT_KEY in sample:
+        try:
+            record.latent_moments = _load_npy(sample[LATENT_KEY])
+        except Exception:  # numpy's header parser raises ValueError, SyntaxError, tokenize.TokenError, EOFError...
+            record.problem = record.problem or "corrupt_latents"
+    return record
 
 
 class ShardSource:
@@ -119,7 +157,14 @@ class ShardSource:
         offset = sum(self.unit_counts()[:unit]) if not self.keyed_by_index else 0
         for j, sample in enumerate(iter_tar(self.urls[unit], on_error)):
             if j >= skip:
-                yield sample_to_record(sample, int(sample["__key__"]) if self.keyed_by_index else offset + j)
+                yield sample_to_record(sample, self._index(unit, sample["__key__"]) if self.keyed_by_index
+                                       else offset + j)
+
+    def _index(self, unit: int, key: str) -> int:
+        if not key.isdigit():
+            raise ValueError(f"shard {self.urls[unit]}: record key {key[:40]!r} is not a record index "
+                             "(shards changed after their manifest was written?)")
+        return int(key)
 
 
 # ---------------------------------------------------------------- tables, folders, built-in photos
@@ -128,24 +173,26 @@ def _pick(columns: list[str], candidates: tuple[str, ...], what: str, table: str
     found = next((c for c in candidates if c in columns), None)
     if found is None:
         raise ValueError(f"table {table}: no {what} column; allowed names: {', '.join(candidates)} "
-                         f"(columns present: {', '.join(columns)})")
+                         f"(columns present: {short(', '.join(columns), 200)})")
     return found
 
 
 class TableSource:
-    """A JSONL/JSON/CSV/TSV/parquet table of (image path or URL, caption); relative paths are from its folder."""
+    """A JSONL/JSON/CSV/TSV/parquet table of (image path or URL, caption).
 
-    def __init__(self, table: str):
-        import pandas as pd
+    References resolve only inside the table's own folder or URL prefix, or under `remote_images`
+    prefixes (rglcd.data.refs); others become records with the problem `outside_source`. CSV/TSV
+    captions that are not UTF-8 become `bad_caption_encoding`; a table that does not parse is a
+    ValueError naming it."""
 
-        readers = {".jsonl": lambda f: pd.read_json(f, lines=True), ".json": pd.read_json, ".csv": pd.read_csv,
-                   ".tsv": lambda f: pd.read_csv(f, sep="\t"), ".parquet": pd.read_parquet}
-        with open_binary(table) as handle:
-            frame = readers[Path(table).suffix](handle)
+    def __init__(self, table: str, remote_images: tuple[str, ...] = ()):
+        frame = _read_table(table)
         image_col = _pick(list(frame.columns), IMAGE_COLUMNS, "image", table)
         caption_col = _pick(list(frame.columns), CAPTION_COLUMNS, "caption", table)
-        base = table.rsplit("/", 1)[0] if is_remote(table) else str(Path(table).expanduser().parent)
-        self.images = [_join(base, str(v)) if isinstance(v, str) and v else None for v in frame[image_col]]
+        remote = is_remote(table)
+        base = table.rsplit("/", 1)[0] if remote else str(Path(table).expanduser().resolve().parent)
+        self.refs = [v if isinstance(v, str) and v else None for v in frame[image_col]]
+        self.images = [resolve_ref(v, base, remote, tuple(remote_images)) if v else None for v in self.refs]
         self.captions = [v if isinstance(v, str) else None for v in frame[caption_col]]
         self.name, self.latents = table, False
 
@@ -159,20 +206,50 @@ class TableSource:
     def read_unit(self, unit: int, skip: int = 0, on_error: ErrorHook | None = None) -> Iterator[Record]:
         start = unit * TABLE_UNIT + skip
         for i in range(start, min((unit + 1) * TABLE_UNIT, len(self.images))):
-            yield Record(i, self.captions[i], self.images[i], key=f"{self.name} row {i}")
+            yield self._record(i)
+
+    def _record(self, i: int) -> Record:
+        ref, caption = self.refs[i], self.captions[i]
+        key = f"{self.name} row {i}: {short(redact_urls(ref or ''), 120)}"
+        record = Record(i, caption, self.images[i], key=key)
+        if ref is not None and self.images[i] is None:
+            record.problem = OUTSIDE
+        elif caption is not None and _SURROGATE.search(caption):
+            record.caption, record.problem = None, "bad_caption_encoding"
+        return record
 
 
-def _join(base: str, ref: str) -> str:
-    if is_remote(ref) or Path(ref).is_absolute():
-        return ref
-    return f"{base}/{ref}"
+_SURROGATE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8 (read with surrogateescape)
+
+
+def _read_table(table: str):
+    """The table as a DataFrame; anything that does not parse is a ValueError naming the table."""
+    import pandas as pd
+
+    suffix = Path(table).suffix.lower()
+    text = {"encoding": "utf-8", "encoding_errors": "surrogateescape"}
+    readers = {".jsonl": lambda f: pd.read_json(f, lines=True), ".json": pd.read_json,
+               ".csv": lambda f: pd.read_csv(f, **text), ".tsv": lambda f: pd.read_csv(f, sep="\t", **text),
+               ".parquet": pd.read_parquet}
+    try:
+        with open_binary(table) as handle:
+            frame = readers[suffix](handle)
+    except (FileNotFoundError, IsADirectoryError) as err:
+        raise FileNotFoundError(f"table {table}: cannot be opened ({type(err).__name__})") from None
+    except Exception as err:  # pandas/pyarrow raise many types for empty, garbage or non-UTF-8 tables
+        raise ValueError(f"table {table}: cannot be read as {suffix[1:]} ({type(err).__name__}: "
+                         f"{short(str(err), 160)})") from None
+    if not isinstance(frame, pd.DataFrame):
+        raise ValueError(f"table {table}: expected rows of (image, caption), got a {type(frame).__name__}")
+    frame.columns = [str(c) for c in frame.columns]
+    return frame
 
 
 class FolderSource:
     """A folder of images with same-named .txt captions (x.jpg + x.txt), recursive, in sorted order."""
 
     def __init__(self, folder: str):
-        root = Path(folder).expanduser()
+        root = self.root = Path(folder).expanduser()
         self.files = sorted(p for p in root.rglob("*") if p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS)
         if not self.files:
             raise FileNotFoundError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
@@ -186,9 +263,26 @@ class FolderSource:
 
     def read_unit(self, unit: int, skip: int = 0, on_error: ErrorHook | None = None) -> Iterator[Record]:
         for i in range(skip, len(self.files)):
-            txt = self.files[i].with_suffix(".txt")
-            caption = txt.read_text(encoding="utf-8", errors="replace") if txt.is_file() else None
-            yield Record(i, caption, self.files[i].read_bytes(), key=str(self.files[i]))
+            yield self._record(i)
+
+    def _record(self, i: int) -> Record:
+        """A file and its caption, when both resolve (symlinks followed) inside the folder."""
+        file, txt = self.files[i], self.files[i].with_suffix(".txt")
+        record = Record(i, None, None, key=str(file))
+        if resolve_local(str(file), self.root) is None:
+            record.problem = OUTSIDE
+            return record
+        record.image = str(file)  # read by the process that uses it (prep: bounded by the pixel limit)
+        if not txt.is_file() or resolve_local(str(txt), self.root) is None:
+            return record
+        if txt.stat().st_size > MAX_CAPTION_BYTES:
+            record.problem = "caption_too_long"
+            return record
+        try:
+            record.caption = read_text(txt, "caption", MAX_CAPTION_BYTES)
+        except ValueError:
+            record.problem = "bad_caption_encoding"
+        return record
 
 
 class BuiltinPhotos:
@@ -215,12 +309,13 @@ class BuiltinPhotos:
 
 # ---------------------------------------------------------------- choosing a source
 
-def open_source(spec: str) -> Source:
-    """A data spec -> its source. Shards hold latents only when their manifest says so (never guessed)."""
+def open_source(spec: str, remote_images: tuple[str, ...] | list[str] = ()) -> Source:
+    """A data spec -> its source. Shards hold latents only when their manifest says so (never guessed).
+    `remote_images`: URL prefixes a table's rows may fetch images from (data.remote_images)."""
     if spec.startswith("builtin:"):
         return BuiltinPhotos(spec)
     if spec.lower().endswith(TABLE_SUFFIXES):
-        return TableSource(spec)
+        return TableSource(spec, tuple(remote_images))
     if "{" not in spec and not spec.endswith(".tar"):
         manifest = read_manifest(spec)
         if manifest is not None:

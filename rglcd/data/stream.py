@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from rglcd.data.images import BadImage, image_from_bytes, to_training_tensor
-from rglcd.data.io import read_bytes
+from rglcd.data.images import BadImage, image_from_bytes, pixel_limit, to_training_tensor
+from rglcd.data.io import TooLarge, read_bytes
 from rglcd.data.sources import Record, Source
 
 
@@ -33,6 +33,7 @@ class StreamSpec:
     shuffle_buffer: int = 1000  # positions shuffled together (1: source order, units still permuted)
     random_crop: bool = True
     start_batch: int = 0       # micro-batches already consumed (resume position)
+    max_pixels: int | None = None  # larger images are refused (None: rglcd.data.images.pixel_limit(resolution))
 
 
 def unit_order(num_units: int, seed: int, epoch: int) -> np.ndarray:
@@ -76,8 +77,12 @@ def global_records(source: Source, seed: int, shuffle_buffer: int, start: int = 
         epoch, offset = epoch + 1, 0
 
 
-def materialize(record: Record, latents: bool, resolution: int, generator: np.random.Generator | None) -> torch.Tensor:
-    """A record -> latent moments (8, h, w) or pixels (3, res, res) in [-1, 1]."""
+def materialize(record: Record, latents: bool, resolution: int, generator: np.random.Generator | None,
+                max_pixels: int | None = None) -> torch.Tensor:
+    """A record -> latent moments (8, h, w) or pixels (3, res, res) in [-1, 1]; images over the pixel limit
+    (`max_pixels`, default from `resolution`) are refused before decoding."""
+    if record.problem is not None:
+        raise ValueError(f"{record.key}: unusable ({record.problem}); validate the data set with `rglcd prep`")
     if latents:
         if record.latent_moments is None:
             raise ValueError(f"{record.key}: the manifest says latents are precomputed, but this record has none")
@@ -85,10 +90,11 @@ def materialize(record: Record, latents: bool, resolution: int, generator: np.ra
     image = record.image
     try:
         if isinstance(image, (bytes, str)):
-            image = image_from_bytes(read_bytes(image) if isinstance(image, str) else image)
+            limit = pixel_limit(resolution, max_pixels)
+            image = image_from_bytes(read_bytes(image, 4 * limit + (1 << 20)) if isinstance(image, str) else image, limit)
         if image is None:
             raise BadImage("no image")
-    except (BadImage, OSError) as err:
+    except (BadImage, TooLarge, OSError) as err:
         raise ValueError(f"{record.key}: image unusable ({err}); validate the data set with `rglcd prep`") from None
     return to_training_tensor(image, resolution, generator)
 
@@ -128,7 +134,8 @@ class TrainStream(IterableDataset):
             if self._owner(position) is None:
                 continue
             gen = np.random.default_rng([s.seed, position // self.total, record.index, 2]) if s.random_crop else None
-            items.append((materialize(record, self.source.latents, s.resolution, gen), record.caption, record.index))
+            items.append((materialize(record, self.source.latents, s.resolution, gen, s.max_pixels), record.caption,
+                          record.index))
             if len(items) == s.batch_size:
                 yield collate(items, self.source.latents)
                 items = []

@@ -10,13 +10,14 @@
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from rglcd.safeio import MAX_LIST_BYTES, parse_json, read_text
 
 HPS_STYLES = ("anime", "concept-art", "paintings", "photo")
 HPS_DATASET = "zhwang/HPDv2"        # hub dataset holding benchmark/<style>.json (hpsv2.utils)
@@ -49,7 +50,7 @@ def benchmark_prompts(spec: str, per_style: int | None = None) -> dict[str, list
     styles = {}
     for style in HPS_STYLES:
         path = _style_file(spec, style)
-        data = json.loads(path.read_text())
+        data = parse_json(read_text(path, "eval.hps_benchmark", MAX_LIST_BYTES), "eval.hps_benchmark", path)
         if not isinstance(data, list) or not data or not all(isinstance(p, str) for p in data):
             raise ValueError(f"eval.hps_benchmark: {path}: expected a non-empty JSON list of prompt strings")
         styles[style] = data[:per_style] if per_style else data

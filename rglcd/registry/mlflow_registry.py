@@ -22,13 +22,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
 from rglcd import provenance
 from rglcd.registry.provenance import flatten, run_key
 from rglcd.storage import Pointer, read_pointer, redact, verify
+from rglcd.urls import redact_urls
 
 POINTER_DIR = "dvc-pointer"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/ ]{0,254}$")
@@ -64,12 +64,8 @@ class ModelVersionInfo:
 
 
 def safe_uri(uri: str) -> str:
-    """The tracking URI without a password (postgresql://user:pw@host -> postgresql://user:***@host)."""
-    parts = urlsplit(uri)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return uri
+    """The tracking URI without credentials (postgresql://user:pw@host -> postgresql://***@host)."""
+    return redact_urls(uri)
 
 
 @contextmanager

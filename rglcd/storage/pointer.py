@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from rglcd.safeio import read_data, short
+
 _DIR_MD5 = re.compile(r"^[0-9a-f]{32}\.dir$")
 
 
@@ -67,10 +69,10 @@ class Pointer:
             raise PointerError(f"{source}: needs 'outs[0]' and 'meta.rglcd' mappings (write it with `rglcd push`)")
         md5 = out.get("md5")
         if not isinstance(md5, str) or not _DIR_MD5.match(md5):
-            raise PointerError(f"{source}: outs[0].md5 {md5!r} is not a DVC directory hash; allowed: <32 hex>.dir")
+            raise PointerError(f"{source}: outs[0].md5 {short(repr(md5), 80)} is not a DVC directory hash; allowed: <32 hex>.dir")
         for key in ("size", "nfiles"):
             if not isinstance(out.get(key), int) or out[key] < 0:
-                raise PointerError(f"{source}: outs[0].{key} {out.get(key)!r} must be a non-negative integer")
+                raise PointerError(f"{source}: outs[0].{key} {short(repr(out.get(key)), 80)} must be a non-negative integer")
         if not isinstance(meta.get("remote"), str) or not meta["remote"]:
             raise PointerError(f"{source}: meta.rglcd.remote is missing; allowed: s3://bucket/prefix or a directory")
         return cls(md5=md5, size=out["size"], nfiles=out["nfiles"], path=str(out.get("path") or "artifact"),
@@ -82,14 +84,8 @@ def read_pointer(path: str | Path | Pointer) -> Pointer:
     a `Pointer` is returned as it is."""
     if isinstance(path, Pointer):
         return path
-    path = Path(path)
-    if not path.is_file():
-        raise PointerError(f"pointer file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise PointerError(f"pointer file {str(path)!r} is not valid JSON/YAML: {err}") from None
-    return Pointer.from_dvc(data, source=f"pointer file {str(path)!r}")
+    what = f"pointer file {str(path)!r}"
+    return Pointer.from_dvc(read_data(path, "pointer file", error=PointerError), source=what)
 
 
 def write_pointer(pointer: Pointer, path: str | Path) -> Path:

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit
 
+from rglcd.urls import redact_urls
+
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ACCESS_KEY_ID")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _DVC_LOGGERS = ("dvc_data", "dvc_objects")
@@ -31,12 +33,12 @@ class StorageError(RuntimeError):
 
 
 def redact(text: str) -> str:
-    """Replace the values of AWS secret env vars found in `text` with '***'."""
+    """Replace the values of AWS secret env vars, and the credentials of any URL, found in `text` with '***'."""
     for name in _SECRET_ENV:
         value = os.environ.get(name)
         if value and len(value) >= 4:
             text = text.replace(value, "***")
-    return text
+    return redact_urls(text)
 
 
 def safe_url(url: str) -> str:
