@@ -22,7 +22,9 @@ from typing import Any, Callable
 import torch
 
 from rglcd.train.checkpoint import TrainState, check_compatible, find_resume, list_checkpoints, refuse_newer_checkpoints
+from rglcd.train.fast import prepare_unets
 from rglcd.train.guidance import Guidance, build_guidance, finetune_lrm
+from rglcd.train.terms import StepTerms
 
 Hook = Callable[..., None]
 
@@ -107,12 +109,12 @@ def any_process(accelerator, value: bool) -> bool:
     return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 
 
-def micro_steps(run, batches) -> tuple[dict[str, float], Any]:
-    """Forward and backward over grad_accum micro-batches; returns the mean loss terms and the last output."""
+def micro_steps(run, batches) -> tuple[StepTerms, Any]:
+    """Forward and backward over grad_accum micro-batches; returns the loss terms (on the device) and the last output."""
     from rglcd.step import lcd_step
 
     acc, cfg, A = run.accelerator, run.cfg, run.cfg.train.grad_accum
-    sums = {"loss": 0.0, "lcd_loss": 0.0, "reward_loss": 0.0, "reward": 0.0}
+    sums = StepTerms(acc.device, A)
     out = batch = None
     for micro in range(A):
         batch = next(batches)
@@ -123,31 +125,32 @@ def micro_steps(run, batches) -> tuple[dict[str, float], Any]:
                                reward=run.guidance.student_reward)
             acc.backward(out.loss / A)
         run.state.micro_batches += 1
-        for key in ("loss", "lcd_loss", "reward_loss"):
-            sums[key] += float(getattr(out, key).detach()) / A
-        sums["reward"] += (float(out.reward) if out.reward is not None else 0.0) / A
+        sums.add(out)
         run.hook("micro_batch", run=run, step=run.state.step, micro=micro)
     return sums, (out, batch)
 
 
-def optimizer_update(run, terms: dict[str, float]) -> tuple[float, bool]:
-    """Clip, then step (or skip a non-finite step), schedule, EMA. Returns (grad norm, step was bad)."""
+def optimizer_update(run, sums: StepTerms) -> tuple[dict[str, float], float, bool]:
+    """Clip, then step (or skip a non-finite step), schedule, EMA.
+
+    Returns (loss terms averaged over all processes, grad norm, step was bad).
+    """
     from rglcd.models import ema_update
 
     acc, cfg = run.accelerator, run.cfg
-    norm = float(acc.clip_grad_norm_(run.params, cfg.train.max_grad_norm))
-    loss_bad = any_process(acc, not math.isfinite(terms["loss"]))
+    terms, norm = sums.reduce(acc, acc.clip_grad_norm_(run.params, cfg.train.max_grad_norm))
+    loss_bad = not math.isfinite(terms["loss"])  # non-finite on any process <=> its global mean is
     fp16 = cfg.train.mixed_precision == "fp16"
     bad = loss_bad or (not fp16 and not math.isfinite(norm))  # fp16: the grad scaler skips overflow steps
     if bad and not fp16:
         run.optimizer.zero_grad(set_to_none=True)
-        return norm, True
+        return terms, norm, True
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     if not acc.optimizer_step_was_skipped:
         run.scheduler.step()
         ema_update(run.target, acc.unwrap_model(run.student), cfg.distill.ema_decay)
-    return norm, bad
+    return terms, norm, bad
 
 
 def check_bad_steps(run, bad: bool, terms: dict[str, float], norm: float) -> None:
@@ -179,6 +182,7 @@ class Run:
     state: TrainState
     params: list
     hooks: dict[str, Hook]
+    execution: dict[str, Any] = field(default_factory=dict)   # checkpointing/compile as resolved (run.json)
 
     def hook(self, name: str, **kwargs) -> None:
         if name in self.hooks:
@@ -198,6 +202,7 @@ def build_run(cfg, lrm_checkpoint: str | None, hooks: dict[str, Hook] | None) ->
     set_seed(cfg.train.seed)  # right before the student's new guidance projection is drawn: runs repeat exactly
     student = build_student(teacher.unet, cfg.train, cfg.model.time_cond_proj_dim).to(acc.device)
     target = make_target(student)
+    execution = prepare_unets(cfg, teacher, student, target, acc.device)
     guidance = build_guidance(cfg, lrm_checkpoint, acc.device, dtype)
     optimizer = make_optimizer(trainable(student), cfg.train)
     scheduler = make_scheduler(optimizer, cfg.train)
@@ -206,7 +211,7 @@ def build_run(cfg, lrm_checkpoint: str | None, hooks: dict[str, Hook] | None) ->
     acc.register_for_checkpointing(target, state)
     guidance.register(acc)
     return Run(cfg, acc, Path(cfg.train.output_dir), teacher, student, target, optimizer, scheduler, guidance,
-               state, trainable(acc.unwrap_model(student)), hooks or {})
+               state, trainable(acc.unwrap_model(student)), hooks or {}, execution)
 
 
 def train(cfg, data_dir: str | None = None, lrm_checkpoint: str | None = None, resume: str | None = "auto",
@@ -246,19 +251,16 @@ def train_step(run: Run, batches) -> dict[str, Any]:
     """One optimizer step (and the LRM update after it); returns its metrics record."""
     acc, cfg = run.accelerator, run.cfg
     started = time.perf_counter()
-    terms, (out, batch) = micro_steps(run, batches)
-    norm, bad = optimizer_update(run, terms)
+    sums, (out, batch) = micro_steps(run, batches)
+    terms, norm, bad = optimizer_update(run, sums)
     lrm = {}
-    if not bad and run.guidance.finetunes:
+    if not bad and run.guidance.finetunes and run.state.step % cfg.lrm.finetune_every == 0:
         with acc.autocast():
             lrm = finetune_lrm(run.guidance, run.teacher, out, batch, cfg, run.state.step, acc.process_index)
     run.state.step += 1
     examples = cfg.train.batch_size * cfg.train.grad_accum * acc.num_processes
     run.state.examples += examples
     check_bad_steps(run, bad, terms, norm)
-    names = list(terms)
-    means = acc.reduce(torch.tensor([terms[k] for k in names], device=acc.device), reduction="mean")
-    terms = dict(zip(names, means.tolist()))  # over all processes: the loss of the global batch
     elapsed = time.perf_counter() - started
     return {"step": run.state.step, **terms, "reward": terms["reward"] if run.guidance.student_reward else None,
             "lrm_loss": lrm.get("lrm_loss"), "lrm_acc": lrm.get("lrm_acc"), "grad_norm": norm,

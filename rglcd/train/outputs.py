@@ -25,7 +25,8 @@ class Outputs:
         self.prompts: list[str] = []
         self.reported: tuple[int, Path | None] | None = None   # (step, report path) of the last report written
         if self.main:
-            write_run_info(run.cfg, run.out, data_info, run.accelerator.num_processes, str(run.accelerator.device))
+            write_run_info(run.cfg, run.out, data_info, run.accelerator.num_processes, str(run.accelerator.device),
+                           run.execution)
             self.metrics = MetricsLog(self.metrics_path, run.state.step, run.out / "tensorboard")
             from rglcd.data.prompts import load_prompts
 
