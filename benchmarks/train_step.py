@@ -10,6 +10,7 @@ EMA and, with an LRM, its fine-tuning step):
   lcd+direct   LCD + HPS-shaped expert on the decoded prediction (VAE decode with gradients)
   lcd+lrm      LCD + LRM reward on latents + LRM fine-tuning against the expert (3 decodes, no grad)
   lcd+lrm/K    the same with the LRM fine-tuned every K steps (lrm.finetune_every; time K or more steps)
+  lcd+direct/N the direct reward on the first N examples of the batch only (reward.batch_size)
 
 `--size sd21-base` builds SD 2.1-base's UNet, VAE and text encoder from the config dicts below and an
 open_clip ViT-H-14 (the HPSv2.1 architecture), all randomly initialised: no download. Printed: mean
@@ -206,8 +207,9 @@ def measure_variant(variant: str, args, cfg, teacher, expert, make_lrm, device: 
     from rglcd.train.loop import train_step
 
     cuda = device.type == "cuda"
-    variant, _, every = variant.partition("/")
-    cfg.lrm.finetune_every = int(every or args.lrm_every)
+    variant, _, number = variant.partition("/")
+    cfg.lrm.finetune_every = int(number) if number and variant == "lcd+lrm" else args.lrm_every
+    cfg.reward.batch_size = int(number) if number and variant == "lcd+direct" else None
     gc.collect()  # the previous variant's student, target and optimizer are gone before measuring
     if cuda:
         torch.cuda.empty_cache()
@@ -248,7 +250,7 @@ def measure_variant(variant: str, args, cfg, teacher, expert, make_lrm, device: 
     flops = count_flops(run, data) if args.flops else None
     peak_tf = args.peak_tflops or peak_tflops(device, cfg.train.mixed_precision)
     achieved = flops / step_s / 1e12 if flops else None
-    name = variant + (f"/{cfg.lrm.finetune_every}" if variant == "lcd+lrm" and cfg.lrm.finetune_every > 1 else "")
+    name = variant + (f"/{number}" if number else "")
     return {"variant": name, "step_s": step_s, "min_step_s": min(times), "peak_bytes": peak, "warmup_s": warm,
             "flops": flops, "tflops_per_s": achieved, "peak_tflops": peak_tf,
             "mfu": achieved / peak_tf if achieved and peak_tf else None, "execution": run.execution}
