@@ -19,6 +19,7 @@ from rglcd.train.terms import StepTerms
 
 # Compiled vs eager on CPU in float32: same math, other fusion and summation order (stated tolerance).
 COMPILED_ATOL = 1e-4
+GRAD_REL_TOL = 1e-3   # relative L2 error of the compiled student's gradient vector against eager
 
 
 # ---------------------------------------------------------------- EMA and loss terms (issue 18 item 4)
@@ -176,4 +177,7 @@ def test_compiled_training_step_equals_eager_within_tolerance(tiny_cfg):
     assert [r["compile"] for r in records] == [False, True]
     assert records[1]["gradient_checkpointing"] is False
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-6)
+    # Gradients: elementwise, tiny entries differ relatively (other fusion/summation order in the backward),
+    # so the stated bound is on the whole vector: ||g_compiled - g_eager|| / ||g_eager||.
+    error = float((grads[1] - grads[0]).norm() / grads[0].norm())
+    assert error < GRAD_REL_TOL, error
