@@ -4,8 +4,11 @@
     python benchmarks/latency.py --device cuda         # SD 2.1-base sizes (865M UNet, 512 px), random weights, fp16
 
 Random weights time exactly what real ones would (same shapes, same kernels); no download is needed.
-Timing: `rglcd.evaluate.latency_report` (text encoding + UNet steps + VAE decode, one warm-up call,
-median of the timed calls, CUDA synchronised). Prints a table and the speedup ratios; `--json` writes them.
+Timing: `rglcd.evaluate.latency_report` (text encoding + UNet steps + VAE decode, warm-up calls timed
+apart, median of the timed calls, CUDA synchronised). Both models get the same `--compile` mode
+(`rglcd.sample.prepare_sampling`; default auto: torch.compile with CUDA graphs on CUDA, eager on CPU).
+`--check-precision` compares the timed (compiled, half-precision) images with eager float32 images from
+the same weights and seed (`precision_check`). Prints a table and the speedup ratios; `--json` writes them.
 """
 from __future__ import annotations
 
@@ -62,7 +65,8 @@ def build(size: str, device: torch.device, dtype: torch.dtype, time_cond_proj_di
     from rglcd.sample import SamplingModel
 
     torch.manual_seed(0)
-    unet, vae, text_encoder, resolution = sd21_base_parts() if size == "sd21-base" else tiny_parts()
+    with torch.device(device):  # random init where the models run (fast on a GPU); same draws for any dtype
+        unet, vae, text_encoder, resolution = sd21_base_parts() if size == "sd21-base" else tiny_parts()
     tokenizer = CLIPTokenizer.from_pretrained(str(write_clip_tokenizer(tempfile.mkdtemp(prefix="rglcd-tok-"))))
     student_unet = make_student(unet, time_cond_proj_dim)
     for module in (unet, student_unet, vae, text_encoder):
@@ -70,6 +74,22 @@ def build(size: str, device: torch.device, dtype: torch.dtype, time_cond_proj_di
     scheduler = dict(sd_scheduler("epsilon").config)
     parts = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler_config=scheduler)
     return SamplingModel(unet=student_unet, **parts), SamplingModel(unet=unet, **parts), resolution
+
+
+def precision_check(fast, size: str, device: torch.device, steps: int, resolution: int) -> dict:
+    """Mean and max |image difference| (images in [0, 1]) of the timed models against eager float32 copies."""
+    from rglcd.evaluate.latency import LATENCY_PROMPT
+    from rglcd.sample import ddim_sample, lcm_sample
+
+    ref_student, ref_teacher, _ = build(size, device, torch.float32)
+    out = {}
+    for name, fn, model, ref, n in (("student", lcm_sample, fast[0], ref_student, steps),
+                                    ("teacher", ddim_sample, fast[1], ref_teacher, 50)):
+        a, b = (fn(m, [LATENCY_PROMPT], n, 7.5, torch.Generator().manual_seed(0), height=resolution,
+                   width=resolution).images for m in (model, ref))
+        diff = (a.float() - b.float()).abs()
+        out[f"{name}-{n}"] = {"mean_abs": float(diff.mean()), "max_abs": float(diff.max())}
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -82,10 +102,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=1, help="images per call (same for both)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls after one warm-up (median)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--compile", default="auto", help="rglcd.sample.prepare_sampling mode for both models "
+                        "(auto, none, default, reduce-overhead, max-autotune-no-cudagraphs)")
+    parser.add_argument("--check-precision", action=argparse.BooleanOptionalAction, default=False,
+                        help="compare the timed images with eager float32 ones (student 4 steps, teacher 50)")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     args = parser.parse_args(argv)
 
     from rglcd.evaluate import latency_report
+    from rglcd.sample import prepare_sampling
 
     device = resolve_device(args.device)
     size = args.size or ("sd21-base" if device.type == "cuda" else "tiny")
@@ -94,19 +119,27 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     student, teacher, resolution = build(size, device, dtype)
+    student, teacher = prepare_sampling(student, args.compile), prepare_sampling(teacher, args.compile)
     built = time.perf_counter() - t0
     report = latency_report(student, teacher, args.steps, args.teacher_steps, batch=args.batch,
                             resolution=resolution, repeats=args.repeats)
     report.update(model_sizes=size, unet_params=sum(p.numel() for p in teacher.unet.parameters()),
                   build_s=built, torch=torch.__version__)
+    if args.check_precision:
+        report["precision_vs_eager_fp32"] = precision_check((student, teacher), size, device, 4, resolution)
     print(f"{size} at {resolution} px, {report['device_name']} {report['dtype']}, batch {args.batch}, "
-          f"median of {args.repeats} after 1 warm-up; UNet {report['unet_params'] / 1e6:.1f}M params")
-    t = report["teacher"]["seconds_per_image"]
-    print(f"{'model':<28}{'s/image':>12}{'speedup':>10}")
-    print(f"{'teacher DDIM ' + str(args.teacher_steps) + ' + CFG':<28}{t:>12.4f}{1.0:>10.2f}")
+          f"compile {report['compile']['student']}, median of {args.repeats} after {report['warmup_calls']} "
+          f"warm-up(s); UNet {report['unet_params'] / 1e6:.1f}M params")
+    t = report["teacher"]
+    print(f"{'model':<28}{'s/image':>12}{'speedup':>10}{'warm-up s':>12}")
+    print(f"{'teacher DDIM ' + str(args.teacher_steps) + ' + CFG':<28}{t['seconds_per_image']:>12.4f}{1.0:>10.2f}"
+          f"{sum(t['warmup_s']):>12.1f}")
     for s in args.steps:
-        print(f"{'student LCM ' + str(s):<28}{report['student'][str(s)]['seconds_per_image']:>12.4f}"
-              f"{report['speedup'][str(s)]:>10.2f}")
+        r = report["student"][str(s)]
+        print(f"{'student LCM ' + str(s):<28}{r['seconds_per_image']:>12.4f}{report['speedup'][str(s)]:>10.2f}"
+              f"{sum(r['warmup_s']):>12.1f}")
+    for name, diff in report.get("precision_vs_eager_fp32", {}).items():
+        print(f"{name} vs eager fp32: mean |diff| {diff['mean_abs']:.4f}, max {diff['max_abs']:.4f} (images in [0, 1])")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return report

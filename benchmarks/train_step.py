@@ -9,11 +9,19 @@ EMA and, with an LRM, its fine-tuning step):
   lcd+latents  plain LCD from precomputed VAE moments (the speed-up of `data.precompute_latents`)
   lcd+direct   LCD + HPS-shaped expert on the decoded prediction (VAE decode with gradients)
   lcd+lrm      LCD + LRM reward on latents + LRM fine-tuning against the expert (3 decodes, no grad)
+  lcd+lrm/K    the same with the LRM fine-tuned every K steps (lrm.finetune_every; time K or more steps)
+  lcd+direct/N the direct reward on the first N examples of the batch only (reward.batch_size)
 
 `--size sd21-base` builds SD 2.1-base's UNet, VAE and text encoder from the config dicts below and an
 open_clip ViT-H-14 (the HPSv2.1 architecture), all randomly initialised: no download. Printed: mean
 step time over the timed steps and peak memory (CUDA: max allocated over the variant, models included;
 CPU: peak RSS growth of a forked child that builds and runs the variant, sampled every 2 ms).
+
+`--compile` compiles the student, target and teacher UNets (`train.compile`); `--gradient-checkpointing
+auto` lets `rglcd.train.fast` decide from the measured free memory. After timing, one more step runs
+eagerly under torch's FLOP counter (`torch.utils.flop_counter.FlopCounterMode`: matmuls, convolutions,
+attention; a checkpointed forward is counted twice): FLOPs per step, achieved TFLOP/s = FLOPs / mean step
+time, and the fraction of the device's dense peak for the run's dtype (`peak_tflops`).
 """
 from __future__ import annotations
 
@@ -45,6 +53,17 @@ SD21_TEXT = dict(  # OpenCLIP ViT-H-14's text tower as SD 2.x ships it (23 of it
 SD_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                     prediction_type="epsilon", clip_sample=False)
 VARIANTS = ("lcd", "lcd+latents", "lcd+direct", "lcd+lrm")
+# Dense (no sparsity) tensor-core peaks in TFLOP/s from NVIDIA's H100/H200 SXM datasheets (the H200 has the
+# H100 SXM's compute); "no" is plain fp32 without tensor cores. Other devices: pass --peak-tflops.
+PEAK_TFLOPS = {"H100": {"bf16": 989.4, "fp16": 989.4, "no": 66.9}, "H200": {"bf16": 989.4, "fp16": 989.4, "no": 66.9}}
+
+
+def peak_tflops(device: torch.device, precision: str) -> float | None:
+    """The device's dense peak for `precision` from PEAK_TFLOPS (None when the device is not listed)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peaks.get(precision) for key, peaks in PEAK_TFLOPS.items() if key in name), None)
 
 
 # ---------------------------------------------------------------- models
@@ -57,8 +76,9 @@ def sd21_base_teacher(device: torch.device, dtype: torch.dtype):
 
     folder = Path(tempfile.mkdtemp(prefix="rglcd-bench-"))
     tokenizer = CLIPTokenizer.from_pretrained(str(write_clip_tokenizer(folder / "tokenizer")))
-    parts = [UNet2DConditionModel(**SD21_BASE_UNET), AutoencoderKL(**SD_VAE),
-             CLIPTextModel(CLIPTextConfig(**SD21_TEXT))]
+    with torch.device(device):  # random init on the device: fast on a GPU
+        parts = [UNet2DConditionModel(**SD21_BASE_UNET), AutoencoderKL(**SD_VAE),
+                 CLIPTextModel(CLIPTextConfig(**SD21_TEXT))]
     unet, vae, text = (m.to(device, dtype).requires_grad_(False).eval() for m in parts)
     return Teacher(unet, vae, text, tokenizer, DDPMScheduler(**SD_SCHEDULER), "epsilon", folder)
 
@@ -70,7 +90,8 @@ def vit_h_expert(device: torch.device, dtype: torch.dtype):
     from rglcd.rewards import freeze
     from rglcd.rewards.openclip import OpenClipReward, create_model
 
-    model = create_model("ViT-H-14").to(device, dtype)
+    with torch.device(device):
+        model = create_model("ViT-H-14").to(device, dtype)
     return freeze(OpenClipReward(model, open_clip.get_tokenizer("ViT-H-14"), "letterbox", False, "hpsv2.1-random"))
 
 
@@ -95,6 +116,7 @@ def build_models(args, cfg, device: torch.device, dtype: torch.dtype):
 def make_run(cfg, teacher, guidance):
     from rglcd.models import make_target
     from rglcd.train.checkpoint import TrainState
+    from rglcd.train.fast import prepare_unets
     from rglcd.train.loop import Run, make_accelerator
     from rglcd.optim import make_optimizer, make_scheduler, trainable
     from rglcd.train.setup import build_student
@@ -102,11 +124,12 @@ def make_run(cfg, teacher, guidance):
     acc = make_accelerator(cfg)
     student = build_student(teacher.unet, cfg.train, cfg.model.time_cond_proj_dim).to(acc.device)
     target = make_target(student)
+    execution = prepare_unets(cfg, teacher, student, target, acc.device)  # as `build_run` does
     optimizer = make_optimizer(trainable(student), cfg.train)
     scheduler = make_scheduler(optimizer, cfg.train)
     student, optimizer, scheduler = acc.prepare(student, optimizer, scheduler)
     return Run(cfg, acc, Path(tempfile.mkdtemp()), teacher, student, target, optimizer, scheduler, guidance,
-               TrainState(), trainable(acc.unwrap_model(student)), {})
+               TrainState(), trainable(acc.unwrap_model(student)), {}, execution)
 
 
 def batches(cfg, teacher, latents: bool, device: torch.device):
@@ -153,13 +176,41 @@ class PeakRSS:
         return self.peak - self.base
 
 
-def measure(variant: str, args, cfg, teacher, expert, make_lrm, device: torch.device) -> dict:
-    """Build the variant's student/target/optimizer (and LRM), warm up, time `args.steps` loop steps."""
+def count_flops(run, data) -> int:
+    """FLOPs of one loop step, counted eagerly (compiled modules run eager here) by torch's FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from rglcd.train.loop import train_step
+
+    with torch.compiler.set_stance("force_eager"), FlopCounterMode(display=False) as counter:
+        train_step(run, data)
+    return counter.get_total_flops()
+
+
+def measure(variant: str, args, cfg, teacher, expert, make_lrm, device: torch.device, shared: dict) -> dict:
+    """`measure_variant`, with an out-of-memory error recorded as the variant's result (the next one still runs)."""
+    try:
+        return measure_variant(variant, args, cfg, teacher, expert, make_lrm, device, shared)
+    except torch.cuda.OutOfMemoryError as err:
+        if "run" in shared:
+            shared["run"].optimizer.zero_grad(set_to_none=True)
+        return {"variant": variant, "error": f"out of memory: {str(err)[:200]}"}
+
+
+def measure_variant(variant: str, args, cfg, teacher, expert, make_lrm, device: torch.device, shared: dict) -> dict:
+    """Build the variant's student/target/optimizer (and LRM), warm up, time `args.steps` loop steps, count FLOPs.
+
+    With `--reuse-student` the first variant's run (student, target, optimizer: compiled once) serves every
+    variant and only the reward side changes; otherwise each variant builds its own.
+    """
     from rglcd.lrm import make_lrm_optimizer
     from rglcd.train.guidance import Guidance
     from rglcd.train.loop import train_step
 
     cuda = device.type == "cuda"
+    variant, _, number = variant.partition("/")
+    cfg.lrm.finetune_every = int(number) if number and variant == "lcd+lrm" else args.lrm_every
+    cfg.reward.batch_size = int(number) if number and variant == "lcd+direct" else None
     gc.collect()  # the previous variant's student, target and optimizer are gone before measuring
     if cuda:
         torch.cuda.empty_cache()
@@ -174,10 +225,18 @@ def measure(variant: str, args, cfg, teacher, expert, make_lrm, device: torch.de
         else:
             guidance = Guidance()
         cfg.reward.guidance = "lrm" if variant == "lcd+lrm" else "direct"
-        run = make_run(cfg, teacher, guidance)
+        run = shared.get("run") or make_run(cfg, teacher, guidance)
+        run.guidance = guidance
+        if args.reuse_student:
+            shared["run"] = run
         data = batches(cfg, teacher, variant == "lcd+latents", device)
+        warm = []
         for _ in range(args.warmup):
+            start = time.perf_counter()
             train_step(run, data)
+            if cuda:
+                torch.cuda.synchronize()
+            warm.append(time.perf_counter() - start)
         times = []
         for _ in range(args.steps):
             if cuda:
@@ -188,7 +247,14 @@ def measure(variant: str, args, cfg, teacher, expert, make_lrm, device: torch.de
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() if cuda else rss.grown
-    return {"variant": variant, "step_s": sum(times) / len(times), "min_step_s": min(times), "peak_bytes": peak}
+    step_s = sum(times) / len(times)
+    flops = count_flops(run, data) if args.flops else None
+    peak_tf = args.peak_tflops or peak_tflops(device, cfg.train.mixed_precision)
+    achieved = flops / step_s / 1e12 if flops else None
+    name = variant + (f"/{number}" if number else "")
+    return {"variant": name, "step_s": step_s, "min_step_s": min(times), "peak_bytes": peak, "warmup_s": warm,
+            "flops": flops, "tflops_per_s": achieved, "peak_tflops": peak_tf,
+            "mfu": achieved / peak_tf if achieved and peak_tf else None, "execution": run.execution}
 
 
 def measure_in_child(variant: str, argv: list[str]) -> dict:
@@ -212,9 +278,10 @@ def config_for(args):
         overrides = ["reward.name=hpsv2.1", "reward.weights=tiny", f"train.batch_size={args.batch or 4}"]
         cfg = load_config("tiny", overrides=overrides + [f"model.cache_dir={args.cache_dir}"])
     else:
-        overrides = [f"train.batch_size={args.batch or 4}", f"train.mixed_precision={args.precision}",
-                     f"train.gradient_checkpointing={str(args.gradient_checkpointing).lower()}"]
+        overrides = [f"train.mixed_precision={args.precision}"] + ([f"train.batch_size={args.batch}"] if args.batch else [])
         cfg = load_config("sd21-base-hpsv21-lrm", overrides=overrides)
+    cfg.train.gradient_checkpointing = {"on": True, "off": False, "auto": "auto"}[args.gradient_checkpointing]
+    cfg.train.compile = args.compile
     cfg.lrm.batch_size = min(cfg.lrm.batch_size, cfg.train.batch_size)
     return cfg
 
@@ -225,11 +292,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--size", default="tiny", choices=["tiny", "sd21-base"])
-    parser.add_argument("--batch", type=int, default=None, help="per-step batch (default 4)")
+    parser.add_argument("--batch", type=int, default=None, help="per-step batch (default: tiny 4, sd21-base the preset's)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant")
     parser.add_argument("--precision", default="bf16", choices=["no", "bf16", "fp16"], help="sd21-base on CUDA")
-    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--gradient-checkpointing", default="auto", choices=["on", "off", "auto"],
+                        help="auto: only when the measured free memory requires it (rglcd.train.fast)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                        help="torch.compile the student, target and teacher UNets (train.compile)")
+    parser.add_argument("--reuse-student", action=argparse.BooleanOptionalAction, default=False,
+                        help="one student/target/optimizer for all variants (compiled once; CUDA, no child processes)")
+    parser.add_argument("--lrm-every", type=int, default=1, help="lrm.finetune_every of the lcd+lrm variant")
+    parser.add_argument("--flops", action=argparse.BooleanOptionalAction, default=True,
+                        help="count FLOPs of one extra (eager) step per variant")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="device peak TFLOP/s for the MFU (default: PEAK_TFLOPS by device name; none on CPU)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--cache-dir", default="~/.cache/rglcd")
     parser.add_argument("--json", default=None, help="also write the results here")
@@ -250,10 +327,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
         torch.manual_seed(0)
         models = build_models(args, cfg, device, weight_dtype(cfg.train.mixed_precision, device))
-        rows = []
+        rows, shared = [], {}
         for v in variants:
-            rows.append(measure(v, args, cfg, *models, device))
+            rows.append(measure(v, args, cfg, *models, device, shared))
             print("measured " + json.dumps(rows[-1]), flush=True)  # partial results survive a time limit
+            if args.json:
+                Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows, "partial": True}, indent=2))
     if args.child:
         print("RESULT " + json.dumps(rows[0]))
         return rows
@@ -264,18 +343,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 def report(rows: list[dict], args, cfg, device: torch.device) -> None:
-    base = next(r for r in rows if r["variant"] == "lcd")
+    ok = [r for r in rows if "error" not in r]
+    base = next((r for r in ok if r["variant"] == "lcd"), None)
     what = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"# rglcd train step, size={args.size}, batch={cfg.train.batch_size}, res={cfg.model.resolution}, "
-          f"precision={cfg.train.mixed_precision}, grad-ckpt={cfg.train.gradient_checkpointing}, device={what}, "
-          f"mean of {args.steps} steps after {args.warmup} warm-up")
-    print(f"{'variant':<13} {'step s':>9} {'x lcd':>7} {'peak MiB':>10} {'x lcd':>7}")
+          f"precision={cfg.train.mixed_precision}, grad-ckpt={cfg.train.gradient_checkpointing}, "
+          f"compile={cfg.train.compile}, device={what}, mean of {args.steps} steps after {args.warmup} warm-up")
+    print(f"{'variant':<13} {'step s':>9} {'x lcd':>7} {'peak MiB':>10} {'x lcd':>7} {'TFLOP':>8} {'TFLOP/s':>8} {'MFU':>6}")
+    nan = float("nan")
     for r in rows:
-        mem = r["peak_bytes"] / base["peak_bytes"] if base["peak_bytes"] > 0 else float("nan")
-        print(f"{r['variant']:<13} {r['step_s']:>9.4f} {r['step_s'] / base['step_s']:>7.2f} "
-              f"{r['peak_bytes'] / 2**20:>10.1f} {mem:>7.2f}")
-    lat = next((r for r in rows if r["variant"] == "lcd+latents"), None)
-    if lat:
+        if "error" in r:
+            print(f"{r['variant']:<13} {r['error'][:80]}")
+            continue
+        time_x = r["step_s"] / base["step_s"] if base else nan
+        mem_x = r["peak_bytes"] / base["peak_bytes"] if base and base["peak_bytes"] > 0 else nan
+        tflop = (r["flops"] or nan) / 1e12
+        print(f"{r['variant']:<13} {r['step_s']:>9.4f} {time_x:>7.2f} {r['peak_bytes'] / 2**20:>10.1f} {mem_x:>7.2f} "
+              f"{tflop:>8.2f} {r['tflops_per_s'] or nan:>8.1f} {r['mfu'] or nan:>6.1%}")
+    if ok and ok[0].get("peak_tflops"):
+        print(f"MFU against a dense peak of {ok[0]['peak_tflops']} TFLOP/s ({cfg.train.mixed_precision}; "
+              f"benchmarks/train_step.py PEAK_TFLOPS)")
+    lat = next((r for r in ok if r["variant"] == "lcd+latents"), None)
+    if lat and base:
         print(f"precomputed latents: LCD step {base['step_s'] / lat['step_s']:.2f}x faster than encoding on the fly")
 
 

@@ -3,7 +3,7 @@ schedule, and the update after backward (clip, step or skip a non-finite step, s
 
     optimizer = make_optimizer(trainable(student), cfg.train)
     out.loss.backward()
-    norm, bad = optimizer_update(student, target, optimizer, cfg)
+    norm, bad = optimizer_update(student, target, optimizer, cfg)   # clip, then step_or_skip
 
 The training loop (`rglcd.train.loop`) and the toy runner (`rglcd.toy.runner`) both call these, so the
 rule for a non-finite step is written once, here.
@@ -60,22 +60,35 @@ def is_bad_step(loss_finite: bool, grad_norm: float, mixed_precision: str) -> bo
 def optimizer_update(student: torch.nn.Module, target: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg, *,
                      loss_finite: bool = True, clip_grad_norm: ClipFn = torch.nn.utils.clip_grad_norm_,
                      scheduler=None) -> tuple[float, bool]:
-    """After backward: clip the grad norm, then step the optimizer (or skip a bad step, `is_bad_step`), zero the
-    grads, step the LR schedule and EMA-update the target (docs/method.md 2.10, 3). Returns (pre-clip norm, bad).
+    """After backward: clip the grad norm, then `step_or_skip` (docs/method.md 2.10, 3). Returns (pre-clip
+    norm, bad).
 
     student: the unwrapped student (no DDP wrapper); target: its EMA copy. A loop on accelerate passes
     `clip_grad_norm=accelerator.clip_grad_norm_` (it unscales fp16 gradients first) and `loss_finite` agreed
-    across processes. A step the fp16 grad scaler skipped moves neither the schedule nor the target.
+    across processes.
     """
     norm = float(clip_grad_norm(trainable(student), cfg.train.max_grad_norm))
-    bad = is_bad_step(loss_finite, norm, cfg.train.mixed_precision)
+    return norm, step_or_skip(student, target, optimizer, cfg, loss_finite=loss_finite, grad_norm=norm,
+                              scheduler=scheduler)
+
+
+def step_or_skip(student: torch.nn.Module, target: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg, *,
+                 loss_finite: bool, grad_norm: float, scheduler=None) -> bool:
+    """With gradients already clipped: step the optimizer (or skip a bad step, `is_bad_step`), zero the grads,
+    step the LR schedule and EMA-update the target. Returns whether the step was bad.
+
+    A step the fp16 grad scaler skipped moves neither the schedule nor the target. The training loop calls
+    this directly after reading its loss terms and the grad norm back from the device in one copy
+    (rglcd.train.terms); everything else calls `optimizer_update`.
+    """
+    bad = is_bad_step(loss_finite, grad_norm, cfg.train.mixed_precision)
     if bad and cfg.train.mixed_precision != "fp16":
         optimizer.zero_grad(set_to_none=True)
-        return norm, True
+        return True
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if not getattr(optimizer, "step_was_skipped", False):  # accelerate's AcceleratedOptimizer under fp16
         if scheduler is not None:
             scheduler.step()
         ema_update(target, student, cfg.distill.ema_decay)
-    return norm, bad
+    return bad

@@ -65,13 +65,14 @@ def _sample(args: argparse.Namespace) -> None:
     import torch
 
     from rglcd.data.prompts import load_prompts
-    from rglcd.sample import ddim_sample, lcm_sample, load_sampling_model, save_grid, to_pil
+    from rglcd.sample import ddim_sample, lcm_sample, load_sampling_model, prepare_sampling, save_grid, to_pil
 
     cfg = config_from_args(args)
     prompts = args.prompt if args.prompt else load_prompts(args.prompts_file, field="--prompts-file")
     if any(not p.strip() for p in prompts):
         raise ValueError("--prompt: empty prompts are not allowed")
-    model = load_sampling_model(args.model, cfg.model.cache_dir, resolve_device(args.device))
+    model = prepare_sampling(load_sampling_model(args.model, cfg.model.cache_dir, resolve_device(args.device)),
+                             cfg.eval.compile)
     if args.teacher:
         runs = {f"teacher-{n}": (ddim_sample, n, _or(args.guidance, cfg.eval.teacher_guidance))
                 for n in (args.steps or [cfg.eval.teacher_steps])}

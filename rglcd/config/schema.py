@@ -69,6 +69,8 @@ class LRMConfig:
     checkpoint: str | None = F(None, "pretrained LRM checkpoint dir or s3:// URI")
     # Fine-tune the LRM online against the expert every step (METHOD.md 4).
     finetune: bool = F(True, "fine-tune the LRM online against the expert")
+    # Fine-tune every k optimizer steps: the expert decodes and scores 3 x batch_size latents each time.
+    finetune_every: int = F(1, "optimizer steps between LRM fine-tuning updates (1: every step)", gt=0)
     lr: float = F(3.3e-6, "LRM fine-tuning learning rate", gt=0)
     batch_size: int = F(16, "examples per process in the LRM fine-tuning sub-batch", gt=0)
     # Latent ViT image tower (METHOD.md 4).
@@ -130,7 +132,10 @@ class TrainConfig:
     warmup_steps: int = F(0, "warmup steps of constant_with_warmup", ge=0)
     max_grad_norm: float = F(1.0, "gradient-norm clip", gt=0)
     mixed_precision: Precision = F("no", "autocast precision; the teacher follows it")
-    gradient_checkpointing: bool = F(False, "gradient checkpointing in the student UNet")
+    # "auto": on CUDA, on only when the measured free memory cannot hold the batch's activations (rglcd.train.fast).
+    gradient_checkpointing: bool | Literal["auto"] = F(False, "gradient checkpointing in the student UNet (auto: only when memory requires it)")
+    # torch.compile of the student, EMA-target and teacher UNets (same weights and checkpoints; rglcd.train.fast).
+    compile: bool = F(False, "torch.compile the student, target and teacher UNets")
     lora_rank: int = F(0, "LoRA rank (0: full fine-tuning)", ge=0)
     # With LoRA, <output_dir>/model always holds the merged UNet; this also writes the adapter to <output_dir>/lora.
     lora_save_adapter: bool = F(True, "with LoRA, also save the adapter (diffusers LoRA format + guidance projection)")
@@ -180,6 +185,9 @@ class EvalConfig:
     grid_prompts: int = F(4, "prompts (rows) in the HTML sample grid", gt=0)
     device: str = F("auto", "evaluation device: auto (cuda if a GPU is visible, else cpu), cpu, cuda, cuda:N (rglcd.devices)")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = F("auto", "model dtype (auto: fp16 on CUDA, fp32 on CPU)")
+    # Compiled sampling for `rglcd sample`, evaluation (latency too) and serving: rglcd.sample.prepare_sampling.
+    compile: Literal["auto", "none", "default", "reduce-overhead", "max-autotune-no-cudagraphs"] = F(
+        "auto", "torch.compile mode of the sampling UNet, VAE decoder and text encoder (auto: reduce-overhead on CUDA, none on CPU)")
 
 
 @dataclass

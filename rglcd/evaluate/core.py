@@ -222,7 +222,7 @@ def evaluate(cfg, model_dir: str | Path, out_dir: str | Path, teacher: str | Non
     """Evaluate the exported student in `model_dir` against its teacher; write metrics.json and report.html."""
     from rglcd.evaluate.latency import latency_report
     from rglcd.evaluate.report import write_html, write_metrics
-    from rglcd.sample import load_sampling_model
+    from rglcd.sample import load_sampling_model, prepare_sampling
 
     _check(cfg)
     e, t0 = cfg.eval, time.perf_counter()
@@ -233,10 +233,10 @@ def evaluate(cfg, model_dir: str | Path, out_dir: str | Path, teacher: str | Non
         raise FileNotFoundError(f"model_dir (--model): {str(model_dir)!r} is not an exported student (no model_index.json); "
                                 "allowed: a directory written by rglcd's export (a diffusers pipeline directory)")
     teacher_ref = teacher or cfg.model.teacher
-    student = load_sampling_model(str(model_dir), cfg.model.cache_dir, device, dtype)
+    student = prepare_sampling(load_sampling_model(str(model_dir), cfg.model.cache_dir, device, dtype), e.compile)
     if not student.is_lcm:
         raise ValueError(f"--model {str(model_dir)!r}: its UNet has no guidance embedding; expected an exported student")
-    teacher_m = load_sampling_model(teacher_ref, cfg.model.cache_dir, device, dtype)
+    teacher_m = prepare_sampling(load_sampling_model(teacher_ref, cfg.model.cache_dir, device, dtype), e.compile)
     scorers, fns = Scorers(cfg, device), samplers(cfg, student, teacher_m)
 
     spec = e.prompts or cfg.data.prompts
@@ -251,7 +251,7 @@ def evaluate(cfg, model_dir: str | Path, out_dir: str | Path, teacher: str | Non
                       sets.get(f"student-{e.gate_steps}")) if e.fid_reference else None
     metrics["fid"] = fid
     metrics["latency"] = latency_report(student, teacher_m, e.steps, e.teacher_steps, e.guidance, e.teacher_guidance,
-                                        e.latency_batch_size, cfg.model.resolution, 1, e.latency_repeats)
+                                        e.latency_batch_size, cfg.model.resolution, None, e.latency_repeats)
     metrics["summary"] = summary(cfg, metrics["prompt_set"], bench, fid, metrics["latency"])
     decision = gate(metrics, e, production_metrics)
     metrics["gate"] = {**asdict(decision), "production": production_metrics}

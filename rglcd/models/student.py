@@ -33,6 +33,14 @@ def make_target(student: torch.nn.Module) -> torch.nn.Module:
 
 @torch.no_grad()
 def ema_update(target: torch.nn.Module, student: torch.nn.Module, decay: float) -> None:
-    """target <- decay * target + (1 - decay) * student (METHOD.md 2.10)."""
-    for t, s in zip(target.parameters(), student.parameters()):
-        t.lerp_(s.detach().to(t.dtype), 1.0 - decay)
+    """target <- decay * target + (1 - decay) * student (METHOD.md 2.10), as one multi-tensor update.
+
+    `torch._foreach_lerp_` runs the same lerp as a per-parameter `Tensor.lerp_` loop (bit-exact), in a few
+    fused launches per (device, dtype) group instead of one launch per parameter (~700 for SD's UNet).
+    """
+    targets = list(target.parameters())
+    sources = list(student.parameters())
+    if len(targets) != len(sources):
+        raise ValueError(f"ema_update: the target has {len(targets)} parameters, the student {len(sources)}")
+    sources = [s.detach().to(t.dtype) for t, s in zip(targets, sources)]
+    torch._foreach_lerp_(targets, sources, 1.0 - decay)

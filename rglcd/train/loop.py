@@ -15,7 +15,7 @@ import math
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,13 +24,15 @@ import torch
 from rglcd.data.sources import open_source
 from rglcd.data.stream import StreamSpec, make_loader
 from rglcd.models import load_teacher, make_target
-from rglcd.optim import make_optimizer, make_scheduler, optimizer_update, trainable
+from rglcd.optim import make_optimizer, make_scheduler, step_or_skip, trainable
 from rglcd.step import lcd_step
 from rglcd.train.checkpoint import TrainState, list_checkpoints
+from rglcd.train.fast import prepare_unets
 from rglcd.train.guidance import Guidance, build_guidance, finetune_lrm
 from rglcd.train.outputs import TrainResult, finish_run, start_outputs
 from rglcd.train.resume import resume_run
 from rglcd.train.setup import build_student, weight_dtype
+from rglcd.train.terms import StepTerms
 
 Hook = Callable[..., None]
 
@@ -99,10 +101,10 @@ def any_process(accelerator, value: bool) -> bool:
     return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 
 
-def micro_steps(run, batches) -> tuple[dict[str, float], Any]:
-    """Forward and backward over grad_accum micro-batches; returns the mean loss terms and the last output."""
+def micro_steps(run, batches) -> tuple[StepTerms, Any]:
+    """Forward and backward over grad_accum micro-batches; returns the loss terms (on the device) and the last output."""
     acc, cfg, A = run.accelerator, run.cfg, run.cfg.train.grad_accum
-    sums = {"loss": 0.0, "lcd_loss": 0.0, "reward_loss": 0.0, "reward": 0.0}
+    sums = StepTerms(acc.device, A)
     out = batch = None
     for micro in range(A):
         batch = next(batches)
@@ -113,19 +115,20 @@ def micro_steps(run, batches) -> tuple[dict[str, float], Any]:
                                reward=run.guidance.student_reward)
             acc.backward(out.loss / A)
         run.state.micro_batches += 1
-        for key in ("loss", "lcd_loss", "reward_loss"):
-            sums[key] += float(getattr(out, key).detach()) / A
-        sums["reward"] += (float(out.reward) if out.reward is not None else 0.0) / A
+        sums.add(out)
         run.hook("micro_batch", run=run, step=run.state.step, micro=micro)
     return sums, (out, batch)
 
 
-def update(run, terms: dict[str, float]) -> tuple[float, bool]:
-    """`rglcd.optim.optimizer_update` on accelerate: its grad clipping, a loss verdict agreed by all processes."""
-    acc = run.accelerator
-    loss_finite = not any_process(acc, not math.isfinite(terms["loss"]))
-    return optimizer_update(acc.unwrap_model(run.student), run.target, run.optimizer, run.cfg,
-                            loss_finite=loss_finite, clip_grad_norm=acc.clip_grad_norm_, scheduler=run.scheduler)
+def update(run, sums: StepTerms) -> tuple[dict[str, float], float, bool]:
+    """Clip with accelerate (it unscales fp16 gradients first), read the loss terms (averaged over processes)
+    and the grad norm back in one copy, then `rglcd.optim.step_or_skip`. Returns (terms, norm, bad)."""
+    acc, cfg = run.accelerator, run.cfg
+    terms, norm = sums.reduce(acc, acc.clip_grad_norm_(run.params, cfg.train.max_grad_norm))
+    # The mean over processes of a non-finite loss is non-finite: finite here means finite on every process.
+    bad = step_or_skip(acc.unwrap_model(run.student), run.target, run.optimizer, cfg,
+                       loss_finite=math.isfinite(terms["loss"]), grad_norm=norm, scheduler=run.scheduler)
+    return terms, norm, bad
 
 
 def check_bad_steps(run, bad: bool, terms: dict[str, float], norm: float) -> None:
@@ -157,6 +160,7 @@ class Run:
     state: TrainState
     params: list
     hooks: dict[str, Hook]
+    execution: dict[str, Any] = field(default_factory=dict)   # checkpointing/compile as resolved (run.json)
 
     def hook(self, name: str, **kwargs) -> None:
         if name in self.hooks:
@@ -173,13 +177,14 @@ def build_run(cfg, lrm_checkpoint: str | None, hooks: dict[str, Hook] | None) ->
     set_seed(cfg.train.seed)  # right before the student's new guidance projection is drawn: runs repeat exactly
     student = build_student(teacher.unet, cfg.train, cfg.model.time_cond_proj_dim).to(acc.device)
     target = make_target(student)
+    execution = prepare_unets(cfg, teacher, student, target, acc.device)
     guidance = build_guidance(cfg, lrm_checkpoint, acc.device, dtype)
     optimizer = make_optimizer(trainable(student), cfg.train)
     scheduler = make_scheduler(optimizer, cfg.train)
     student, optimizer, scheduler = acc.prepare(student, optimizer, scheduler)
     state = TrainState()
     return Run(cfg, acc, Path(cfg.train.output_dir), teacher, student, target, optimizer, scheduler, guidance,
-               state, trainable(acc.unwrap_model(student)), hooks or {})
+               state, trainable(acc.unwrap_model(student)), hooks or {}, execution)
 
 
 def train(cfg, data_dir: str | None = None, lrm_checkpoint: str | None = None, resume: str | None = "auto",
@@ -213,19 +218,16 @@ def train_step(run: Run, batches) -> dict[str, Any]:
     """One optimizer step (and the LRM update after it); returns its metrics record."""
     acc, cfg = run.accelerator, run.cfg
     started = time.perf_counter()
-    terms, (out, batch) = micro_steps(run, batches)
-    norm, bad = update(run, terms)
+    sums, (out, batch) = micro_steps(run, batches)
+    terms, norm, bad = update(run, sums)
     lrm = {}
-    if not bad and run.guidance.finetunes:
+    if not bad and run.guidance.finetunes and run.state.step % cfg.lrm.finetune_every == 0:
         with acc.autocast():
             lrm = finetune_lrm(run.guidance, run.teacher, out, batch, cfg, run.state.step, acc.process_index)
     run.state.step += 1
     examples = cfg.train.batch_size * cfg.train.grad_accum * acc.num_processes
     run.state.examples += examples
     check_bad_steps(run, bad, terms, norm)
-    names = list(terms)
-    means = acc.reduce(torch.tensor([terms[k] for k in names], device=acc.device), reduction="mean")
-    terms = dict(zip(names, means.tolist()))  # over all processes: the loss of the global batch
     elapsed = time.perf_counter() - started
     return {"step": run.state.step, **terms, "reward": terms["reward"] if run.guidance.student_reward else None,
             "lrm_loss": lrm.get("lrm_loss"), "lrm_acc": lrm.get("lrm_acc"), "grad_norm": norm,

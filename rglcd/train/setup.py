@@ -34,7 +34,7 @@ def build_student(teacher_unet: torch.nn.Module, train_cfg, time_cond_proj_dim: 
         for name, p in student.named_parameters():  # the guidance projection is new: it trains in full
             if name.startswith(GUIDANCE_PROJ):
                 p.requires_grad_(True)
-    if train_cfg.gradient_checkpointing:
+    if train_cfg.gradient_checkpointing is True:  # "auto" is resolved later (rglcd.train.fast.prepare_unets)
         student.enable_gradient_checkpointing()
     return student.train()
 
