@@ -41,6 +41,7 @@ def tiny_cfg(model_cache, tmp_path):
     def make(*overrides: str):
         base = [f"model.cache_dir={model_cache}", f"train.output_dir={tmp_path / 'run'}",
                 f"storage.remote={tmp_path / 'remote'}", f"storage.cache_dir={tmp_path / 'dvc-cache'}",
-                f"registry.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+                f"registry.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                "registry.track_training=false"]   # tests of tracking turn it on (and use the mlflow_db fixture)
         return load_config("tiny", overrides=base + list(overrides))
     return make

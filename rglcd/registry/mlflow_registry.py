@@ -110,6 +110,13 @@ def _experiment_id(client: Any, cfg: Any) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
+def tracking_client(cfg: Any) -> tuple[Any, str]:
+    """(MlflowClient, experiment id) of `cfg.registry`: where training runs and registrations are logged."""
+    client = _client(cfg)
+    with _errors(cfg, "opening the experiment"):
+        return client, _experiment_id(client, cfg)
+
+
 def _check_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     if not isinstance(metrics, dict):
         raise RegistryError(f"metrics: expected a mapping name -> number, got {type(metrics).__name__}")
@@ -121,11 +128,12 @@ def _check_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _redact_tree(value: Any) -> Any:
+def redact_tree(value: Any) -> Any:
+    """`value` (config data) with passwords and tokens in every string masked."""
     if isinstance(value, dict):
-        return {k: _redact_tree(v) for k, v in value.items()}
+        return {k: redact_tree(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_redact_tree(v) for v in value]
+        return [redact_tree(v) for v in value]
     return redact(value) if isinstance(value, str) else value
 
 
@@ -154,7 +162,7 @@ class _Record:
 
 def _record(pointer: Pointer, metrics: dict[str, Any], config_dict: dict[str, Any], data_version: Any,
             run_id: str | None) -> _Record:
-    config = _redact_tree(config_dict)
+    config = redact_tree(config_dict)
     kfp = provenance.kfp_run_id(run_id)
     data = data_version.md5 if isinstance(data_version, Pointer) else (str(data_version) if data_version else None)
     prov = {"code_revision": provenance.code_revision(), "libraries": provenance.library_versions(),

@@ -1,0 +1,190 @@
+"""Training tracked in MLflow: params, the dataset as the run's input, per-step metrics (docs/serving.md "Tracking").
+
+    with open_tracking(cfg, data_info, out_dir, is_main, resumed=...) as tracker:   # rank 0 only; others no-op
+        ...
+        tracker.log(record)          # never blocks: a bounded queue, drained by a background thread
+
+The run lives in the experiment named like the registered model at `registry.tracking_uri`, tagged
+`rglcd.role=train` and with the KFP run id, so the registration of the same KFP run makes it the version's
+run (rglcd.registry.mlflow_registry.find_training_run). Per-step numbers go in as `train/<name>` metrics
+(loss, lcd_loss, reward, reward_loss, lr, grad_norm, examples_per_s, step_time_s, ...) with step = the
+optimizer step, batched into `log_batch` calls by the thread. A slow or unreachable server never stalls
+training: when the queue is full the oldest records are dropped and counted (tag `rglcd.dropped_records`).
+The run id is kept in `<output_dir>/mlflow-run.json`, so a resumed training continues the same run.
+Upstream: mlflow/tracking/client.py (`log_batch`, `log_inputs`), mlflow/data/meta_dataset.py.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "mlflow-run.json"
+PREFIX = "train/"
+BATCH_LIMIT = 1000              # MLflow's cap on metrics per log_batch call
+_STOP = object()
+
+
+def metrics_of(record: dict[str, Any]) -> dict[str, float]:
+    """The finite numbers of one metrics record, named `train/<key>` (the step itself is the x-axis)."""
+    return {f"{PREFIX}{k}": float(v) for k, v in record.items()
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+class NullTracker:
+    """Tracking switched off (registry.track_training false) or a process other than rank 0."""
+    run_id: str | None = None
+    dropped = 0
+    interrupted = False
+
+    def log(self, record: dict[str, Any]) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+class MlflowTracker(NullTracker):
+    def __init__(self, client: Any, run_id: str, queue_size: int, flush_s: float = 1.0):
+        self.client, self.run_id, self.flush_s = client, run_id, flush_s
+        self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.dropped = 0
+        self.interrupted = False
+        self._thread = threading.Thread(target=self._drain, name="rglcd-mlflow-metrics", daemon=True)
+        self._thread.start()
+
+    def log(self, record: dict[str, Any]) -> None:
+        item = (int(record["step"]), int(time.time() * 1000), metrics_of(record))
+        while True:
+            try:
+                self.queue.put_nowait(item)
+                return
+            except queue.Full:                     # drop the oldest, keep the newest: training goes on
+                try:
+                    self.queue.get_nowait()
+                    self.dropped += 1
+                except queue.Empty:
+                    pass
+
+    def _take(self) -> tuple[list, bool]:
+        """Up to BATCH_LIMIT metrics waiting in the queue (waits flush_s for the first); (items, stop seen)."""
+        items, count = [], 0
+        try:
+            first = self.queue.get(timeout=self.flush_s)
+        except queue.Empty:
+            return items, False
+        if first is _STOP:
+            return items, True
+        items.append(first)
+        count += len(first[2])
+        while count < BATCH_LIMIT:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return items, True
+            items.append(item)
+            count += len(item[2])
+        return items, False
+
+    def _send(self, items: list) -> None:
+        from mlflow.entities import Metric
+
+        metrics = [Metric(k, v, ts, step) for step, ts, values in items for k, v in values.items()]
+        for i in range(0, len(metrics), BATCH_LIMIT):
+            try:
+                self.client.log_batch(self.run_id, metrics=metrics[i:i + BATCH_LIMIT])
+            except Exception as err:  # noqa: BLE001  (a tracking outage must not end training)
+                self.dropped += len(items)
+                log.warning("MLflow metrics not logged (%d records dropped so far): %s", self.dropped, err)
+
+    def _drain(self) -> None:
+        stop = False
+        while not stop:
+            items, stop = self._take()
+            if items:
+                self._send(items)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        from mlflow.entities import RunTag
+
+        self.queue.put(_STOP)                      # blocks only while the thread frees a slot
+        self._thread.join(timeout=60)
+        status = "FAILED" if exc_type else ("KILLED" if self.interrupted else "FINISHED")
+        try:
+            self.client.log_batch(self.run_id, tags=[RunTag("rglcd.dropped_records", str(self.dropped))])
+            self.client.set_terminated(self.run_id, status)
+        except Exception as err:  # noqa: BLE001
+            log.warning("MLflow run %s not closed (%s): %s", self.run_id, status, err)
+
+
+def _dataset(data_info: dict[str, Any]) -> Any:
+    """The training data as an mlflow.data dataset: its location and content hash (no data is uploaded)."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from rglcd.storage import redact
+
+    spec = redact(str(data_info.get("spec")))
+    try:
+        source = resolve_dataset_source(spec)
+    except Exception:  # noqa: BLE001  (builtin:... and other specs no MLflow source understands)
+        source = CodeDatasetSource({"rglcd.data": spec})
+    digest = data_info.get("content_hash")
+    return MetaDataset(source, name=Path(spec.rstrip("/")).name or spec, digest=digest[:36] if digest else None)
+
+
+def _log_start(client: Any, run_id: str, config: dict[str, Any], data_info: dict[str, Any]) -> None:
+    from mlflow.entities import DatasetInput, InputTag, Param
+
+    from rglcd.registry.provenance import flatten
+
+    params = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in flatten(config).items()]
+    for i in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[i:i + 100])
+    dataset = _dataset(data_info)._to_mlflow_entity()
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
+
+
+def _resume_run(client: Any, out_dir: Path) -> str | None:
+    file = out_dir / RUN_FILE
+    if not file.is_file():
+        return None
+    try:
+        run_id = str(json.loads(file.read_text())["run_id"])
+        client.get_run(run_id)
+    except Exception:  # noqa: BLE001  (another tracking server, a deleted run, a damaged file: start a new run)
+        return None
+    client.update_run(run_id, status="RUNNING")
+    return run_id
+
+
+def open_tracking(cfg: Any, data_info: dict[str, Any], out_dir: Path, is_main: bool, resumed: bool = False):
+    """A tracker for this process: MLflow on rank 0 when `registry.track_training`, else a no-op."""
+    if not (is_main and cfg.registry.track_training):
+        return NullTracker()
+    from rglcd.config.fields import to_dict
+    from rglcd.registry.mlflow_registry import redact_tree, tracking_client
+    from rglcd.registry.provenance import kfp_run_id
+
+    client, exp_id = tracking_client(cfg)
+    run_id = _resume_run(client, out_dir) if resumed else None
+    if run_id is None:
+        tags = {"rglcd.role": "train", "kfp_run_id": kfp_run_id() or "", "rglcd.output_dir": str(out_dir)}
+        run_id = client.create_run(exp_id, tags=tags, run_name=f"train-{out_dir.name}").info.run_id
+        _log_start(client, run_id, redact_tree(to_dict(cfg)), data_info)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / RUN_FILE).write_text(json.dumps({"run_id": run_id}))
+    return MlflowTracker(client, run_id, cfg.registry.track_queue_size)
