@@ -32,22 +32,6 @@ def client(cfg):
     return MlflowClient(tracking_uri=cfg.registry.tracking_uri, registry_uri=cfg.registry.tracking_uri)
 
 
-@pytest.fixture(scope="module")
-def student_dir(tmp_path_factory, model_cache) -> Path:
-    """A tiny exported LCM student (guidance projection perturbed so w matters)."""
-    from rglcd.export import export_student
-    from rglcd.models import load_teacher, make_student
-
-    teacher = load_teacher("tiny:epsilon", model_cache)
-    torch.manual_seed(1)
-    student = make_student(teacher.unet, 256)
-    with torch.no_grad():
-        for p in student.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    return export_student(student.eval(), teacher, tmp_path_factory.mktemp("student") / "student",
-                          teacher_ref="tiny:epsilon")
-
-
 def decode(b64: str) -> np.ndarray:
     return np.array(Image.open(io.BytesIO(base64.b64decode(b64))))
 
@@ -126,7 +110,7 @@ def test_metrics_of_keeps_finite_numbers_only():
 # ---------------------------------------------------------------- the pyfunc model
 
 @pytest.mark.parametrize("weights", ["dvc", "artifacts"])
-def test_registered_version_loads_with_plain_mlflow_and_matches_rglcd_sample(weights, student_dir, tiny_cfg,
+def test_registered_version_loads_with_plain_mlflow_and_matches_rglcd_sample(weights, tiny_student_dir, tiny_cfg,
                                                                               mlflow_db, tmp_path, monkeypatch):
     import mlflow
     import pandas as pd
@@ -134,7 +118,7 @@ def test_registered_version_loads_with_plain_mlflow_and_matches_rglcd_sample(wei
     from rglcd.cli import main
 
     cfg = tiny_cfg(f"registry.model_weights={weights}")
-    info = register(cfg, push(cfg, student_dir).pointer, {"hps": 1.0}, to_dict(cfg), "d1", run_id="kfp-pyfunc")
+    info = register(cfg, push(cfg, tiny_student_dir).pointer, {"hps": 1.0}, to_dict(cfg), "d1", run_id="kfp-pyfunc")
     monkeypatch.setenv("RGLCD_WEIGHTS_CACHE", str(tmp_path / "weights-cache"))
     mlflow.set_tracking_uri(cfg.registry.tracking_uri)
     mlflow.set_registry_uri(cfg.registry.tracking_uri)
@@ -150,18 +134,18 @@ def test_registered_version_loads_with_plain_mlflow_and_matches_rglcd_sample(wei
     out = model.predict(pd.DataFrame({"prompt": ["a red fox", "a blue car"], "seed": [7, 8], "steps": [2, 2]}))
     assert list(out.seed) == [7, 8] and list(out.prompt) == ["a red fox", "a blue car"]
     for row, prompt, seed in ((0, "a red fox", 7), (1, "a blue car", 8)):
-        main(["sample", "--model", str(student_dir), "--prompt", prompt, "--seed", str(seed), "--steps", "2",
+        main(["sample", "--model", str(tiny_student_dir), "--prompt", prompt, "--seed", str(seed), "--steps", "2",
               "--out", str(tmp_path / f"s{row}"), "--set", f"model.cache_dir={cfg.model.cache_dir}"])
         expected = np.array(Image.open(tmp_path / f"s{row}" / "steps-2" / "000.png"))
         np.testing.assert_array_equal(decode(out.image[row]), expected)
 
 
-def test_pyfunc_refuses_bad_rows_with_the_field_named(student_dir, tiny_cfg, mlflow_db, tmp_path, monkeypatch):
+def test_pyfunc_refuses_bad_rows_with_the_field_named(tiny_student_dir, tiny_cfg, mlflow_db, tmp_path, monkeypatch):
     import mlflow
     import pandas as pd
 
     cfg = tiny_cfg()
-    register(cfg, push(cfg, student_dir).pointer, {"hps": 1.0}, to_dict(cfg), "d1", run_id="kfp-bad")
+    register(cfg, push(cfg, tiny_student_dir).pointer, {"hps": 1.0}, to_dict(cfg), "d1", run_id="kfp-bad")
     monkeypatch.setenv("RGLCD_WEIGHTS_CACHE", str(tmp_path / "weights-cache"))
     mlflow.set_registry_uri(cfg.registry.tracking_uri)
     mlflow.set_tracking_uri(cfg.registry.tracking_uri)
