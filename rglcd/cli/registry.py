@@ -36,6 +36,10 @@ def add_models_actions(cmds: argparse._SubParsersAction) -> None:
     promote = cmds.add_parser("promote", help="point an alias (default: production) at a version")
     promote.add_argument("version", metavar="VERSION", type=int, help="registered version number")
     promote.add_argument("--alias", default="production", help="alias to move (default: %(default)s)")
+    promote.add_argument("--traffic", action="store_true",
+                         help="also send all traffic of the KServe InferenceService serve.inference_service "
+                              "(namespace pipeline.namespace) to this version, before moving the alias")
+    promote.add_argument("--kubeconfig", help="with --traffic: kubeconfig (default: in-cluster, then ~/.kube/config)")
     add_config_args(promote)
     promote.set_defaults(func=_promote)
 
@@ -102,7 +106,14 @@ def _list(args: argparse.Namespace) -> None:
 
 
 def _promote(args: argparse.Namespace) -> None:
-    from rglcd.registry import promote
+    from rglcd.registry import get_version, promote
 
-    info = promote(config_from_args(args), args.version, args.alias)
+    cfg = config_from_args(args)
+    if args.traffic:    # the cluster side lives in components/ (kubernetes), imported only here
+        from components.k8s_launcher import api_client
+        from components.rollout import promote as promote_with_traffic
+
+        done = promote_with_traffic(api_client(args.kubeconfig), cfg, args.version, args.alias)
+        print(f"{cfg.serve.inference_service}: all traffic to {done['model']}")
+    info = get_version(cfg, version=args.version) if args.traffic else promote(cfg, args.version, args.alias)
     print(f"{info.name} version {info.version} is now {args.alias!r} (aliases: {', '.join(info.aliases)})")
