@@ -5,7 +5,6 @@ The object is read, changed by rglcd.serve.rollout and written back with its res
 writer makes the update fail with 409 and it is retried on the fresh object). Promotion moves the traffic
 first, then the registry alias: a failed cluster update leaves both where they were.
 """
-from __future__ import annotations
 
 from typing import Any, NamedTuple
 
