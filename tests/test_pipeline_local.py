@@ -143,3 +143,5 @@ def test_the_version_points_at_the_training_run_with_per_step_metrics(passed):
     for name in ("train/loss", "train/lr", "train/examples_per_s"):
         assert sorted(m.step for m in client.get_metric_history(version.run_id, name)) == [1, 2, 3, 4], name
     assert training.inputs.dataset_inputs and version.source == f"runs:/{version.run_id}/model"
+    # the entry says what the distillation bought when served: images/s against the teacher's
+    assert {"served_images_per_s_b1", "teacher_images_per_s_b1", "served_speedup_b8"} <= set(version.metrics)

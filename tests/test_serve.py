@@ -182,3 +182,21 @@ def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(tiny_student_dir
     assert proc.wait(timeout=60) == 0
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{url}/v2/health/live", timeout=5)
+
+
+def test_evaluation_reports_the_serving_cost_next_to_the_teacher(tiny_student_dir, tiny_cfg):
+    from rglcd.evaluate.serving import serving_cost, serving_summary
+    from rglcd.sample import load_sampling_model
+
+    cfg = tiny_cfg("serve.max_batch_size=4", "eval.latency_repeats=1", "eval.teacher_steps=50")
+    student = load_sampling_model(str(tiny_student_dir), cfg.model.cache_dir)
+    teacher = load_sampling_model("tiny:epsilon", cfg.model.cache_dir)
+    cost = serving_cost(student, teacher, cfg)
+    assert set(cost["batches"]) == {"1", "4"} and cost["student_steps"] == 4 and cost["teacher_steps"] == 50
+    for batch, row in cost["batches"].items():
+        assert row["student_images_per_s"] == pytest.approx(int(batch) / row["student_latency_s"])
+        assert row["speedup"] == pytest.approx(row["student_images_per_s"] / row["teacher_images_per_s"])
+        assert row["speedup"] > 1                     # 4 LCM steps beat 50 DDIM steps with CFG
+    flat = serving_summary(cost)
+    assert set(flat) == {f"{k}_b{b}{s}" for b in (1, 4) for k, s in (("served_latency", "_s"),
+                         ("served_images_per_s", ""), ("teacher_images_per_s", ""), ("served_speedup", ""))}

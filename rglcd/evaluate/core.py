@@ -229,6 +229,7 @@ def evaluate(cfg, model_dir: str | Path, out_dir: str | Path, teacher: str | Non
     """Evaluate the exported student in `model_dir` against its teacher; write metrics.json and report.html."""
     from rglcd.evaluate.latency import latency_report
     from rglcd.evaluate.report import write_html, write_metrics
+    from rglcd.evaluate.serving import serving_cost, serving_summary
     from rglcd.sample import load_sampling_model
 
     _check(cfg)
@@ -259,7 +260,9 @@ def evaluate(cfg, model_dir: str | Path, out_dir: str | Path, teacher: str | Non
     metrics["fid"] = fid
     metrics["latency"] = latency_report(student, teacher_m, e.steps, e.teacher_steps, e.guidance, e.teacher_guidance,
                                         e.latency_batch_size, cfg.model.resolution, 1, e.latency_repeats)
-    metrics["summary"] = summary(cfg, metrics["prompt_set"], bench, fid, metrics["latency"])
+    metrics["serving"] = serving_cost(student, teacher_m, cfg)
+    metrics["summary"] = {**summary(cfg, metrics["prompt_set"], bench, fid, metrics["latency"]),
+                          **serving_summary(metrics["serving"])}
     decision = gate(metrics, e, production_metrics)
     metrics["gate"] = {**asdict(decision), "production": production_metrics}
     metrics["run"] = {**_run_info(cfg, model_dir, teacher_ref, device, dtype),
