@@ -42,7 +42,8 @@ def tiny_student(folder: Path, cache: str) -> Path:
     from rglcd.models import load_teacher, make_student
 
     teacher = load_teacher("tiny:epsilon", cache)
-    return export_student(make_student(teacher.unet, 256).eval(), teacher, folder / "student", teacher_ref="tiny:epsilon")
+    return export_student(make_student(teacher.unet, 256).eval(), teacher, folder / "student",
+                          teacher_ref="tiny:epsilon")
 
 
 def start(model: str, batch: int, args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen, str]:

@@ -107,7 +107,8 @@ def model_config(cfg: Any) -> dict[str, Any]:
     """Load-time settings stored in the MLmodel; `mlflow.pyfunc.load_model(uri, model_config=...)` overrides."""
     s = cfg.serve
     return {"device": s.device, "precision": s.precision, "max_steps": s.max_steps, "max_size": s.max_size,
-            "max_images": s.max_images, "max_batch_size": s.max_batch_size, "default_steps": s.default_steps, "default_guidance": float(cfg.eval.guidance)}
+            "max_images": s.max_images, "max_batch_size": s.max_batch_size, "default_steps": s.default_steps,
+            "default_guidance": float(cfg.eval.guidance)}
 
 
 def save_pyfunc(cfg: Any, pointer: Pointer, path: str | Path) -> Path:

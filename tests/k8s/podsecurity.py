@@ -24,7 +24,8 @@ def _pod_level(spec: dict[str, Any]) -> list[str]:
     for volume in spec.get("volumes", []):
         kinds = set(volume) - {"name"}
         if not kinds <= RESTRICTED_VOLUMES:
-            errors.append(f"volume {volume['name']!r} is of type {sorted(kinds)}; allowed: {sorted(RESTRICTED_VOLUMES)}")
+            errors.append(f"volume {volume['name']!r} is of type {sorted(kinds)}; "
+                          f"allowed: {sorted(RESTRICTED_VOLUMES)}")
     return errors
 
 
