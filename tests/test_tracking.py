@@ -154,3 +154,20 @@ def test_pyfunc_refuses_bad_rows_with_the_field_named(tiny_student_dir, tiny_cfg
         model.predict(pd.DataFrame({"prompt": ["a cat"], "steps": [9]}))
     with pytest.raises(ValueError, match="height: 30 is not a multiple of 8"):
         model.predict(pd.DataFrame({"prompt": ["a cat"], "height": [30]}))
+
+
+def test_weights_cache_pulls_once_and_stays_inside_its_folder(tiny_student_dir, tiny_cfg, tmp_path):
+    import dataclasses
+
+    from rglcd.registry.weights import local_weights
+
+    cfg = tiny_cfg()
+    pointer = push(cfg, tiny_student_dir).pointer
+    first = local_weights(pointer, tmp_path / "cache")
+    assert first.parent == tmp_path / "cache" / pointer.md5.removesuffix(".dir")
+    assert (first / "model_index.json").read_bytes() == (tiny_student_dir / "model_index.json").read_bytes()
+    assert [p.name for p in first.parent.iterdir()] == [first.name]           # no temporary folder left
+    (first / "marker").write_text("reused")
+    assert (local_weights(pointer, tmp_path / "cache") / "marker").is_file()   # second call: no pull
+    sneaky = dataclasses.replace(pointer, path="..")
+    assert local_weights(sneaky, tmp_path / "cache2").parent == tmp_path / "cache2" / pointer.md5.removesuffix(".dir")

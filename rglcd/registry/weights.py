@@ -27,7 +27,8 @@ def local_weights(pointer: Pointer | str | Path, cache: str | Path | None = None
     """The directory holding `pointer`'s tree, pulled (and hash-checked) on the first call."""
     pointer = read_pointer(pointer)
     root = cache_root(cache) / pointer.md5.removesuffix(".dir")
-    dest = root / (Path(pointer.path).name or "model")
+    name = Path(pointer.path).name
+    dest = root / (name if name not in ("", ".", "..") else "model")     # the pointer is data: no way out of root
     if dest.is_dir():
         return dest
     root.mkdir(parents=True, exist_ok=True)
