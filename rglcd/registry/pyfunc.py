@@ -88,7 +88,7 @@ class StudentModel(mlflow.pyfunc.PythonModel):
         self.limits = Limits(**{k: conf[k] for k in Limits.__dataclass_fields__ if k in conf})
         self.batch_size = int(conf.get("max_batch_size", 8))
 
-    def predict(self, context, model_input, params=None):   # no type hints: the signature below is the schema
+    def predict(self, context, model_input, params=None):   # no type hints: signature() is the schema
         import pandas as pd
 
         rows = [{k: _plain(v) for k, v in row.items() if _plain(v) is not None}
