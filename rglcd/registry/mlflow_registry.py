@@ -29,7 +29,6 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 from rglcd.registry import provenance
-from rglcd.registry.pyfunc import save_pyfunc
 from rglcd.storage import Pointer, read_pointer, redact, verify
 
 POINTER_DIR = "dvc-pointer"
@@ -188,6 +187,8 @@ def _log_run(client: Any, exp_id: str, rec: _Record, cfg: Any, training_run: str
     """The version's run: the training run, or a new one with the config as params. Adds metrics, provenance
     tags, the pointer artifact and the MLflow Model; the run key tag comes last (it marks a complete record)."""
     from mlflow.entities import Metric, Param, RunTag
+
+    from rglcd.registry.pyfunc import save_pyfunc      # mlflow.pyfunc and torch: loaded when registering only
 
     if training_run:
         rid, params = training_run, []                          # params were logged by the training run
