@@ -102,6 +102,27 @@ def test_a_hung_server_never_blocks_training_and_the_queue_stays_bounded():
     assert slow.terminated == "FINISHED"
 
 
+def test_a_hung_server_delays_the_end_of_training_by_close_s_at_most():
+    hung = SlowClient()
+    started = time.perf_counter()
+    with MlflowTracker(hung, "run", queue_size=5, flush_s=0.05, close_s=0.5) as tracker:
+        tracker.log({"step": 1, "loss": 1.0})
+        time.sleep(0.2)                                     # the thread is now stuck in log_batch
+    assert time.perf_counter() - started < 3.0 and hung.terminated is None
+    hung.release.set()                                      # the server answers: the run is closed late
+    tracker._thread.join(timeout=10)
+    assert hung.terminated == "FINISHED"
+
+
+def test_batches_never_exceed_mlflows_cap():
+    counting = SlowClient()
+    counting.release.set()
+    with MlflowTracker(counting, "run", queue_size=1000, flush_s=0.05) as tracker:
+        for step in range(1, 301):                            # 300 records x 7 metrics, all queued at once
+            tracker.log({"step": step, **{f"m{i}": float(i) for i in range(7)}})
+    assert sum(len(b) for b in counting.batches) == 2100 and max(len(b) for b in counting.batches) <= 1000
+
+
 def test_metrics_of_keeps_finite_numbers_only():
     record = {"step": 3, "loss": 0.5, "reward": None, "bad_step": False, "lr": 1e-4, "nan": float("nan")}
     assert metrics_of(record) == {"train/loss": 0.5, "train/lr": 1e-4}

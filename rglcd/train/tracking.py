@@ -55,78 +55,84 @@ class NullTracker:
 
 
 class MlflowTracker(NullTracker):
-    def __init__(self, client: Any, run_id: str, queue_size: int, flush_s: float = 1.0):
-        self.client, self.run_id, self.flush_s = client, run_id, flush_s
+    def __init__(self, client: Any, run_id: str, queue_size: int, flush_s: float = 1.0, close_s: float = 30.0):
+        self.client, self.run_id, self.flush_s, self.close_s = client, run_id, flush_s, close_s
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self.dropped = 0
         self.interrupted = False
         self._thread = threading.Thread(target=self._drain, name="rglcd-mlflow-metrics", daemon=True)
         self._thread.start()
 
-    def log(self, record: dict[str, Any]) -> None:
-        item = (int(record["step"]), int(time.time() * 1000), metrics_of(record))
+    def _put(self, item: Any) -> None:
+        """Enqueue without ever waiting: when the queue is full the oldest record makes room."""
         while True:
             try:
                 self.queue.put_nowait(item)
                 return
-            except queue.Full:                     # drop the oldest, keep the newest: training goes on
+            except queue.Full:
                 try:
                     self.queue.get_nowait()
                     self.dropped += 1
                 except queue.Empty:
                     pass
 
-    def _take(self) -> tuple[list, bool]:
-        """Up to BATCH_LIMIT metrics waiting in the queue (waits flush_s for the first); (items, stop seen)."""
-        items, count = [], 0
+    def log(self, record: dict[str, Any]) -> None:
+        self._put((int(record["step"]), int(time.time() * 1000), metrics_of(record)))
+
+    def _take(self) -> tuple[list, str | None]:
+        """Records waiting in the queue (waits flush_s for the first); (records, final status if closing)."""
+        items = []
         try:
-            first = self.queue.get(timeout=self.flush_s)
-        except queue.Empty:
-            return items, False
-        if first is _STOP:
-            return items, True
-        items.append(first)
-        count += len(first[2])
-        while count < BATCH_LIMIT:
-            try:
+            item = self.queue.get(timeout=self.flush_s)
+            while True:
+                if item[0] is _STOP:
+                    return items, item[1]
+                items.append(item)
                 item = self.queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is _STOP:
-                return items, True
-            items.append(item)
-            count += len(item[2])
-        return items, False
+        except queue.Empty:
+            return items, None
 
     def _send(self, items: list) -> None:
+        """log_batch calls of at most BATCH_LIMIT metrics; a failed call drops its records (counted)."""
         from mlflow.entities import Metric
 
-        metrics = [Metric(k, v, ts, step) for step, ts, values in items for k, v in values.items()]
-        for i in range(0, len(metrics), BATCH_LIMIT):
-            try:
-                self.client.log_batch(self.run_id, metrics=metrics[i:i + BATCH_LIMIT])
-            except Exception as err:  # noqa: BLE001  (a tracking outage must not end training)
-                self.dropped += len(items)
-                log.warning("MLflow metrics not logged (%d records dropped so far): %s", self.dropped, err)
+        chunk: list = []
+        for item in [*items, None]:
+            if item is None or (chunk and len(chunk) + len(item[2]) > BATCH_LIMIT):
+                try:
+                    if chunk:
+                        self.client.log_batch(self.run_id, metrics=chunk)
+                except Exception as err:  # noqa: BLE001  (a tracking outage must not end training)
+                    self.dropped += len({m.step for m in chunk})
+                    log.warning("MLflow metrics not logged (%d records dropped so far): %s", self.dropped, err)
+                chunk = []
+            if item is not None:
+                step, ts, values = item
+                chunk += [Metric(k, v, ts, step) for k, v in values.items()]
 
-    def _drain(self) -> None:
-        stop = False
-        while not stop:
-            items, stop = self._take()
-            if items:
-                self._send(items)
-
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def _close(self, status: str) -> None:
         from mlflow.entities import RunTag
 
-        self.queue.put(_STOP)                      # blocks only while the thread frees a slot
-        self._thread.join(timeout=60)
-        status = "FAILED" if exc_type else ("KILLED" if self.interrupted else "FINISHED")
         try:
             self.client.log_batch(self.run_id, tags=[RunTag("rglcd.dropped_records", str(self.dropped))])
             self.client.set_terminated(self.run_id, status)
         except Exception as err:  # noqa: BLE001
             log.warning("MLflow run %s not closed (%s): %s", self.run_id, status, err)
+
+    def _drain(self) -> None:
+        status = None
+        while status is None:
+            items, status = self._take()
+            self._send(items)
+        self._close(status)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        status = "FAILED" if exc_type else ("KILLED" if self.interrupted else "FINISHED")
+        self._put((_STOP, status))
+        self._thread.join(timeout=self.close_s)    # a hung server delays the end of training by close_s at most
+        if self._thread.is_alive():
+            log.warning("MLflow server did not answer within %.0f s: run %s is closed in the background",
+                        self.close_s, self.run_id)
 
 
 def _dataset(data_info: dict[str, Any]) -> Any:
