@@ -200,3 +200,13 @@ def test_evaluation_reports_the_serving_cost_next_to_the_teacher(tiny_student_di
     flat = serving_summary(cost)
     assert set(flat) == {f"{k}_b{b}{s}" for b in (1, 4) for k, s in (("served_latency", "_s"),
                          ("served_images_per_s", ""), ("teacher_images_per_s", ""), ("served_speedup", ""))}
+
+
+def test_serve_refuses_what_it_cannot_serve(tiny_teacher_dir, tiny_cfg, capsys):
+    from rglcd.cli import main
+
+    cache = tiny_cfg().model.cache_dir
+    assert main(["serve", "--model", str(tiny_teacher_dir("epsilon")), "--set", f"model.cache_dir={cache}"]) == 1
+    assert "not a teacher" in capsys.readouterr().err
+    assert main(["serve", "--model", "models:/rglcd-student", "--set", "serve.warmup=false"]) == 1
+    assert "models:/NAME@ALIAS or models:/NAME/VERSION" in capsys.readouterr().err

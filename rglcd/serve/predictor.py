@@ -31,6 +31,9 @@ class StudentPredictor(Model):
 
         device, dtype = device_and_dtype(self.cfg.serve.device, self.cfg.serve.precision)
         self.model = load_sampling_model(str(self.weights), device=device, dtype=dtype)
+        if not self.model.is_lcm:
+            raise ValueError(f"--model {str(self.weights)!r}: its UNet has no guidance embedding; serve an exported "
+                             "student (rglcd export / train), not a teacher")
         self.size = default_size(self.model)
         if self.cfg.serve.warmup:
             self.generate_pngs([ImageRequest("warm-up", self.limits.default_steps, self.limits.default_guidance, 0,
