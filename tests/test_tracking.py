@@ -192,3 +192,21 @@ def test_weights_cache_pulls_once_and_stays_inside_its_folder(tiny_student_dir, 
     assert (local_weights(pointer, tmp_path / "cache") / "marker").is_file()   # second call: no pull
     sneaky = dataclasses.replace(pointer, path="..")
     assert local_weights(sneaky, tmp_path / "cache2").parent == tmp_path / "cache2" / pointer.md5.removesuffix(".dir")
+
+
+def test_cli_register_of_a_trained_model_dir_uses_its_training_run(tiny_cfg, mlflow_db, tmp_path, monkeypatch):
+    import json
+
+    from rglcd.cli import main
+
+    monkeypatch.delenv("KFP_RUN_ID", raising=False)
+    cfg = tiny_cfg(*FAST)
+    result = train(cfg, DATA)
+    run_id = json.loads((result.output_dir / "mlflow-run.json").read_text())["run_id"]
+    (tmp_path / "m.json").write_text(json.dumps({"hps": 0.25}))
+    sets = [a for s in (f"model.cache_dir={cfg.model.cache_dir}", f"storage.remote={cfg.storage.remote}",
+                        f"storage.cache_dir={cfg.storage.cache_dir}", f"registry.tracking_uri={cfg.registry.tracking_uri}")
+            for a in ("--set", s)]
+    assert main(["register", "--model-dir", str(result.model_dir), "--metrics", str(tmp_path / "m.json"),
+                 "--out", str(tmp_path / "v.json"), *sets]) == 0
+    assert json.loads((tmp_path / "v.json").read_text())["run_id"] == run_id

@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="JSON/YAML mapping of metric name -> number (nested mappings join with '.')")
     parser.add_argument("--data-version", help="data version: a string or a data pointer file (its md5 is used)")
     parser.add_argument("--run-id", help="KFP run id (default: $KFP_RUN_ID)")
+    parser.add_argument("--training-run", metavar="MLFLOW_RUN_ID",
+                        help="the MLflow run that trained the weights: it becomes the version's run (default: the "
+                             "one in mlflow-run.json beside --model-dir, as `rglcd train` writes it, if any)")
     parser.add_argument("--out", metavar="FILE", help="also write the version info as JSON here")
     add_config_args(parser)
     parser.set_defaults(func=_register)
@@ -70,15 +73,29 @@ def _register(args: argparse.Namespace) -> None:
 
     cfg = config_from_args(args)
     metrics, data = read_metrics(args.metrics), _data_version(args.data_version)
+    training = args.training_run or (_training_run(Path(args.model_dir)) if args.model_dir else None)
     if args.model_dir:
-        published = publish(cfg, args.model_dir, metrics, to_dict(cfg), data, args.run_id)
+        published = publish(cfg, args.model_dir, metrics, to_dict(cfg), data, args.run_id, training_run=training)
         print(published.push.summary())
         info = published.version
     else:
-        info = register_version(cfg, args.model_pointer, metrics, to_dict(cfg), data, args.run_id)
+        info = register_version(cfg, args.model_pointer, metrics, to_dict(cfg), data, args.run_id,
+                                training_run=training)
     print(info.summary())
     if args.out:
         Path(args.out).write_text(json.dumps(_jsonable(info), indent=2))
+
+
+def _training_run(model_dir: Path) -> str | None:
+    """The MLflow run id `rglcd train` wrote to <train.output_dir>/mlflow-run.json (the export: <output_dir>/model)."""
+    from rglcd.train.tracking import RUN_FILE
+
+    file = model_dir.resolve().parent / RUN_FILE
+    try:
+        return str(json.loads(file.read_text())["run_id"]) if file.is_file() else None
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"--model-dir: {str(file)!r} is not a run file written by `rglcd train`; "
+                         "pass --training-run") from None
 
 
 def _jsonable(info: Any) -> dict[str, Any]:
