@@ -11,6 +11,7 @@ sampler: its fast path, when configured, reaches serving unchanged).
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from itertools import groupby
 from typing import Any, Iterable
@@ -56,16 +57,17 @@ class ImageRequest:
         return self.steps, self.guidance, self.height, self.width
 
 
-def _integer(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-        raise BadRequest(f"{name}: {value!r} is not an integer")
-    return int(value)
-
-
 def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise BadRequest(f"{name}: {value!r} is not a finite number")
     return float(value)
+
+
+def _integer(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or int(value) != value:
+        raise BadRequest(f"{name}: {value!r} is not an integer")
+    return int(value)
 
 
 def _in_range(name: str, value: int, low: int, high: int) -> int:

@@ -78,6 +78,9 @@ def test_request_fields_and_limits():
     assert [r.seed for r in parse_request({"prompt": "a", "seed": 5, "num_images": 3}, limits, 32)] == [5, 6, 7]
     bad = [({"prompt": "  "}, "prompt"), ({"prompt": "a", "steps": 0}, "steps: 0 is out of range; allowed: 1..8"),
            ({"prompt": "a", "steps": 2.5}, "steps: 2.5 is not an integer"),
+           ({"prompt": "a", "seed": float("inf")}, "seed: inf is not an integer"),
+           ({"prompt": "a", "guidance": float("nan")}, "guidance: nan is not a finite number"),
+           ({"prompt": "a", "steps": "4"}, "steps: '4' is not an integer"),
            ({"prompt": "a", "width": 36}, "width: 36 is not a multiple of 8"),
            ({"prompt": "a", "height": 72}, "height: 72 is out of range; allowed: 8..64"),
            ({"prompt": "a", "num_images": 5}, "num_images: 5 is out of range; allowed: 1..4"),
@@ -210,3 +213,29 @@ def test_serve_refuses_what_it_cannot_serve(tiny_teacher_dir, tiny_cfg, capsys):
     assert "not a teacher" in capsys.readouterr().err
     assert main(["serve", "--model", "models:/rglcd-student", "--set", "serve.warmup=false"]) == 1
     assert "models:/NAME@ALIAS or models:/NAME/VERSION" in capsys.readouterr().err
+
+
+def test_batcher_groups_up_to_max_batch_and_isolates_failures():
+    import asyncio
+
+    from rglcd.serve.batcher import Batcher
+
+    sizes = []
+
+    def run(items):
+        if "boom" in items:
+            raise RuntimeError("generation failed")
+        return [f"img-{i}" for i in items]
+
+    async def main():
+        batcher = Batcher(run, max_batch=3, max_wait_s=0.2, on_batch=lambda size, seconds: sizes.append(size))
+        results = await asyncio.gather(*[batcher.submit([i, i + 10]) for i in range(3)])   # 6 images
+        with pytest.raises(RuntimeError, match="generation failed"):
+            await batcher.submit(["boom"])
+        late = await batcher.submit([99])                      # the worker survived the failure
+        batcher.close()
+        return results, late
+
+    results, late = asyncio.run(main())
+    assert results == [[f"img-{i}", f"img-{i + 10}"] for i in range(3)] and late == ["img-99"]
+    assert sizes[:2] == [3, 3] and sizes[2:] == [1]           # 6 images in two full batches; failures not counted
