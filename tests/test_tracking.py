@@ -203,9 +203,8 @@ def test_cli_register_of_a_trained_model_dir_uses_its_training_run(tiny_cfg, mlf
     result = train(cfg, DATA)
     run_id = json.loads((result.output_dir / "mlflow-run.json").read_text())["run_id"]
     (tmp_path / "m.json").write_text(json.dumps({"hps": 0.25}))
-    sets = [a for s in (f"model.cache_dir={cfg.model.cache_dir}", f"storage.remote={cfg.storage.remote}",
-                        f"storage.cache_dir={cfg.storage.cache_dir}", f"registry.tracking_uri={cfg.registry.tracking_uri}")
-            for a in ("--set", s)]
+    keys = ("model.cache_dir", "storage.remote", "storage.cache_dir", "registry.tracking_uri")
+    sets = [a for k in keys for a in ("--set", f"{k}={getattr(getattr(cfg, k.split('.')[0]), k.split('.')[1])}")]
     assert main(["register", "--model-dir", str(result.model_dir), "--metrics", str(tmp_path / "m.json"),
                  "--out", str(tmp_path / "v.json"), *sets]) == 0
     assert json.loads((tmp_path / "v.json").read_text())["run_id"] == run_id
