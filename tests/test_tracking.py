@@ -72,6 +72,18 @@ def test_tracking_off_and_other_ranks_log_nothing(tiny_cfg, mlflow_db):
     assert isinstance(open_tracking(off, {}, Path("x"), is_main=True), NullTracker)
 
 
+def test_an_unreachable_tracking_server_costs_the_tracking_not_the_training(tiny_cfg, monkeypatch, caplog):
+    from servers import free_port
+
+    from rglcd.train.tracking import NullTracker, open_tracking
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    cfg = tiny_cfg(*FAST, f"registry.tracking_uri=http://user:secret@127.0.0.1:{free_port()}")
+    assert isinstance(open_tracking(cfg, {"spec": DATA}, Path("x"), is_main=True), NullTracker)
+    assert "training is not tracked" in caplog.text and "secret" not in caplog.text
+
+
 class SlowClient:
     """An MLflow client whose server hangs until released (what a slow tracking server looks like)."""
 

@@ -82,7 +82,9 @@ def _errors(cfg: Any, action: str) -> Iterator[None]:
     try:
         yield
     except MlflowException as err:
-        raise RegistryError(f"{action} in registry {safe_uri(cfg.registry.tracking_uri)} failed: {err.message}") from None
+        uri = cfg.registry.tracking_uri
+        message = err.message.replace(uri, safe_uri(uri))           # MLflow's message may quote the URL whole
+        raise RegistryError(f"{action} in registry {safe_uri(uri)} failed: {message}") from None
 
 
 def _client(cfg: Any):

@@ -177,10 +177,7 @@ def _resume_run(client: Any, out_dir: Path) -> str | None:
     return run_id
 
 
-def open_tracking(cfg: Any, data_info: dict[str, Any], out_dir: Path, is_main: bool, resumed: bool = False):
-    """A tracker for this process: MLflow on rank 0 when `registry.track_training`, else a no-op."""
-    if not (is_main and cfg.registry.track_training):
-        return NullTracker()
+def _start(cfg: Any, data_info: dict[str, Any], out_dir: Path, resumed: bool) -> MlflowTracker:
     from rglcd.config.fields import to_dict
     from rglcd.registry.mlflow_registry import redact_tree, tracking_client
     from rglcd.registry.provenance import kfp_run_id
@@ -194,3 +191,20 @@ def open_tracking(cfg: Any, data_info: dict[str, Any], out_dir: Path, is_main: b
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / RUN_FILE).write_text(json.dumps({"run_id": run_id}))
     return MlflowTracker(client, run_id, cfg.registry.track_queue_size)
+
+
+def open_tracking(cfg: Any, data_info: dict[str, Any], out_dir: Path, is_main: bool, resumed: bool = False):
+    """A tracker for this process: MLflow on rank 0 when `registry.track_training`, else a no-op.
+
+    A tracking server that cannot be reached at the start costs the run its tracking, not the training: a
+    warning, and the run goes on untracked (the registration then records its own run).
+    """
+    if not (is_main and cfg.registry.track_training):
+        return NullTracker()
+    try:
+        return _start(cfg, data_info, out_dir, resumed)
+    except Exception as err:  # noqa: BLE001  (MLflow, network and file errors alike)
+        from rglcd.registry.mlflow_registry import safe_uri
+
+        log.warning("training is not tracked: MLflow at %s failed: %s", safe_uri(cfg.registry.tracking_uri), err)
+        return NullTracker()
