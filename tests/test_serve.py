@@ -122,7 +122,8 @@ def test_v2_open_inference_protocol(server):
     assert out["seed"]["data"] == [3, 9] and out["prompt_index"]["data"] == [0, 1]
     assert out["image"]["shape"] == [2] and png(out["image"]["data"][0]).shape == (48, 32, 3)
     meta = requests.get(f"{server}/v2/models/rglcd-student", timeout=10).json()
-    assert meta["name"] == "rglcd-student"
+    assert meta["name"] == "rglcd-student" and [t["name"] for t in meta["outputs"]] == ["image", "seed", "prompt_index"]
+    assert {t["name"]: t["datatype"] for t in meta["inputs"]}["prompt"] == "BYTES"
     assert requests.get(f"{server}/v2/health/live", timeout=10).json() == {"live": True}
 
 

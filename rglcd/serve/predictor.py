@@ -14,7 +14,8 @@ from rglcd.generation import BadRequest, ImageRequest, Limits, default_size, dev
 from rglcd.serve import metrics
 from rglcd.serve.batcher import Batcher
 from rglcd.serve.kserve_sdk import InferRequest, InvalidInput, Model
-from rglcd.serve.protocol import to_requests, v1_fields, v1_response, v2_fields, v2_response
+from rglcd.serve.protocol import (V2_INPUTS, V2_OUTPUTS, to_requests, v1_fields, v1_response, v2_fields,
+                                  v2_response)
 
 
 class StudentPredictor(Model):
@@ -63,6 +64,12 @@ class StudentPredictor(Model):
         if v2:
             return v2_response(grouped, pngs, self.name, payload.id or str(uuid.uuid4()))
         return v1_response(grouped, pngs)
+
+    def get_input_types(self) -> list[dict]:
+        return V2_INPUTS
+
+    def get_output_types(self) -> list[dict]:
+        return V2_OUTPUTS
 
     def stop(self) -> None:
         if self.batcher is not None:

@@ -17,7 +17,13 @@ from typing import Any
 
 from rglcd.generation import BadRequest, ImageRequest, Limits, check_total, parse_request
 
-V2_FIELDS = ("prompt", "steps", "guidance", "seed", "height", "width", "num_images")
+# The v2 model metadata (GET /v2/models/NAME): tensors in and out, -1 = one element per prompt/image.
+_TYPES_IN = (("prompt", "BYTES"), ("steps", "INT32"), ("guidance", "FP32"), ("seed", "INT64"), ("height", "INT32"),
+             ("width", "INT32"), ("num_images", "INT32"))
+_TYPES_OUT = (("image", "BYTES"), ("seed", "INT64"), ("prompt_index", "INT32"))
+V2_FIELDS = tuple(n for n, _ in _TYPES_IN)
+V2_INPUTS = [{"name": n, "datatype": t, "shape": [-1]} for n, t in _TYPES_IN]
+V2_OUTPUTS = [{"name": n, "datatype": t, "shape": [-1]} for n, t in _TYPES_OUT]
 
 
 def v1_fields(body: Any) -> list[dict[str, Any]]:
