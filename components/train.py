@@ -28,6 +28,7 @@ def train_student(config_json: str, dataset: Input[Dataset], checkpoint_root: st
     cfg = load_step_config(config_json)
     if checkpoint_root:
         cfg.train.output_dir = os.path.join(checkpoint_root, run_id)
+    os.environ.setdefault("KFP_RUN_ID", run_id)   # tags the MLflow training run; registration finds it by this
     lrm_checkpoint = lrm.path if lrm is not None else cfg.lrm.checkpoint
     result = train(cfg, dataset.path, lrm_checkpoint=lrm_checkpoint, resume="auto")
     if result.interrupted:   # SIGTERM (preemption): checkpointed; failing lets KFP retry, and the retry resumes

@@ -2,7 +2,7 @@
 
     configure -> prep -> (pretrain-lrm, if reward.guidance == "lrm" and no lrm.checkpoint)
               -> train (in the pod, or a PyTorchJob/TrainJob when pipeline.distributed is set)
-              -> evaluate -> dsl.If(gate passed) -> register
+              -> evaluate -> dsl.If(gate passed) -> register -> (canary rollout, if serve.canary)
 
 Pipeline parameters: `config_json` (the whole resolved config; the default is the config the
 pipeline was compiled from), and three overrides: `preset`, `data_uri` (-> data.train),
@@ -23,6 +23,7 @@ from components.evaluate import evaluate_student
 from components.lrm import pretrain_lrm
 from components.prep import prep_data
 from components.register import register_model
+from components.rollout import canary_rollout
 from components.step_config import config_json_of
 from components.train import launch_training, train_student
 from pipelines.k8s import CHECKPOINT_MOUNT, checkpoints, cpu_step, gpu_step, launcher_step, mlflow_credentials, model_cache
@@ -88,5 +89,8 @@ def build_pipeline(cfg: Config, *, checkpoint_root: str = CHECKPOINT_MOUNT, sche
                                  data_version=prep.outputs["data_version"], run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
             mlflow_credentials(cpu_step(reg, cfg, retries), cfg)
             reg.set_display_name("registration").set_caching_options(False)
+            if cfg.serve.canary:   # the new version takes serve.canary_percent of the InferenceService's traffic
+                can = canary_rollout(config_json=conf.outputs["config"], version=reg.outputs["version"])
+                cpu_step(can, cfg, retries).set_display_name("canary rollout").set_caching_options(False)
 
     return rglcd_pipeline

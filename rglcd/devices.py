@@ -28,3 +28,19 @@ def resolve_device(name: str | torch.device | None = "auto", what: str = "--devi
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"{what}: {str(name)!r} but no CUDA device is visible; allowed here: auto, cpu")
     return device
+
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def device_and_dtype(device: str | None = "auto", precision: str = "auto",
+                     what: str = "device") -> tuple[torch.device, torch.dtype]:
+    """(device, model dtype) for inference (evaluation, serving): precision auto = fp16 on CUDA, fp32 on CPU.
+    `what` names the settings in errors (e.g. "eval" for eval.device / eval.precision)."""
+    resolved = resolve_device(device, f"{what}.device" if what != "device" else "device")
+    if precision == "auto":
+        precision = "fp16" if resolved.type == "cuda" else "fp32"
+    if precision not in DTYPES:
+        where = f"{what}.precision" if what != "device" else "precision"
+        raise ValueError(f"{where}: {precision!r} is not allowed; allowed: auto, {', '.join(DTYPES)}")
+    return resolved, DTYPES[precision]

@@ -41,6 +41,23 @@ def tiny_cfg(model_cache, tmp_path):
     def make(*overrides: str):
         base = [f"model.cache_dir={model_cache}", f"train.output_dir={tmp_path / 'run'}",
                 f"storage.remote={tmp_path / 'remote'}", f"storage.cache_dir={tmp_path / 'dvc-cache'}",
-                f"registry.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+                f"registry.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                "registry.track_training=false"]   # tests of tracking turn it on (and use the mlflow_db fixture)
         return load_config("tiny", overrides=base + list(overrides))
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_student_dir(model_cache, tmp_path_factory):
+    """A tiny exported LCM student (random guidance projection, perturbed weights), built once per session."""
+    from rglcd.export import export_student
+    from rglcd.models import load_teacher, make_student
+
+    teacher = load_teacher("tiny:epsilon", model_cache)
+    torch.manual_seed(1)
+    student = make_student(teacher.unet, 256)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return export_student(student.eval(), teacher, tmp_path_factory.mktemp("student") / "student",
+                          teacher_ref="tiny:epsilon")

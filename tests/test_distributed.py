@@ -19,7 +19,8 @@ import torch
 
 DATA = "builtin:photos:12"
 COMMON = ["reward.name=none", "reward.guidance=direct", "train.validation_every=1000", "train.max_steps=3",
-          "train.checkpoint_every=3", "data.shuffle_buffer=8", "train.seed=5", "train.lr=1e-3"]
+          "train.checkpoint_every=3", "data.shuffle_buffer=8", "train.seed=5", "train.lr=1e-3",
+          "registry.track_training=false"]
 
 
 def grad_saver(path: Path):

@@ -20,10 +20,11 @@ PACKAGES = ("rglcd", "components", "pipelines")
 LAYERS = [
     {"rglcd", "rglcd.config", "rglcd.plugins", "rglcd.devices", "rglcd.fsutil", "rglcd.solver", "rglcd.losses",
      "rglcd.storage", "rglcd.safeio", "rglcd.urls", "rglcd.outdir", "rglcd.provenance"},
-    {"rglcd.models", "rglcd.registry"},
+    {"rglcd.models"},
     {"rglcd.data", "rglcd.rewards", "rglcd.sample"},                    # inputs, scorers, samplers
+    {"rglcd.generation", "rglcd.registry"},                             # image requests; versions (an MLflow pyfunc)
     {"rglcd.step", "rglcd.optim", "rglcd.lrm", "rglcd.export"},          # the method
-    {"rglcd.train", "rglcd.evaluate"},                                   # programs built on the method
+    {"rglcd.train", "rglcd.evaluate", "rglcd.serve"},                    # programs built on the method
     {"rglcd.results"},                                                   # what finished programs left
     {"rglcd.toy"},                                                       # the toy experiment
     {"components"},                                                      # thin KFP shells

@@ -106,3 +106,42 @@ def test_gate_failure_registers_nothing_and_reuses_cached_steps(shut, capsys):
     # same data and data-shaping config as the first run: prep and LRM pretraining were cache hits
     assert {"prep-data", "pretrain-lrm"}.isdisjoint(run.tasks)
     assert {"configure", "train-student", "evaluate-student"} <= set(run.tasks)
+
+
+def test_registered_version_is_an_mlflow_model_with_the_pixels_of_rglcd_sample(passed, tmp_path, monkeypatch):
+    import base64
+    import io
+
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    cfg, run = passed
+    monkeypatch.setenv("RGLCD_WEIGHTS_CACHE", str(tmp_path / "weights"))
+    mlflow.set_tracking_uri(cfg.registry.tracking_uri)
+    mlflow.set_registry_uri(cfg.registry.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{cfg.registry.model_name}@candidate")   # weights pulled by pointer
+    out = model.predict(pd.DataFrame({"prompt": ["a lighthouse at dusk"], "seed": [5], "steps": [4]}))
+    exported = run.artifact("train-student", "model")["uri"]
+    assert main(["sample", "--model", exported, "--prompt", "a lighthouse at dusk", "--seed", "5", "--steps", "4",
+                 "--out", str(tmp_path / "sample"), "--set", f"model.cache_dir={cfg.model.cache_dir}"]) == 0
+    served = np.array(Image.open(io.BytesIO(base64.b64decode(out.image[0]))))
+    np.testing.assert_array_equal(served, np.array(Image.open(tmp_path / "sample" / "steps-4" / "000.png")))
+
+
+def test_the_version_points_at_the_training_run_with_per_step_metrics(passed):
+    from mlflow import MlflowClient
+
+    from rglcd.registry import list_versions
+
+    cfg, run = passed
+    (version,) = list_versions(cfg)
+    client = MlflowClient(cfg.registry.tracking_uri)
+    training = client.get_run(version.run_id)
+    assert training.data.tags["rglcd.role"] == "train" and training.data.tags["dvc.md5"] == version.pointer.md5
+    for name in ("train/loss", "train/lr", "train/examples_per_s"):
+        assert sorted(m.step for m in client.get_metric_history(version.run_id, name)) == [1, 2, 3, 4], name
+    assert training.inputs.dataset_inputs and version.source == f"runs:/{version.run_id}/model"
+    # the entry says what the distillation bought when served: images/s against the teacher's
+    assert {"served_images_per_s_b1", "teacher_images_per_s_b1", "served_speedup_b8"} <= set(version.metrics)

@@ -55,7 +55,7 @@ def test_register_records_everything(local_cfg, model_dir, tmp_path):
     assert info.pointer == pointer and info.metrics == METRICS
     assert (info.data_version, info.kfp_run_id) == ("data-md5-abc", "kfp-run-123")
     assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", info.code_revision)
-    assert info.source == f"runs:/{info.run_id}/dvc-pointer"
+    assert info.source == f"runs:/{info.run_id}/model"
 
     run = client(cfg).get_run(info.run_id)
     assert run.info.status == "FINISHED"

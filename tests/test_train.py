@@ -19,7 +19,8 @@ from rglcd.train.statefile import load_state
 from rglcd.train.metrics import read_metrics_jsonl
 
 FAST = ["reward.name=none", "reward.guidance=direct", "train.batch_size=2", "train.validation_every=1000",
-        "train.max_steps=4", "train.checkpoint_every=2", "data.shuffle_buffer=8", "train.seed=3"]
+        "train.max_steps=4", "train.checkpoint_every=2", "data.shuffle_buffer=8", "train.seed=3",
+        "registry.track_training=false"]   # MLflow tracking is tested in tests/test_tracking.py
 DATA = "builtin:photos:12"
 
 
@@ -278,7 +279,7 @@ def test_end_to_end_from_prep_output_with_the_tiny_preset(tiny_cfg, tmp_path, mo
 
     from rglcd.cli import main
 
-    common = ["--set", f"model.cache_dir={model_cache}"]
+    common = ["--set", f"model.cache_dir={model_cache}", "--set", "registry.track_training=false"]
     assert main(["prep", "--source", "builtin:photos:24", "--out", str(tmp_path / "data"), *common]) == 0
     out = tmp_path / "run"
     assert main(["train", "--data", str(tmp_path / "data"), "--lrm-checkpoint", tiny_lrm, "--output-dir", str(out),

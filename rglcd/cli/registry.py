@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="JSON/YAML mapping of metric name -> number (nested mappings join with '.')")
     parser.add_argument("--data-version", help="data version: a string or a data pointer file (its md5 is used)")
     parser.add_argument("--run-id", help="KFP run id (default: $KFP_RUN_ID)")
+    parser.add_argument("--training-run", metavar="MLFLOW_RUN_ID",
+                        help="the MLflow run that trained the weights: it becomes the version's run (default: the "
+                             "one in mlflow-run.json beside --model-dir, as `rglcd train` writes it, if any)")
     parser.add_argument("--out", metavar="FILE", help="also write the version info as JSON here")
     add_json_arg(parser)
     add_config_args(parser)
@@ -38,6 +41,10 @@ def add_models_actions(cmds: argparse._SubParsersAction) -> None:
     promote = cmds.add_parser("promote", help="point an alias (default: production) at a version")
     promote.add_argument("version", metavar="VERSION", type=int, help="registered version number")
     promote.add_argument("--alias", default="production", help="alias to move (default: %(default)s)")
+    promote.add_argument("--traffic", action="store_true",
+                         help="also send all traffic of the KServe InferenceService serve.inference_service "
+                              "(namespace pipeline.namespace) to this version, before moving the alias")
+    promote.add_argument("--kubeconfig", help="with --traffic: kubeconfig (default: in-cluster, then ~/.kube/config)")
     add_config_args(promote)
     promote.set_defaults(func=_promote)
 
@@ -68,15 +75,31 @@ def _register(args: argparse.Namespace) -> None:
 
     cfg = config_from_args(args)
     metrics, data = read_metric_values(args.metrics), _data_version(args.data_version)
+    training = args.training_run or (_training_run(Path(args.model_dir)) if args.model_dir else None)
     pushed = None
     if args.model_dir:
-        published = publish(cfg, args.model_dir, metrics, to_dict(cfg), data, args.run_id)
+        published = publish(cfg, args.model_dir, metrics, to_dict(cfg), data, args.run_id, training_run=training)
         pushed, info = published.push.summary(), published.version
     else:
-        info = register_version(cfg, args.model_pointer, metrics, to_dict(cfg), data, args.run_id)
+        info = register_version(cfg, args.model_pointer, metrics, to_dict(cfg), data, args.run_id,
+                                training_run=training)
     if args.out:
         Path(args.out).write_text(json.dumps(_jsonable(info), indent=2))
     emit(args, {**_jsonable(info), "pushed": pushed}, "\n".join(filter(None, [pushed, info.summary()])))
+
+
+def _training_run(model_dir: Path) -> str | None:
+    """The MLflow run id `rglcd train` wrote to <train.output_dir>/mlflow-run.json (the export: <output_dir>/model)."""
+    from rglcd.train.tracking import RUN_FILE
+
+    file = model_dir.resolve().parent / RUN_FILE
+    if not file.is_file():
+        return None
+    run_id = read_mapping_file(str(file), RUN_FILE).get("run_id")
+    if not isinstance(run_id, str) or not run_id:
+        raise ValueError(f"--model-dir: {str(file)!r} is not a run file written by `rglcd train`; "
+                         "pass --training-run")
+    return run_id
 
 
 def _jsonable(info: Any) -> dict[str, Any]:
@@ -104,7 +127,14 @@ def _list(args: argparse.Namespace) -> None:
 
 
 def _promote(args: argparse.Namespace) -> None:
-    from rglcd.registry import promote
+    from rglcd.registry import get_version, promote
 
-    info = promote(config_from_args(args), args.version, args.alias)
+    cfg = config_from_args(args)
+    if args.traffic:    # the cluster side lives in components/ (kubernetes), imported only here
+        from components.launcher.api import api_client
+        from components.rollout import promote as promote_with_traffic
+
+        done = promote_with_traffic(api_client(args.kubeconfig), cfg, args.version, args.alias)
+        print(f"{cfg.serve.inference_service}: all traffic to {done['model']}")
+    info = get_version(cfg, version=args.version) if args.traffic else promote(cfg, args.version, args.alias)
     print(f"{info.name} version {info.version} is now {args.alias!r} (aliases: {', '.join(info.aliases)})")

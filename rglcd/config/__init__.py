@@ -20,11 +20,11 @@ import yaml
 from rglcd.config.checks import check_values
 from rglcd.config.fields import ConfigError, field_help, from_dict, to_dict
 from rglcd.config.schema import (Config, DataConfig, DistillConfig, EvalConfig, LRMConfig, ModelConfig,
-                                 PipelineConfig, RegistryConfig, RewardConfig, StorageConfig, TrainConfig)
+                                 PipelineConfig, RegistryConfig, RewardConfig, ServeConfig, StorageConfig, TrainConfig)
 from rglcd.safeio import read_data
 
 __all__ = ["Config", "ConfigError", "ModelConfig", "DistillConfig", "RewardConfig", "LRMConfig", "DataConfig",
-           "TrainConfig", "EvalConfig", "StorageConfig", "RegistryConfig", "PipelineConfig",
+           "TrainConfig", "EvalConfig", "StorageConfig", "RegistryConfig", "ServeConfig", "PipelineConfig",
            "list_presets", "load_config", "config_from_dict", "dump_config", "explain", "parse_override", "to_dict"]
 
 

@@ -204,6 +204,35 @@ class RegistryConfig:
     tracking_uri: str = F("sqlite:///.rglcd/mlflow.db", "MLflow tracking URI (SQLite file or server URL)")
     model_name: str = F("rglcd-student", "registered model name")
     alias: str = F("candidate", "alias given to a newly registered version")
+    # Where a registered MLflow Model's weights live (docs/serving.md "One copy of the weights").
+    model_weights: Literal["dvc", "artifacts"] = F("dvc", "pyfunc weights: pulled from the DVC remote by pointer on load (dvc) or copied into the MLflow artifacts (artifacts)")
+    # Training runs log per-step metrics, params and the dataset to MLflow at registry.tracking_uri.
+    track_training: bool = F(True, "log training (params, per-step metrics, dataset) as an MLflow run")
+    track_queue_size: int = F(10000, "metric records buffered for the MLflow logging thread (older ones are dropped when full)", gt=0)
+
+
+@dataclass
+class ServeConfig:
+    # `rglcd serve` (KServe model server) and the pyfunc model: request limits and dynamic batching.
+    port: int = F(8080, "HTTP port of the model server", gt=0, lt=65536)
+    model_name: str = F("rglcd-student", "name the model is served under (/v1/models/NAME, /v2/models/NAME)")
+    max_batch_size: int = F(8, "images generated together in one batch (requests are batched up to this)", gt=0)
+    max_wait_ms: float = F(10.0, "longest a request waits for others to fill its batch, in ms", ge=0)
+    max_images: int = F(8, "most images one request may ask for", gt=0)
+    max_steps: int = F(8, "most LCM steps one request may ask for (1..max_steps)", gt=0)
+    max_size: int = F(1024, "largest height/width in px a request may ask for", gt=0, multiple_of=8)
+    default_steps: int = F(4, "LCM steps when a request gives none", gt=0)
+    warmup: bool = F(True, "run one generation at start before reporting ready")
+    device: str = F("auto", "serving device: auto (cuda if available), cpu, cuda, cuda:N")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = F("auto", "model dtype (auto: fp16 on CUDA, fp32 on CPU)")
+    compile: Literal["auto", "none", "default", "reduce-overhead", "max-autotune-no-cudagraphs"] = F(
+        "auto", "torch.compile mode of the served model, as eval.compile (rglcd.sample.prepare_sampling; auto: "
+        "reduce-overhead on CUDA, none on CPU); each new batch size compiles once, on its first batch")
+    grace_period_s: int = F(30, "seconds in-flight requests get to finish after SIGTERM", gt=0)
+    # Canary rollout after registration (pipelines/dag.py; docs/serving.md "Canary").
+    canary: bool = F(False, "after registration, roll the new version out to the InferenceService as a canary")
+    canary_percent: int = F(10, "traffic percent the canary gets", gt=0, le=100)
+    inference_service: str = F("rglcd-student", "name of the KServe InferenceService the canary step patches")
 
 
 @dataclass
@@ -272,4 +301,5 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from rglcd.config import ConfigError
-from rglcd.devices import resolve_device
+from rglcd.devices import device_and_dtype
 from rglcd.evaluate.gate import GateDecision, gate
 from rglcd.evaluate.generate import ImageSet, generate_set, reuse_images
 from rglcd.evaluate.spectrum import high_frequency_share
@@ -26,7 +26,6 @@ from rglcd.export import read_manifest
 from rglcd.provenance import provenance
 
 HPS_SCALE = 100.0  # HPS is reported as 100 x cosine (HPSv2 README)
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -47,16 +46,12 @@ def _check(cfg) -> None:
         raise ConfigError(f"eval.rewards: {e.rewards} lacks 'hpsv2.1'; the gate compares HPS (allowed: add it)")
 
 
-def device_and_dtype(eval_cfg) -> tuple[torch.device, torch.dtype]:
-    """eval.device / eval.precision -> (device, dtype); auto = CUDA + fp16 where there is a GPU, else CPU + fp32."""
+def eval_device(eval_cfg) -> tuple[torch.device, torch.dtype]:
+    """eval.device / eval.precision -> (device, dtype) (rglcd.devices.device_and_dtype), as a ConfigError."""
     try:
-        device = resolve_device(eval_cfg.device, "eval.device")
+        return device_and_dtype(eval_cfg.device, eval_cfg.precision, "eval")
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    precision = eval_cfg.precision
-    if precision == "auto":
-        precision = "fp16" if device.type == "cuda" else "fp32"
-    return device, DTYPES[precision]
 
 
 def _prompts(spec: str, what: str, count: int | None = None) -> list[str]:
@@ -222,11 +217,12 @@ def evaluate(cfg, model_dir: str | Path, out_dir: str | Path, teacher: str | Non
     """Evaluate the exported student in `model_dir` against its teacher; write metrics.json and report.html."""
     from rglcd.evaluate.latency import latency_report
     from rglcd.evaluate.report import write_html, write_metrics
+    from rglcd.evaluate.serving import serving_cost, serving_summary
     from rglcd.sample import load_sampling_model, prepare_sampling
 
     _check(cfg)
     e, t0 = cfg.eval, time.perf_counter()
-    device, dtype = device_and_dtype(e)
+    device, dtype = eval_device(e)
     out, model_dir = Path(out_dir), Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not (model_dir / "model_index.json").is_file():
@@ -252,7 +248,9 @@ def evaluate(cfg, model_dir: str | Path, out_dir: str | Path, teacher: str | Non
     metrics["fid"] = fid
     metrics["latency"] = latency_report(student, teacher_m, e.steps, e.teacher_steps, e.guidance, e.teacher_guidance,
                                         e.latency_batch_size, cfg.model.resolution, None, e.latency_repeats)
-    metrics["summary"] = summary(cfg, metrics["prompt_set"], bench, fid, metrics["latency"])
+    metrics["serving"] = serving_cost(student, teacher_m, cfg)
+    metrics["summary"] = {**summary(cfg, metrics["prompt_set"], bench, fid, metrics["latency"]),
+                          **serving_summary(metrics["serving"])}
     decision = gate(metrics, e, production_metrics)
     metrics["gate"] = {**asdict(decision), "production": production_metrics}
     metrics["run"] = {**_run_info(cfg, model_dir, teacher_ref, device, dtype),

@@ -5,8 +5,11 @@ Layout (no second copy of the weights):
   (flattened `section.key`), metrics, tags (run key, DVC md5/remote, data version, code revision,
   library versions, KFP run id) and small artifacts: `dvc-pointer/<name>.dvc`, `config.yaml`,
   `provenance.json`;
-- a model version with source `runs:/<run>/dvc-pointer` (the pointer file MLflow serves) and the
-  pointer itself in its tags, so `get_pointer` + `rglcd.storage.pull` fetch the exact weights.
+- an MLflow Model at `model/` (rglcd.registry.pyfunc: a pyfunc whose weights are the pointer, pulled on load)
+  and a model version with source `runs:/<run>/model` and the pointer itself in its tags, so
+  `mlflow.pyfunc.load_model("models:/NAME@ALIAS")` and `rglcd.storage.pull` both reach the exact weights.
+When the weights come from a tracked training run (rglcd.train.tracking; found by its KFP run id, or named by
+`training_run`), that run is the version's run: the registration adds its metrics, tags and artifacts to it.
 Idempotent: the run key (weights md5 + config hash + KFP run id) is a tag; registering the same key again
 returns the existing version, also when several registrations of one key run at once (`_settle`).
 Tracking URI: a SQLite file (embedded default) or an MLflow server URL.
@@ -31,6 +34,8 @@ from rglcd.storage import Pointer, read_pointer, redact, verify
 from rglcd.urls import redact_urls
 
 POINTER_DIR = "dvc-pointer"
+MODEL_DIR = "model"
+TRAIN_METRIC_PREFIX = "train/"      # per-step training metrics (rglcd.train.tracking), not the version's numbers
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/ ]{0,254}$")
 
 
@@ -75,7 +80,9 @@ def _errors(cfg: Any, action: str) -> Iterator[None]:
     try:
         yield
     except MlflowException as err:
-        raise RegistryError(f"{action} in registry {safe_uri(cfg.registry.tracking_uri)} failed: {err.message}") from None
+        uri = cfg.registry.tracking_uri
+        message = err.message.replace(uri, safe_uri(uri))           # MLflow's message may quote the URL whole
+        raise RegistryError(f"{action} in registry {safe_uri(uri)} failed: {message}") from None
 
 
 def _client(cfg: Any):
@@ -122,6 +129,13 @@ def _ensure_model(client: Any, name: str) -> None:
             client.create_registered_model(name, description="RG-LCD students; weights live in the DVC remote")
 
 
+def tracking_client(cfg: Any) -> tuple[Any, str]:
+    """(MlflowClient, experiment id) of `cfg.registry`: where training runs and registrations are logged."""
+    client = _client(cfg)
+    with _errors(cfg, "opening the experiment"):
+        return client, _experiment_id(client, cfg)
+
+
 def _check_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     if not isinstance(metrics, dict):
         raise RegistryError(f"metrics: expected a mapping name -> number, got {type(metrics).__name__}")
@@ -133,11 +147,12 @@ def _check_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _redact_tree(value: Any) -> Any:
+def redact_tree(value: Any) -> Any:
+    """`value` (config data) with passwords and tokens in every string masked."""
     if isinstance(value, dict):
-        return {k: _redact_tree(v) for k, v in value.items()}
+        return {k: redact_tree(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_redact_tree(v) for v in value]
+        return [redact_tree(v) for v in value]
     return redact(value) if isinstance(value, str) else value
 
 
@@ -166,7 +181,7 @@ class _Record:
 
 def _record(pointer: Pointer, metrics: dict[str, Any], config_dict: dict[str, Any], data_version: Any,
             run_id: str | None) -> _Record:
-    config = _redact_tree(config_dict)
+    config = redact_tree(config_dict)
     kfp = provenance.kfp_run_id(run_id)
     data = data_version.md5 if isinstance(data_version, Pointer) else (str(data_version) if data_version else None)
     prov = {"code_revision": provenance.code_revision(), "libraries": provenance.library_versions(),
@@ -179,14 +194,30 @@ def _record(pointer: Pointer, metrics: dict[str, Any], config_dict: dict[str, An
     return _Record(pointer, _check_metrics(metrics), config, prov, {k: redact(v) for k, v in tags.items()}, key)
 
 
-def _log_run(client: Any, exp_id: str, rec: _Record) -> str:
-    """One MLflow run with config params, metrics, provenance tags and the pointer artifact; FINISHED last."""
-    from mlflow.entities import Metric, Param
+def find_training_run(client: Any, exp_id: str, kfp_run_id: str | None) -> str | None:
+    """The finished training run of KFP run `kfp_run_id` (rglcd.train.tracking tags it), if one was tracked."""
+    if not kfp_run_id:
+        return None
+    runs = client.search_runs([exp_id], f"tags.`rglcd.role` = 'train' and tags.`kfp_run_id` = '{kfp_run_id}' "
+                              "and attributes.status = 'FINISHED'", max_results=1)
+    return runs[0].info.run_id if runs else None
 
-    run = client.create_run(exp_id, tags=rec.tags, run_name=f"register-{rec.pointer.md5[:8]}")
-    rid, now = run.info.run_id, int(time.time() * 1000)
-    params = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
-              for k, v in flatten(rec.config).items()]
+
+def _log_run(client: Any, exp_id: str, rec: _Record, cfg: Any, training_run: str | None = None) -> str:
+    """The version's run: the training run, or a new one with the config as params. Adds metrics, provenance
+    tags, the pointer artifact and the MLflow Model; the run key tag comes last (it marks a complete record)."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    from rglcd.registry.pyfunc import save_pyfunc      # mlflow.pyfunc and torch: loaded when registering only
+
+    if training_run:
+        rid, params = training_run, []                          # params were logged by the training run
+    else:
+        rid = client.create_run(exp_id, tags={k: v for k, v in rec.tags.items() if k != "rglcd.run_key"},
+                                run_name=f"register-{rec.pointer.md5[:8]}").info.run_id
+        params = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+                  for k, v in flatten(rec.config).items()]
+    now = int(time.time() * 1000)
     metrics = [Metric(k, v, now, 0) for k, v in rec.metrics.items()]
     for i in range(0, max(len(params), len(metrics)), 100):     # MLflow caps a batch at 100 params
         client.log_batch(rid, metrics=metrics[i:i + 100], params=params[i:i + 100])
@@ -197,13 +228,17 @@ def _log_run(client: Any, exp_id: str, rec: _Record) -> str:
         for name, text in files.items():
             (Path(tmp) / name).write_text(text)
             client.log_artifact(rid, str(Path(tmp) / name), POINTER_DIR if name.endswith(".dvc") else None)
-    client.set_terminated(rid, "FINISHED")
+        client.log_artifacts(rid, str(save_pyfunc(cfg, rec.pointer, Path(tmp) / MODEL_DIR)), MODEL_DIR)
+    client.log_batch(rid, tags=[RunTag(k, v) for k, v in rec.tags.items()])     # run key last: the record is whole
+    if not training_run:
+        client.set_terminated(rid, "FINISHED")
     return rid
 
 
-def _settle(client: Any, name: str, key: str, mine: Any, run_id: str) -> Any:
+def _settle(client: Any, name: str, key: str, mine: Any, run_id: str | None) -> Any:
     """Concurrent registrations of one run key: the version with the lowest number wins; the others
-    delete their version and their run, and report the winner. Returns the winning version.
+    delete their version and the run they created (`run_id`; None: the run was not theirs, e.g. the
+    training run, and is kept), and report the winner. Returns the winning version.
 
     Why this rule: MLflow's registry has no compare-and-set on tags or aliases, and neither a SQLite
     file nor an object-store remote offers a lock that works across hosts. But the tracking store
@@ -220,7 +255,7 @@ def _settle(client: Any, name: str, key: str, mine: Any, run_id: str) -> Any:
         return mine
     try:
         client.delete_model_version(name, mine.version)
-        if run_id != winner.run_id:
+        if run_id is not None and run_id != winner.run_id:
             client.delete_run(run_id)
     except MlflowException:             # already gone (another loser shared this run): nothing left to undo
         pass
@@ -228,14 +263,16 @@ def _settle(client: Any, name: str, key: str, mine: Any, run_id: str) -> Any:
 
 
 def register(cfg: Any, model_pointer: Pointer | str | Path, metrics: dict[str, Any], config_dict: dict[str, Any],
-             data_version: Any, run_id: str | None = None, verify_remote: bool = True) -> ModelVersionInfo:
+             data_version: Any, run_id: str | None = None, verify_remote: bool = True,
+             training_run: str | None = None) -> ModelVersionInfo:
     """Register the weights behind `model_pointer` as a new version of `cfg.registry.model_name`.
 
     Order that loses nothing: the pointer is verified in the remote first (unless `verify_remote` is
     False because the caller just did), then the run is logged, then the version is created and given
     `cfg.registry.alias`. Re-running with the same run key returns the existing version (`created=False`);
     so do concurrent calls with one key: one run, one version, the alias set by the one that created it.
-    `run_id`: the KFP run id (default: $KFP_RUN_ID).
+    `run_id`: the KFP run id (default: $KFP_RUN_ID). `training_run`: the MLflow run that trained the weights
+    (default: the tracked training run of the same KFP run, if any; else a registration run is created).
     """
     pointer = read_pointer(model_pointer)
     rec = _record(pointer, metrics, config_dict, data_version, run_id)
@@ -247,12 +284,13 @@ def register(cfg: Any, model_pointer: Pointer | str | Path, metrics: dict[str, A
         if verify_remote:
             verify(pointer)
         exp_id = _experiment_id(client, cfg)
-        rid = _find_finished_run(client, exp_id, rec.key) or _log_run(client, exp_id, rec)
+        training_run = training_run or find_training_run(client, exp_id, rec.provenance["kfp_run_id"])
+        rid = _find_finished_run(client, exp_id, rec.key) or _log_run(client, exp_id, rec, cfg, training_run)
         _ensure_model(client, name)
         version_tags = {k: v for k, v in rec.tags.items() if not k.startswith("lib.")}
-        mv = client.create_model_version(name, f"runs:/{rid}/{POINTER_DIR}", run_id=rid, tags=version_tags,
+        mv = client.create_model_version(name, f"runs:/{rid}/{MODEL_DIR}", run_id=rid, tags=version_tags,
                                          description=f"DVC {pointer.md5} in {pointer.remote}")
-        winner = _settle(client, name, rec.key, mv, rid)
+        winner = _settle(client, name, rec.key, mv, None if rid == training_run else rid)
         if int(winner.version) != int(mv.version):
             return _info(client, client.get_model_version(name, winner.version))
         if cfg.registry.alias:
@@ -263,6 +301,7 @@ def register(cfg: Any, model_pointer: Pointer | str | Path, metrics: dict[str, A
 def _info(client: Any, mv: Any, created: bool = False) -> ModelVersionInfo:
     tags = mv.tags or {}
     metrics = dict(client.get_run(mv.run_id).data.metrics) if mv.run_id else {}
+    metrics = {k: v for k, v in metrics.items() if not k.startswith(TRAIN_METRIC_PREFIX)}
     pointer = tags.get("dvc.pointer")
     return ModelVersionInfo(
         name=mv.name, version=int(mv.version), run_id=mv.run_id or "", run_key=tags.get("rglcd.run_key", ""),

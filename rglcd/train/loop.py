@@ -33,6 +33,7 @@ from rglcd.train.outputs import TrainResult, finish_run, start_outputs
 from rglcd.train.resume import resume_run
 from rglcd.train.setup import build_student, weight_dtype
 from rglcd.train.terms import StepTerms
+from rglcd.train.tracking import open_tracking
 
 Hook = Callable[..., None]
 
@@ -202,14 +203,17 @@ def train(cfg, data_dir: str | None = None, lrm_checkpoint: str | None = None, r
     outputs = start_outputs(run, data_info, resumed)
     batches = stream_for(cfg, source, acc, run.state.micro_batches)
     interrupted, record = False, {}
-    with sigterm_flag() as flag, outputs.progress() as bar:
+    tracking = open_tracking(cfg, data_info, run.out, acc.is_main_process, resumed is not None)
+    with tracking as tracker, sigterm_flag() as flag, outputs.progress() as bar:
         while run.state.step < cfg.train.max_steps:
             record = train_step(run, batches)
             outputs.after_step(record, bar)
+            tracker.log(record)
             interrupted = any_process(acc, flag["stop"])
             if interrupted or run.state.step % cfg.train.checkpoint_every == 0:
                 outputs.checkpoint()
             if interrupted:
+                tracker.interrupted = True
                 break
     return finish_run(run, outputs, interrupted, resumed, record)
 
