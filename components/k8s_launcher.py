@@ -1,13 +1,13 @@
 """Launch multi-node RG-LCD training as a Kubeflow PyTorchJob or TrainJob and watch it to the end.
 
 This is the `kubernetes`-client code of the project; it lives in components/ because rglcd/ never imports
-kubernetes (DESIGN.md, layers). The pipeline's training step calls `run(cfg, name)` when
+kubernetes (docs/architecture.md 1). The pipeline's training step calls `run(cfg, name)` when
 `pipeline.distributed` is "pytorchjob" or "trainjob"; a person can do the same from a shell:
 
     python -m components.k8s_launcher --preset sd21-base-hpsv21 --set pipeline.distributed=pytorchjob \
         --set pipeline.num_nodes=4 --name rglcd-train-0001          # --dry-run prints the objects instead
 
-Resource conventions (anchors.md B): PyTorchJob kubeflow.org/v1 (Training Operator v1.9): Master + Worker
+Resource conventions (docs/architecture.md 8): PyTorchJob kubeflow.org/v1 (Training Operator v1.9): Master + Worker
 replicas, container named `pytorch`, the operator injects MASTER_ADDR/MASTER_PORT and PET_NNODES/
 PET_NPROC_PER_NODE/PET_NODE_RANK, which torchrun reads. TrainJob trainer.kubeflow.org/v1alpha1 (Kubeflow
 Trainer v2): `runtimeRef` torch-distributed, `trainer.numNodes/resourcesPerNode/numProcPerNode`, pod-level

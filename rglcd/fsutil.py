@@ -1,4 +1,4 @@
-"""Filesystem helpers for outputs that must never be seen half-written (DESIGN.md: nothing written is lost)."""
+"""Filesystem helpers for outputs that must never be seen half-written (docs/architecture.md 7.3: nothing written is lost)."""
 from __future__ import annotations
 
 import os

@@ -26,7 +26,7 @@ MD_LINK = re.compile(r"\]\(([^)\s#]+\.md)(?:#[^)]*)?\)")
 # The planning notes outside the repository; code must cite docs/ instead.
 OUTSIDE_NOTES = ("METHOD", "DESIGN", "STYLE", "anchors", "offline-assets", "env-feasibility", "rglcd-reference",
                  "k8s-testing", "paper-summary")
-OUTSIDE = re.compile(r"(?<![\w/.-])(?:" + "|".join(re.escape(n) for n in OUTSIDE_NOTES) + r")\.md\b"
+OUTSIDE = re.compile(r"(?<![\w.-])(?:" + "|".join(re.escape(n) for n in OUTSIDE_NOTES) + r")\.md\b"
                      r"|shared/notes|\breference notes\b")
 
 

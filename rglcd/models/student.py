@@ -1,4 +1,4 @@
-"""Build the LCM student from the teacher (METHOD.md 1).
+"""Build the LCM student from the teacher (docs/method.md 1.2).
 
 The student has the teacher's UNet config plus `time_cond_proj_dim`, i.e. diffusers'
 `TimestepEmbedding.cond_proj` = Linear(time_cond_proj_dim -> C, no bias), added to the sinusoidal
@@ -33,6 +33,6 @@ def make_target(student: torch.nn.Module) -> torch.nn.Module:
 
 @torch.no_grad()
 def ema_update(target: torch.nn.Module, student: torch.nn.Module, decay: float) -> None:
-    """target <- decay * target + (1 - decay) * student (METHOD.md 2.10)."""
+    """target <- decay * target + (1 - decay) * student (docs/method.md 2.10)."""
     for t, s in zip(target.parameters(), student.parameters()):
         t.lerp_(s.detach().to(t.dtype), 1.0 - decay)

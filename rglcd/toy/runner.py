@@ -60,7 +60,7 @@ def reward_side(world, exp: Experiment, mcfg, device: torch.device) -> Guidance:
 
 
 def train_student(world, toy: ToyConfig, exp: Experiment, device: torch.device, say: Log) -> tuple[torch.nn.Module, dict]:
-    """`toy.student_steps` RG-LCD steps (METHOD.md 2-4) from the teacher; returns the student UNet and its record."""
+    """`toy.student_steps` RG-LCD steps (docs/method.md 2-4) from the teacher; returns the student UNet and its record."""
     from rglcd.lrm import lrm_finetune_step
     from rglcd.models import make_student, make_target
     from rglcd.step import lcd_step, make_optimizer, optimizer_update
@@ -82,7 +82,7 @@ def train_student(world, toy: ToyConfig, exp: Experiment, device: torch.device, 
         out.loss.backward()
         record = {"lcd_loss": out.lcd_loss.item(), "grad_norm": optimizer_update(student, target, optimizer, mcfg),
                   "train_reward": None if out.reward is None else out.reward.item()}
-        if side.finetunes:                                        # METHOD.md 4: after the student's update
+        if side.finetunes:                                        # docs/method.md 4: after the student's update
             record.update(lrm_finetune_step(side.lrm, side.lrm_optimizer, side.expert, teacher.vae,
                                             out.pred.detach() / sf, out.target / sf, out.z0 / sf,
                                             batch["captions"], mcfg, generator=lrm_gen))

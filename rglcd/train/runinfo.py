@@ -1,5 +1,5 @@
 """What a run writes next to its outputs: resolved config, library versions, git revision, data version
-(DESIGN.md conventions)."""
+(docs/architecture.md 7)."""
 from __future__ import annotations
 
 import json
