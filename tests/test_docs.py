@@ -1,6 +1,7 @@
 """Every citation of the project's documents resolves (docs/README.md, "Citing these documents from code").
 
-Code cites `docs/<file>.md <section>`; a section is a heading number (`## 2. ...` -> 2, `### 2.5 ...` -> 2.5).
+Code cites `docs/<file>.md <section>`; a section is a heading number (`## 2. ...` -> 2, `### 2.5 ...` -> 2.5)
+or a heading's title in double quotes (`docs/serving.md "Canary"`).
 The checker below scans the repository's code and documents and reports citations of a missing file or
 section, relative Markdown links to missing files, repeated section numbers, and citations of the outside
 planning notes the project started from (they are not in the repository).
@@ -20,8 +21,10 @@ NAMES = {"Makefile", "Dockerfile", "run"}
 SKIP_PARTS = {".git", ".venv", "__pycache__", "node_modules", ".pytest_cache"}
 
 NUMBER = r"\d+(?:\.\d+)*"
-CITATION = re.compile(rf"docs/([A-Za-z0-9_.-]+\.md)(?:[ \t]+(?:§[ \t]*)?({NUMBER}(?:[ \t]*(?:-|–|,|and)[ \t]*{NUMBER})*))?")
+CITATION = re.compile(rf"docs/([A-Za-z0-9_.-]+\.md)(?:[ \t]+(?:§[ \t]*)?({NUMBER}(?:[ \t]*(?:-|–|,|and)[ \t]*{NUMBER})*)"
+                      r'|[ \t]+"([^"\n]{1,80})")?')
 HEADING = re.compile(rf"^#{{1,6}}[ \t]+({NUMBER})\.?[ \t]+\S", re.MULTILINE)
+HEADING_TITLE = re.compile(rf"^#{{1,6}}[ \t]+(?:{NUMBER}\.?[ \t]+)?(.+?)[ \t]*#*[ \t]*$", re.MULTILINE)
 MD_LINK = re.compile(r"\]\(([^)\s#]+\.md)(?:#[^)]*)?\)")
 # The planning notes outside the repository; code must cite docs/ instead.
 OUTSIDE_NOTES = ("METHOD", "DESIGN", "STYLE", "anchors", "offline-assets", "env-feasibility", "rglcd-reference",
@@ -47,27 +50,33 @@ def section_numbers(markdown: str) -> list[str]:
     return HEADING.findall(markdown)
 
 
+def section_titles(markdown: str) -> set[str]:
+    """Heading titles of a Markdown document without their numbers, lower-cased ("## 4.1 Steps" -> "steps")."""
+    return {t.lower() for t in HEADING_TITLE.findall(markdown)}
+
+
 def cited_numbers(spec: str) -> list[str]:
     """'2.1-2.4' -> ['2.1', '2.4']; '2.6 and 2.8' -> ['2.6', '2.8']; '2.10, 3' -> ['2.10', '3']."""
     return re.findall(NUMBER, spec)
 
 
 def find_citations(text: str) -> list[tuple[int, str, list[str]]]:
-    """(line, file name, cited section numbers) of every `docs/<file>.md [section]` in `text`."""
+    """(line, file name, cited sections) of every `docs/<file>.md [section]` in `text`: numbers, or one
+    quoted title."""
     out = []
     for m in CITATION.finditer(text):
         line = text.count("\n", 0, m.start()) + 1
-        out.append((line, m.group(1), cited_numbers(m.group(2) or "")))
+        out.append((line, m.group(1), [f'"{m.group(3)}"'] if m.group(3) else cited_numbers(m.group(2) or "")))
     return out
 
 
 def check_tree(root: Path, skip: tuple[Path, ...] = ()) -> list[str]:
     """Every problem with citations, links, section numbers and outside notes under `root`, one line each."""
-    docs = root / "docs"
-    sections = {p.name: section_numbers(p.read_text(encoding="utf-8")) for p in docs.glob("*.md")} \
-        if docs.is_dir() else {}
+    texts = {p.name: p.read_text(encoding="utf-8") for p in sorted((root / "docs").glob("*.md"))}
+    numbered = {name: section_numbers(text) for name, text in texts.items()}
+    sections = {name: set(numbered[name]) | {f'"{t}"' for t in section_titles(text)} for name, text in texts.items()}
     problems = [f"docs/{name}: section {n} appears {nums.count(n)} times"
-                for name, nums in sorted(sections.items()) for n in sorted(set(nums)) if nums.count(n) > 1]
+                for name, nums in numbered.items() for n in sorted(set(nums)) if nums.count(n) > 1]
     for path in scanned_files(root):
         if path in skip:
             continue
@@ -78,7 +87,7 @@ def check_tree(root: Path, skip: tuple[Path, ...] = ()) -> list[str]:
                 problems.append(f"{rel}:{line}: cites docs/{name}, which does not exist")
                 continue
             problems += [f"{rel}:{line}: cites docs/{name} {n}, which has no section {n}"
-                         for n in numbers if n not in sections[name]]
+                         for n in numbers if n.lower() not in sections[name]]
         for m in OUTSIDE.finditer(text):
             line = text.count("\n", 0, m.start()) + 1
             problems.append(f"{rel}:{line}: cites {m.group(0)!r}, a note outside the repository; cite docs/ instead")
@@ -121,10 +130,13 @@ def test_parsing_of_headings_and_citations():
     doc = "# Title\n\n## 2. One step\n### 2.5 Scalings\n#### 2.5.1 Detail\n## Unnumbered\n### 10.2 Bugs\n"
     assert section_numbers(doc) == ["2", "2.5", "2.5.1", "10.2"]
     text = ("a (docs/method.md 2.1-2.4) b docs/method.md 2.6 and 2.8; docs/architecture.md 4.\n"
-            "docs/method.md 2.10, 3 then docs/operations.md and docs/method.md § 7.1: x\n")
+            "docs/method.md 2.10, 3 then docs/operations.md and docs/method.md § 7.1: x\n"
+            'docs/serving.md "Canary rollout" and "docs/operations.md", "x"\n')
     assert find_citations(text) == [(1, "method.md", ["2.1", "2.4"]), (1, "method.md", ["2.6", "2.8"]),
                                     (1, "architecture.md", ["4"]), (2, "method.md", ["2.10", "3"]),
-                                    (2, "operations.md", []), (2, "method.md", ["7.1"])]
+                                    (2, "operations.md", []), (2, "method.md", ["7.1"]),
+                                    (3, "serving.md", ['"Canary rollout"']), (3, "operations.md", [])]
+    assert section_titles(doc) == {"title", "one step", "scalings", "detail", "unnumbered", "bugs"}
 
 
 def _plant(root: Path, files: dict[str, str]) -> None:
@@ -137,6 +149,8 @@ def test_checker_reports_planted_bad_citations(tmp_path):
     old = "MET" + "HOD.md"   # spelled apart so this file does not cite it
     _plant(tmp_path, {
         "docs/method.md": "# Method\n## 2. Step\n### 2.5 Scalings\n### 2.6 Student\n",
+        "docs/serving.md": "# Serving\n## Canary rollout\n",
+        "rglcd/titled.py": '# docs/serving.md "Canary rollout", docs/serving.md "canary ROLLOUT"; docs/serving.md "Canary"\n',
         "docs/guide.md": "See [method](method.md), [gone](gone.md#x) and [web](https://example.com/a.md).\n",
         "rglcd/good.py": '"""Boundary scalings (docs/method.md 2.5); student (docs/method.md 2.5-2.6)."""\n',
         "rglcd/bad.py": ('"""One (docs/method.md 2.7).\n\nTwo (docs/method.md 2.5 and 9).\n'
@@ -147,6 +161,7 @@ def test_checker_reports_planted_bad_citations(tmp_path):
     problems = check_tree(tmp_path)
     assert sorted(problems) == sorted([
         "rglcd/bad.py:1: cites docs/method.md 2.7, which has no section 2.7",
+        'rglcd/titled.py:1: cites docs/serving.md "Canary", which has no section "Canary"',
         "rglcd/bad.py:3: cites docs/method.md 9, which has no section 9",
         "rglcd/bad.py:4: cites docs/nothing.md, which does not exist",
         f"rglcd/bad.py:4: cites '{old}', a note outside the repository; cite docs/ instead",
@@ -164,7 +179,8 @@ def test_checker_reports_repeated_section_numbers(tmp_path):
     assert check_tree(tmp_path) == ["docs/a.md: section 1.1 appears 2 times"]
 
 
-@pytest.mark.parametrize("text", ["docs/method.md 2.5", "see docs/method.md", "docs/method.md 2 and 2.5"])
+@pytest.mark.parametrize("text", ["docs/method.md 2.5", "see docs/method.md", "docs/method.md 2 and 2.5",
+                                  'docs/method.md "Scalings"'])
 def test_checker_accepts_what_exists(tmp_path, text):
     _plant(tmp_path, {"docs/method.md": "## 2. Step\n### 2.5 Scalings\n", "tests/t.py": f"# {text}\n"})
     assert check_tree(tmp_path) == []
