@@ -20,6 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rglcd.devices import DEVICE_HELP, resolve_device  # noqa: E402
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -72,7 +74,7 @@ def build(size: str, device: torch.device, dtype: torch.dtype, time_cond_proj_di
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--size", choices=["tiny", "sd21-base"], help="model sizes (default: tiny on CPU, sd21-base on CUDA)")
     parser.add_argument("--dtype", choices=list(DTYPES), help="default: fp16 on CUDA, fp32 on CPU")
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8], help="student LCM steps")
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from rglcd.evaluate import latency_report
 
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     size = args.size or ("sd21-base" if device.type == "cuda" else "tiny")
     dtype = DTYPES[args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
     if args.threads:

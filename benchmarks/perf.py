@@ -24,10 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import latency  # noqa: E402  (benchmarks/latency.py)
 import train_step  # noqa: E402  (benchmarks/train_step.py)
 
+from rglcd.devices import DEVICE_HELP, resolve_device  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--size", choices=["tiny", "sd21-base"], help="default: tiny on CPU, sd21-base on CUDA")
     parser.add_argument("--batch", type=int, default=4, help="training batch (latency runs at batch 1)")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per variant")
@@ -35,11 +37,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--json", metavar="FILE", help="also write every figure here")
     args = parser.parse_args(argv)
-    size = args.size or ("sd21-base" if args.device == "cuda" else "tiny")
+    device = str(resolve_device(args.device))
+    size = args.size or ("sd21-base" if device.startswith("cuda") else "tiny")
     threads = ["--threads", str(args.threads)] if args.threads else []
     started = time.perf_counter()
-    lat = latency.main(["--device", args.device, "--size", size, "--repeats", str(args.repeats), *threads])
-    train = train_step.main(["--device", args.device, "--size", size, "--batch", str(args.batch),
+    lat = latency.main(["--device", device, "--size", size, "--repeats", str(args.repeats), *threads])
+    train = train_step.main(["--device", device, "--size", size, "--batch", str(args.batch),
                              "--steps", str(args.steps), "--warmup", "2", *threads])
     summary = summarise(lat, train)
     print(f"\n# summary: {size} on {lat['device_name']} ({time.perf_counter() - started:.0f} s)")

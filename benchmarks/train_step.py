@@ -96,7 +96,8 @@ def make_run(cfg, teacher, guidance):
     from rglcd.models import make_target
     from rglcd.train.checkpoint import TrainState
     from rglcd.train.loop import Run, make_accelerator
-    from rglcd.train.setup import build_student, make_optimizer, make_scheduler, trainable
+    from rglcd.optim import make_optimizer, make_scheduler, trainable
+    from rglcd.train.setup import build_student
 
     acc = make_accelerator(cfg)
     student = build_student(teacher.unet, cfg.train, cfg.model.time_cond_proj_dim).to(acc.device)
@@ -219,8 +220,10 @@ def config_for(args):
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    from rglcd.devices import DEVICE_HELP, resolve_device
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--size", default="tiny", choices=["tiny", "sd21-base"])
     parser.add_argument("--batch", type=int, default=None, help="per-step batch (default 4)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per variant")
@@ -235,7 +238,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     if device.type == "cpu":
         args.precision = "no"
     cfg = config_for(args)

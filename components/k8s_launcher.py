@@ -33,6 +33,7 @@ from kubernetes import client, config as kube_config, watch
 
 from components.runtime import CHECKPOINT_MOUNT as CHECKPOINT_DIR, MODEL_CACHE_MOUNT as CACHE_DIR
 from rglcd.config import Config, dump_config
+from rglcd.config.args import add_config_args, config_from_args
 
 CONFIG_DIR = "/etc/rglcd"
 FIELD_MANAGER = "rglcd-launcher"
@@ -417,8 +418,6 @@ def run(cfg: Config, name: str, api: client.ApiClient | None = None, train_args:
 # ---------------------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    from rglcd.cli._common import add_config_args, config_from_args
-
     parser = argparse.ArgumentParser(prog="python -m components.k8s_launcher", description=__doc__.split("\n")[0])
     add_config_args(parser, default_preset="sd21-base-hpsv21")
     parser.add_argument("--name", required=True, help="job name (RFC 1035 label)")

@@ -134,7 +134,7 @@ def plain(value: Any) -> Any:
 def train_outputs(output_dir: str) -> dict[str, Any]:
     """Where `rglcd train` left the exported student, the HTML report and the metrics JSONL in its
     output dir, and the last value of every number the metrics logged."""
-    from rglcd.train.metrics import read_metrics
+    from rglcd.train.metrics import read_metrics_jsonl
 
     out = Path(output_dir)
     found = {"model_dir": out / "model", "report": out / "report.html", "metrics_file": out / "metrics.jsonl"}
@@ -142,7 +142,7 @@ def train_outputs(output_dir: str) -> dict[str, Any]:
     if missing:
         raise FileNotFoundError(f"training finished without {', '.join(missing)}; see the training log")
     last: dict[str, float] = {}
-    for record in read_metrics(found["metrics_file"]):
+    for record in read_metrics_jsonl(found["metrics_file"]):
         last.update(finite_numbers(record))
     return {**{k: str(v) for k, v in found.items()}, "metrics": last}
 

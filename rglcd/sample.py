@@ -89,7 +89,7 @@ def decode_unscaled(vae: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return (images.float() / 2 + 0.5).clamp(0, 1)
 
 
-def decode(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+def decode_latents(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
     """Scaled latents (B, 4, h, w) -> images in [0, 1] (B, 3, H, W), float32."""
     return decode_unscaled(vae, latents / vae.config.scaling_factor)
 
@@ -152,7 +152,7 @@ def lcm_sample(model: SamplingModel, prompts: list[str], num_steps: int = 4, gui
         latents = latents.to(text.dtype)
         out = model.unet(latents, t, timestep_cond=w_emb, encoder_hidden_states=text).sample
         latents, denoised = scheduler.step(out, t, latents, generator=generator, return_dict=False)
-    return SampleOutput(decode(model.vae, denoised.to(text.dtype)), denoised.float(),
+    return SampleOutput(decode_latents(model.vae, denoised.to(text.dtype)), denoised.float(),
                         [int(t) for t in scheduler.timesteps])
 
 
@@ -175,7 +175,7 @@ def ddim_sample(model: SamplingModel, prompts: list[str], num_steps: int = 50, g
         uncond, cond = model.unet(x, t, encoder_hidden_states=embeds).sample.chunk(2)
         latents = scheduler.step(uncond + guidance * (cond - uncond), t, latents, eta=0.0,
                                  generator=generator).prev_sample
-    return SampleOutput(decode(model.vae, latents), latents.float(), [int(t) for t in scheduler.timesteps])
+    return SampleOutput(decode_latents(model.vae, latents), latents.float(), [int(t) for t in scheduler.timesteps])
 
 
 # ---------------------------------------------------------------- files

@@ -2,7 +2,7 @@
 
     out = lcd_step(student, target, teacher, batch, cfg, step, reward=rm)
     accelerator.backward(out.loss)              # or out.loss.backward(): backward is the loop's job
-    optimizer_update(student, target, optimizer, cfg)   # clip, step, zero_grad, EMA target
+    rglcd.optim.optimizer_update(student, target, optimizer, cfg)   # clip, step, zero_grad, EMA target
 
 Per-example randomness (grid index, noise, w, VAE sample) comes from a generator seeded by
 (cfg.train.seed, step, batch["index"][j]) (`example_generators`), so the same examples give the same
@@ -156,7 +156,7 @@ def unet_output(unet: torch.nn.Module, z: torch.Tensor, t: torch.Tensor, text: t
 
 # ---------------------------------------------------------------- the reward term (docs/method.md 3)
 
-def decode_images(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+def decode_through_frozen_vae(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
     """Scaled latents (B, 4, h, w) -> images in [0, 1] (B, 3, H, W), differentiable w.r.t. z, not the VAE."""
     with params_frozen(vae):
         return decode_unscaled(vae, z / vae.config.scaling_factor)
@@ -168,7 +168,7 @@ def score_rewards(reward: torch.nn.Module, vae: torch.nn.Module, pred: torch.Ten
     kind = getattr(reward, "input_kind", None)
     with params_frozen(reward):
         if kind == "image":
-            r = reward.score(decode_images(vae, pred), captions)
+            r = reward.score(decode_through_frozen_vae(vae, pred), captions)
         elif kind == "latent":
             r = reward.score(pred / vae.config.scaling_factor, captions)  # no VAE decode (docs/method.md 4)
         else:
@@ -282,29 +282,3 @@ def lcd_step(student: torch.nn.Module, target: torch.nn.Module, teacher, batch: 
                       reward=None if rewards is None else rewards.mean(), pred=pred, target=tgt, z0=x.z0,
                       z_start=x.z_start, t_start=x.t_start, t_end=x.t_end, w=x.w, lcd_per_example=per_example,
                       rewards=rewards)
-
-
-# ---------------------------------------------------------------- the optimizer side
-
-def make_optimizer(student: torch.nn.Module, train_cfg) -> torch.optim.Optimizer:
-    """AdamW over the student's trainable parameters with the run's settings (docs/method.md 3.4: lr 1e-6, wd 0),
-    made as the training loop makes it (`rglcd.train.setup.make_optimizer`)."""
-    from rglcd.train import setup
-
-    return setup.make_optimizer(setup.trainable(student), train_cfg)
-
-
-def optimizer_update(student: torch.nn.Module, target: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     cfg) -> float:
-    """After backward: clip the grad norm, step, zero the grads, EMA-update the target (docs/method.md 2.10, 3).
-
-    Returns the pre-clip gradient norm. A loop on accelerate does the same with `accelerator.clip_grad_norm_`
-    and then `rglcd.models.ema_update(target, unwrapped_student, cfg.distill.ema_decay)`.
-    """
-    norm = torch.nn.utils.clip_grad_norm_([p for p in student.parameters() if p.requires_grad],
-                                          cfg.train.max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    from rglcd.models import ema_update
-    ema_update(target, _unwrap(student), cfg.distill.ema_decay)
-    return float(norm)

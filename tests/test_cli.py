@@ -1,4 +1,5 @@
 """The `rglcd` command: help on every command, config show, tiny models."""
+import json
 import subprocess
 import sys
 
@@ -33,6 +34,15 @@ def test_config_show_applies_preset_and_overrides(capsys):
     assert data["model"]["resolution"] == 768 and data["train"]["max_steps"] == 5
 
 
+def test_config_show_applies_an_explicit_preset_under_a_file(capsys, tmp_path):
+    """`--preset tiny --config f.yaml` (f.yaml without a preset key) is tiny + f.yaml, not the SD 2.1 defaults."""
+    path = tmp_path / "f.yaml"
+    path.write_text("train: {max_steps: 7}\n")
+    assert main(["config", "show", "--preset", "tiny", "--config", str(path), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["preset"], data["model"]["teacher"], data["train"]["max_steps"]) == ("tiny", "tiny:epsilon", 7)
+
+
 def test_config_error_exits_2_with_message(capsys):
     assert main(["config", "show", "--set", "distill.w_min=99"]) == 2
     assert "distill.w_min" in capsys.readouterr().err
@@ -61,3 +71,93 @@ def test_mapping_files_named_by_flags_read_json_and_yaml_and_refuse_the_rest(tmp
                                ("broken.json", ValueError, "is not valid JSON or YAML")]:
         with pytest.raises(error, match=rf"^--production-metrics: '.*{name}' {words}"):
             read_mapping_file(str(tmp_path / name), "--production-metrics")
+
+
+# ---------------------------------------------------------------- --version, --device, --json
+
+def test_version_is_the_installed_package_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out == f"rglcd {version('rglcd')}\n"
+
+
+def _commands_with(flag: str) -> dict[str, object]:
+    """'command action' -> the default of `flag` on every (sub)command that has it."""
+    found, stack = {}, [("", build_parser())]
+    while stack:
+        name, parser = stack.pop()
+        for action in parser._actions:
+            if flag in action.option_strings:
+                found[name.strip()] = action.default
+        stack += [(f"{name} {sub_name}", sub) for sub_name, sub in _subparsers(parser)]
+    return found
+
+
+def test_one_device_convention():
+    import torch
+
+    from rglcd.devices import resolve_device
+
+    # auto everywhere; evaluate defaults to the config's eval.device (itself auto); the toy table is CPU-defined
+    assert _commands_with("--device") == {"sample": "auto", "pretrain-lrm": "auto", "evaluate": None, "toy run": "cpu"}
+    assert resolve_device("auto") == resolve_device(None) == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="--device: 'tpu' is not a device; allowed: auto, cpu, cuda, cuda:N"):
+        resolve_device("tpu")
+    with pytest.raises(ValueError, match="--device: 'meta' is not allowed; allowed: auto, cpu, cuda, cuda:N"):
+        resolve_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="eval.device: 'cuda:1' but no CUDA device is visible"):
+            resolve_device("cuda:1", "eval.device")
+
+
+def test_every_command_that_prints_results_has_json():
+    assert {"pipeline run", "pipeline submit", "pipeline schedule", "evaluate", "push", "pull", "register",
+            "models list"} <= set(_commands_with("--json"))
+
+
+def test_json_mode_keeps_stdout_for_the_one_object(monkeypatch, capfd, tmp_path):
+    """Prints of the command and of its child processes land on stderr; stdout parses as JSON."""
+    import pipelines.local
+
+    def run_local(cfg, workdir, cache):
+        print("a step log line")
+        subprocess.run([sys.executable, "-c", "print('a child process line')"], check=True)
+        return pipelines.local.LocalRun(tmp_path, "sqlite:///m.db", {"register-model": {"parameters": {"version": 3}}})
+    monkeypatch.setattr(pipelines.local, "run_local", run_local)
+    assert main(["pipeline", "run", "--local", "--workdir", str(tmp_path), "--json"]) == 0
+    out = capfd.readouterr()
+    assert json.loads(out.out) == {"run_dir": str(tmp_path), "tracking_uri": "sqlite:///m.db",
+                                   "registered": {"version": 3},
+                                   "tasks": {"register-model": {"parameters": {"version": 3}}}}
+    assert "a step log line" in out.err and "a child process line" in out.err
+    print("stdout works again")
+    assert capfd.readouterr().out == "stdout works again\n"
+
+
+def test_evaluate_json_and_device(monkeypatch, capfd, tmp_path):
+    import rglcd.evaluate
+    from rglcd.evaluate.core import EvalResult
+    from rglcd.evaluate.gate import GateDecision
+
+    seen = {}
+
+    def evaluate(cfg, model, out, teacher=None, production_metrics=None):
+        seen.update(device=cfg.eval.device, model=model)
+        print("scoring ...")
+        gate = GateDecision(False, ["hps"], {"hps": "student 0.20 < teacher 0.25"})
+        return EvalResult({"summary": {"hps": 0.2, "fid": 31.5}}, tmp_path / "metrics.json", tmp_path / "r.html", gate)
+    monkeypatch.setattr(rglcd.evaluate, "evaluate", evaluate)
+    argv = ["evaluate", "--model", "m", "--out", str(tmp_path), "--device", "cpu", "--strict"]
+    assert main([*argv, "--json"]) == 3                                  # the gate failed: --strict exit status
+    out = capfd.readouterr()
+    assert json.loads(out.out) == {"summary": {"hps": 0.2, "fid": 31.5},
+                                   "gate": {"passed": False, "failed_rules": ["hps"],
+                                            "reasons": {"hps": "student 0.20 < teacher 0.25"}},
+                                   "metrics": str(tmp_path / "metrics.json"), "report": str(tmp_path / "r.html")}
+    assert seen == {"device": "cpu", "model": "m"} and "scoring ..." in out.err
+    assert main(argv) == 3
+    text = capfd.readouterr().out
+    assert "gate: FAILED" in text and "  hps: student 0.20 < teacher 0.25" in text and "scoring ..." in text

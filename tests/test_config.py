@@ -122,3 +122,49 @@ def test_every_field_is_explained():
     rows = explain()
     assert len(rows) > 80
     assert all(help_text for _, _, help_text in rows), [k for k, _, h in rows if not h]
+
+
+# ---------------------------------------------------------------- --preset / --config / --set (rglcd.config.args)
+
+def _from_cli(*argv: str):
+    import argparse
+
+    from rglcd.config.args import add_config_args, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_config_args(parser)
+    return config_from_args(parser.parse_args(list(argv)))
+
+
+def test_an_explicit_preset_is_applied_under_a_file_without_a_preset_key(tmp_path):
+    """The preset bug: `--preset tiny --config f.yaml` used to load the sd21-base-hpsv21 defaults instead."""
+    path = tmp_path / "f.yaml"
+    path.write_text("train: {max_steps: 7}\n")
+    cfg = _from_cli("--preset", "tiny", "--config", str(path))
+    assert (cfg.preset, cfg.model.teacher, cfg.model.resolution, cfg.train.max_steps) == ("tiny", "tiny:epsilon", 32, 7)
+
+
+def test_preset_then_file_then_set_and_which_preset(tmp_path):
+    plain, named = tmp_path / "plain.yaml", tmp_path / "named.yaml"
+    plain.write_text("train: {max_steps: 7}\n")
+    named.write_text("preset: sd21-768-hpsv21\ntrain: {max_steps: 7}\n")
+    # no --preset, no preset key: the documented default preset (tiny)
+    assert (_from_cli("--config", str(plain)).preset, _from_cli().preset) == ("tiny", "tiny")
+    # the file's preset key, unless --preset says otherwise
+    assert _from_cli("--config", str(named)).model.resolution == 768
+    cfg = _from_cli("--preset", "sd15-hpsv21", "--config", str(named), "--set", "train.max_steps=9")
+    assert (cfg.preset, cfg.model.teacher, cfg.train.max_steps) == ("sd15-hpsv21", "stable-diffusion-v1-5/stable-diffusion-v1-5", 9)
+    # custom: the schema defaults, no preset
+    assert _from_cli("--preset", "custom", "--config", str(plain)).model == Config().model
+
+
+def test_the_default_preset_is_stated_in_the_help():
+    import argparse
+
+    from rglcd.config.args import DEFAULT_PRESET, add_config_args
+
+    parser = argparse.ArgumentParser()
+    add_config_args(parser, default_preset="sd21-base-hpsv21")
+    text = " ".join(parser.format_help().split())
+    assert "default: the config file's `preset` key, else sd21-base-hpsv21" in text
+    assert parser.parse_args([]).default_preset == "sd21-base-hpsv21" and DEFAULT_PRESET == "tiny"

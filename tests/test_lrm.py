@@ -358,4 +358,4 @@ def test_cli_and_pipeline_step_stream_the_data_the_same_way(tmp_path, monkeypatc
     assert json.loads(capsys.readouterr().out)["out_dir"] == str(tmp_path / "lrm")
     (spec, workers), = specs
     assert (spec.shuffle_buffer, spec.batch_size, spec.seed, spec.resolution, workers) == (3, 2, 5, 32, 0)
-    assert len(calls[0][0]) == 2 and calls[0][1:] == (str(tmp_path / "lrm"), "cpu")
+    assert len(calls[0][0]) == 2 and calls[0][1:] == (str(tmp_path / "lrm"), torch.device("cpu"))

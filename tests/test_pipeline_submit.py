@@ -87,6 +87,22 @@ def test_schedule_creates_a_recurring_run(kfp_api, capsys):
     assert "scheduled" in capsys.readouterr().out
 
 
+def test_submit_and_schedule_json(kfp_api, capsys):
+    """--json: one JSON object on stdout (the run or recurring run), the progress lines on stderr."""
+    assert main(["pipeline", "submit", "--host", kfp_api.url, *CLUSTER, "--poll", "0.01", "--json"]) == 0
+    out = capsys.readouterr()
+    run = json.loads(out.out)
+    run_id = next(iter(kfp_api.runs))
+    assert run == {"run_id": run_id, "experiment_id": kfp_api.posted("/runs")[0]["experiment_id"],
+                   "url": f"{kfp_api.url}/#/runs/details/{run_id}", "state": "SUCCEEDED"}
+    assert "run: SUCCEEDED" in out.err and f"submitted run {run_id}" in out.err
+    assert main(["pipeline", "schedule", "--host", kfp_api.url, *CLUSTER, "--cron", "0 0 3 * * *", "--json"]) == 0
+    out = capsys.readouterr()
+    rec = json.loads(out.out)
+    assert rec["cron"] == "0 0 3 * * *" and rec["recurring_run_id"] in out.err
+    assert rec["experiment_id"] == kfp_api.posted("/recurringruns")[0]["experiment_id"]
+
+
 def refused(api, argv, capsys):
     """Run the CLI; assert it failed and that the server got no request at all; return stderr."""
     rc = main(argv)

@@ -262,3 +262,27 @@ def test_against_a_real_mlflow_server(mlflow_server, tiny_cfg, model_dir, tmp_pa
     fetched = MlflowClient(mlflow_server).download_artifacts(info.run_id, "dvc-pointer", str(tmp_path))
     assert read_pointer(Path(fetched) / "student.dvc") == pointer
     assert [v.version for v in list_versions(cfg)] == [info.version]
+
+
+def test_cli_json_of_push_pull_and_register(local_cfg, model_dir, tmp_path, capfd):
+    """--json: stdout holds one JSON object and nothing else (summaries and logs go to stderr)."""
+    cfg = local_cfg
+    sets = ["--set", f"registry.tracking_uri={cfg.registry.tracking_uri}", "--set", f"storage.remote={cfg.storage.remote}"]
+    assert main(["push", str(model_dir), "--out", str(tmp_path / "student.json"), "--json", *sets]) == 0
+    pushed = json.loads(capfd.readouterr().out)
+    pointer = read_pointer(tmp_path / "student.json")
+    assert pushed["pointer"] == pointer.to_dvc() and pushed["pointer_file"] == str(tmp_path / "student.json")
+    assert pushed["objects_uploaded"] + pushed["objects_present"] == len(tree_digest(model_dir))
+    assert main(["pull", str(tmp_path / "student.json"), str(tmp_path / "back"), "--json"]) == 0
+    pulled = json.loads(capfd.readouterr().out)
+    assert pulled["path"] == str(tmp_path / "back") and pulled["pointer"]["outs"] == pushed["pointer"]["outs"]
+    assert tree_digest(tmp_path / "back") == tree_digest(model_dir)
+    (tmp_path / "metrics.json").write_text(json.dumps({"fid": 30.0}))
+    assert main(["register", "--model-pointer", str(tmp_path / "student.json"), "--metrics",
+                 str(tmp_path / "metrics.json"), "--run-id", "kfp-9", "--json", *sets]) == 0
+    out = capfd.readouterr()
+    version = json.loads(out.out)
+    assert (version["version"], version["kfp_run_id"], version["metrics"], version["created"]) == (1, "kfp-9", {"fid": 30.0}, True)
+    assert version["pointer"]["outs"] == pushed["pointer"]["outs"] and "registered: rglcd-student version 1" not in out.out
+    assert main(["models", "list", "--json", *sets]) == 0
+    assert [v["version"] for v in json.loads(capfd.readouterr().out)] == [1]

@@ -37,9 +37,45 @@ def _to_tensor(array: np.ndarray) -> torch.Tensor:
 # ---------------------------------------------------------------- registry
 
 def test_registry_names_and_unknown_name():
-    assert set(IMAGE_REWARDS + ["lrm"]) == set(available_rewards())
+    assert set(IMAGE_REWARDS + ["lrm", "toy"]) == set(available_rewards())
     with pytest.raises(ValueError, match="'hpsv2' is not known; allowed: hpsv2.1, pickscore"):
         load_reward("hpsv2")
+
+
+def test_a_registered_reward_is_loaded_by_name_and_allowed_in_configs(monkeypatch):
+    from rglcd import plugins
+    from rglcd.config import ConfigError, load_config
+
+    monkeypatch.setattr(plugins, "REWARDS", dict(plugins.REWARDS))       # this test's registrations only
+    with pytest.raises(ConfigError, match="reward.name: 'ones' is not allowed; allowed: none, hpsv2.1"):
+        load_config("tiny", overrides=["reward.name=ones"])
+    plugins.register_reward("ones", "tests.test_rewards:_ones_reward")
+    plugins.register_reward("ones", "tests.test_rewards:_ones_reward")      # the same entry again: no-op
+    cfg = load_config("tiny", overrides=["reward.name=ones", "eval.rewards=[ones, lrm]"])
+    rm = load_reward(cfg.reward.name, "w", device="cpu")
+    assert rm.weights == "w" and rm.score(torch.zeros(2, 3, 8, 8), ["a", "b"]).tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match="'ones' is already registered as tests.test_rewards:_ones_reward"):
+        plugins.register_reward("ones", "elsewhere:load")
+    with pytest.raises(ValueError, match="target 'no colon' is not allowed; allowed: 'module:function'"):
+        plugins.register_reward("x", "no colon")
+    plugins.register_reward("latent-only", "m:f", input_kind="latent")
+    with pytest.raises(ConfigError, match="reward.name: 'latent-only' is not allowed"):   # not an image expert
+        load_config("tiny", overrides=["reward.name=latent-only"])
+
+
+class _Ones(torch.nn.Module):
+    input_kind = "image"
+
+    def __init__(self, weights):
+        super().__init__()
+        self.weights = weights
+
+    def score(self, x, prompts):
+        return torch.ones(len(prompts))
+
+
+def _ones_reward(weights, *, antialias, device, dtype, cache_dir):
+    return _Ones(weights)
 
 
 @pytest.mark.slow

@@ -205,12 +205,12 @@ def test_cli_export_then_sample(exported, model_cache, tmp_path, capsys):
     assert "not an LCM student" in capsys.readouterr().err
 
 
-def test_decode_is_decode_unscaled_of_z_over_the_scaling_factor(exported):
-    from rglcd.sample import decode, decode_unscaled
+def test_decode_latents_is_decode_unscaled_of_z_over_the_scaling_factor(exported):
+    from rglcd.sample import decode_latents, decode_unscaled
 
     teacher = exported["epsilon"][0]
     z = torch.randn(2, 4, 16, 16, generator=_gen(3))
-    images = decode(teacher.vae, z)
+    images = decode_latents(teacher.vae, z)
     assert images.shape == (2, 3, 32, 32) and images.dtype == torch.float32
     assert float(images.min()) >= 0 and float(images.max()) <= 1
     assert torch.equal(images, decode_unscaled(teacher.vae, z / teacher.vae.config.scaling_factor))

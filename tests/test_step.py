@@ -5,7 +5,8 @@ import torch
 
 from rglcd import solver
 from rglcd.models import load_teacher, make_student, make_target
-from rglcd.step import (draw, example_generators, example_seed, lcd_step, make_optimizer, optimizer_update)
+from rglcd.optim import is_bad_step, make_optimizer, optimizer_update, trainable
+from rglcd.step import draw, example_generators, example_seed, lcd_step
 
 CAPTIONS = ["a photo of a cat", "a red car on a street", "a bowl of fruit", "mountains at sunset"]
 
@@ -306,21 +307,47 @@ def test_optimizer_update_steps_the_student_and_moves_the_target_by_ema(teachers
     teacher = teachers["epsilon"]
     cfg = tiny_cfg("reward.guidance=direct", "distill.ema_decay=0.9", "train.lr=1e-3")
     student, target = _models(teacher)
-    opt = make_optimizer(student, cfg.train)
+    opt = make_optimizer(trainable(student), cfg.train)
     before_s = [p.detach().clone() for p in student.parameters()]
     before_t = [p.detach().clone() for p in target.parameters()]
     lcd_step(student, target, teacher, _batch([0, 1]), cfg, 0).loss.backward()
-    norm = optimizer_update(student, target, opt, cfg)
-    assert norm > 0 and all(p.grad is None for p in student.parameters())
+    norm, bad = optimizer_update(student, target, opt, cfg)
+    assert norm > 0 and not bad and all(p.grad is None for p in student.parameters())
     assert any(not torch.equal(a, p) for a, p in zip(before_s, student.parameters()))
     for t0, t1, s1 in zip(before_t, target.parameters(), student.parameters()):
         assert torch.allclose(t1, 0.9 * t0 + 0.1 * s1, atol=1e-6)
 
 
+def test_the_one_non_finite_rule():
+    """A bad step: a non-finite loss anywhere, or a non-finite grad norm outside fp16 (there the scaler skips)."""
+    assert [is_bad_step(True, 1.0, p) for p in ("no", "bf16", "fp16")] == [False, False, False]
+    assert [is_bad_step(True, float("nan"), p) for p in ("no", "bf16", "fp16")] == [True, True, False]
+    assert [is_bad_step(False, 1.0, p) for p in ("no", "bf16", "fp16")] == [True, True, True]
+
+
+def test_optimizer_update_skips_a_bad_step_and_moves_nothing(teachers, tiny_cfg):
+    cfg = tiny_cfg("reward.guidance=direct", "train.lr=1e-3")
+    student, target = _models(teachers["epsilon"])
+    opt = make_optimizer(trainable(student), cfg.train)
+    weights = [p.detach().clone() for p in [*student.parameters(), *target.parameters()]]
+
+    def unchanged() -> bool:
+        return all(torch.equal(a, b) for a, b in zip(weights, [*student.parameters(), *target.parameters()]))
+    for p in trainable(student):
+        p.grad = torch.full_like(p, float("nan"))
+    norm, bad = optimizer_update(student, target, opt, cfg)
+    assert bad and norm != norm and unchanged() and all(p.grad is None for p in student.parameters())
+    for p in trainable(student):                     # finite gradients, but the loss was not finite somewhere
+        p.grad = torch.ones_like(p)
+    norm, bad = optimizer_update(student, target, opt, cfg, loss_finite=False)
+    assert bad and norm > 0 and unchanged() and all(p.grad is None for p in student.parameters())
+    assert not opt.state                             # AdamW never stepped: no moments were made
+
+
 def _train(teacher, cfg, steps, reward=None, fixed_draws=False):
     """`steps` optimizer steps on one repeated batch of 2; fixed_draws repeats step 0's draws too."""
     student, target = _models(teacher)
-    opt = make_optimizer(student, cfg.train)
+    opt = make_optimizer(trainable(student), cfg.train)
     g = torch.Generator().manual_seed(0)
     batch = {"latents": torch.randn(2, 4, 8, 8, generator=g), "captions": CAPTIONS[:2], "index": torch.arange(2)}
     lcd, rewards = [], []

@@ -74,6 +74,28 @@ def test_toy_reward_is_the_mean_attribute_probability_with_gradients_to_the_imag
         reward.score(images.detach(), prompts[:2])
 
 
+def test_the_toy_expert_is_the_registered_reward_toy_loaded_from_a_world(tmp_path):
+    from safetensors.torch import save_file
+
+    from rglcd.rewards import load_reward
+    from rglcd.toy.world import _classifier_state
+
+    torch.manual_seed(0)
+    reward_cls, judge = ToyClassifier(width=8, feature_dim=16), ToyClassifier(width=4, feature_dim=8)
+    save_file(_classifier_state(reward_cls, judge), str(tmp_path / "classifiers.safetensors"))
+    state = torch.random.get_rng_state()
+    loaded = load_reward("toy", str(tmp_path), device="cpu")
+    assert torch.equal(torch.random.get_rng_state(), state)             # no random init drawn: rows stay seeded
+    images, prompts = torch.rand(3, 3, 32, 32), [caption(labels) for labels in all_labels()[:3]]
+    assert isinstance(loaded, ToyReward) and loaded.classifier.width == 8
+    torch.testing.assert_close(loaded.score(images, prompts), ToyReward(reward_cls).score(images, prompts), rtol=0, atol=0)
+    assert not any(p.requires_grad for p in loaded.parameters())
+    with pytest.raises(ValueError, match="reward 'toy' needs reward.weights: a toy world directory"):
+        load_reward("toy", None)
+    with pytest.raises(FileNotFoundError, match="does not exist; allowed: a toy world directory"):
+        load_reward("toy", str(tmp_path / "missing"))
+
+
 def test_lrm_pretraining_batches_have_distinct_captions_matching_their_latents():
     data = make_dataset(96, seed=1)
     moments = torch.arange(96.0)[:, None, None, None].expand(96, 8, 2, 2).clone()   # row i holds the value i
@@ -130,6 +152,12 @@ def test_world_key_and_method_config():
     assert (lrm.reward.name, lrm.reward.guidance, lrm.lrm.batch_size) == ("toy", "lrm", toy.lrm_batch_size)
     assert (lcd.distill.w_min, lcd.distill.w_max, lcd.train.lr) == (toy.w_min, toy.w_max, toy.lr)
     assert lcd.model.resolution == 32 and lcd.distill.num_ddim_timesteps == 50
+    assert (lcd.preset, lcd.reward.weights, lcd.lrm.checkpoint, lcd.model.teacher) == ("tiny", None, None, "tiny:epsilon")
+    row = method_config(toy, "lrm", 5.0, world_dir="/w/world-abc")        # a built world: every source points into it
+    assert (row.model.teacher, row.reward.weights, row.lrm.checkpoint) == (
+        "/w/world-abc/teacher", "/w/world-abc", "/w/world-abc/lrm")
+    plain = method_config(toy, world_dir="/w/world-abc")                    # LCD: no expert, no LRM to load
+    assert (plain.model.teacher, plain.reward.weights, plain.lrm.checkpoint) == ("/w/world-abc/teacher", None, None)
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from rglcd.train import NonFiniteLoss, list_checkpoints, train
 from rglcd.train.checkpoint import check_compatible
-from rglcd.train.metrics import read_metrics
+from rglcd.train.metrics import read_metrics_jsonl
 
 FAST = ["reward.name=none", "reward.guidance=direct", "train.batch_size=2", "train.validation_every=1000",
         "train.max_steps=4", "train.checkpoint_every=2", "data.shuffle_buffer=8", "train.seed=3"]
@@ -79,9 +79,9 @@ def test_resume_after_a_crash_mid_accumulation_is_bit_exact(tiny_cfg, tmp_path):
     res = _run_with_crashes(tiny_cfg, tmp_path, "res", [(2, 0)], *over)  # in step 3, after micro-batch 0
     assert ref.steps == res.steps == 3 and res.resumed_from.name == "step-00000002"
     _assert_identical(ref.checkpoint, res.checkpoint)
-    assert [r["step"] for r in read_metrics(res.output_dir / "metrics.jsonl")] == [1, 2, 3]
-    assert [r["lcd_loss"] for r in read_metrics(res.output_dir / "metrics.jsonl")] == \
-           [r["lcd_loss"] for r in read_metrics(ref.output_dir / "metrics.jsonl")]
+    assert [r["step"] for r in read_metrics_jsonl(res.output_dir / "metrics.jsonl")] == [1, 2, 3]
+    assert [r["lcd_loss"] for r in read_metrics_jsonl(res.output_dir / "metrics.jsonl")] == \
+           [r["lcd_loss"] for r in read_metrics_jsonl(ref.output_dir / "metrics.jsonl")]
     assert [s for s, _ in list_checkpoints(res.output_dir)] == [2, 3]            # keep_checkpoints=2
     assert not list((res.output_dir / "checkpoints").glob(".tmp-*"))
 
@@ -95,7 +95,7 @@ def test_resume_at_several_kill_points_with_lrm_fine_tuning_is_bit_exact(tiny_cf
     res = _run_with_crashes(tiny_cfg, tmp_path, "res", [(1, 0), (2, 1), (4, 1)], *over, lrm_checkpoint=tiny_lrm)
     _assert_identical(ref.checkpoint, res.checkpoint)
     assert any(k.startswith("custom_checkpoint_2") for k in _state(res.checkpoint))   # the LRM is in it
-    records = read_metrics(res.output_dir / "metrics.jsonl")
+    records = read_metrics_jsonl(res.output_dir / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5] and all(r["lrm_loss"] is not None for r in records)
     saved = json.loads((res.output_dir / "lrm" / "lrm_config.json").read_text())
     assert saved["steps"] == 5 and "optimizer" in saved
@@ -132,7 +132,7 @@ def test_cli_exits_143_after_checkpointing_on_sigterm(tiny_cfg, tmp_path, model_
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     deadline = time.monotonic() + 240
-    while not read_metrics(out / "metrics.jsonl") and time.monotonic() < deadline and proc.poll() is None:
+    while not read_metrics_jsonl(out / "metrics.jsonl") and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=240)
@@ -145,16 +145,16 @@ def test_cli_exits_143_after_checkpointing_on_sigterm(tiny_cfg, tmp_path, model_
 # ---------------------------------------------------------------- the non-finite guard
 
 def _nan_at(monkeypatch, micro_batches):
-    import rglcd.step
+    import rglcd.train.loop
 
-    real = rglcd.step.lcd_step
+    real = rglcd.train.loop.lcd_step
 
     def patched(student, target, teacher, batch, cfg, step, reward=None):
         out = real(student, target, teacher, batch, cfg, step, reward=reward)
         if step in micro_batches:
             out.loss = out.loss * float("nan")
         return out
-    monkeypatch.setattr(rglcd.step, "lcd_step", patched)
+    monkeypatch.setattr(rglcd.train.loop, "lcd_step", patched)
 
 
 def test_non_finite_steps_are_skipped_and_counted(tiny_cfg, monkeypatch):
@@ -164,7 +164,7 @@ def test_non_finite_steps_are_skipped_and_counted(tiny_cfg, monkeypatch):
     def snap(run, step, record):
         snapshots[step] = [p.detach().clone() for p in run.params]
     result = train(tiny_cfg(*FAST, "train.max_steps=3"), DATA, hooks={"step": snap})
-    records = read_metrics(result.output_dir / "metrics.jsonl")
+    records = read_metrics_jsonl(result.output_dir / "metrics.jsonl")
     assert [r["bad_step"] for r in records] == [False, True, False] and result.bad_steps == 1
     assert all(torch.equal(a, b) for a, b in zip(snapshots[1], snapshots[2]))     # step 2 changed nothing
     assert not all(torch.equal(a, b) for a, b in zip(snapshots[2], snapshots[3]))
@@ -283,7 +283,7 @@ def test_end_to_end_from_prep_output_with_the_tiny_preset(tiny_cfg, tmp_path, mo
     assert main(["train", "--data", str(tmp_path / "data"), "--lrm-checkpoint", tiny_lrm, "--output-dir", str(out),
                  *common, "--set", "train.max_steps=24", "--set", "train.validation_every=12",
                  "--set", "train.checkpoint_every=12", "--set", "train.batch_size=2"]) == 0
-    records = read_metrics(out / "metrics.jsonl")
+    records = read_metrics_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, 25))
     assert all(r["lrm_loss"] is not None and r["reward"] is not None for r in records)
     assert [s for s, _ in list_checkpoints(out)] == [12, 24]

@@ -1,26 +1,64 @@
-"""What subcommands share: the --preset/--config/--set arguments, and reading a mapping file a flag names."""
+"""What subcommands share besides the config arguments (those are `rglcd.config.args`): the --device and
+--json conventions, and reading a mapping file a flag names.
+
+--json: the command prints one JSON object on stdout and nothing else; everything else it (or a child
+process) would print goes to stderr. Commands call `emit(args, data, text)` once, at the end.
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import yaml
 
-from rglcd.config import Config, list_presets, load_config
+from rglcd.devices import DEVICE_HELP
 
 
-def add_config_args(parser: argparse.ArgumentParser, default_preset: str | None = "tiny") -> None:
-    parser.add_argument("--preset", default=default_preset,
-                        help=f"named preset ({', '.join(list_presets())}); default: %(default)s")
-    parser.add_argument("--config", metavar="FILE", help="YAML/JSON config file (applied over the preset)")
-    parser.add_argument("--set", dest="overrides", metavar="SECTION.KEY=VALUE", action="append", default=[],
-                        help="override one config value (repeatable), e.g. --set train.max_steps=20")
+def add_device_arg(parser: argparse.ArgumentParser, default: str | None = "auto", help: str = DEVICE_HELP) -> None:
+    """--device by the one convention of `rglcd.devices` (auto, cpu, cuda, cuda:N)."""
+    parser.add_argument("--device", default=default, metavar="DEVICE", help=help)
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    preset = None if args.config and args.preset == "tiny" else args.preset
-    return load_config(preset=preset, path=args.config, overrides=args.overrides)
+def add_json_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help="print the result as one JSON object on stdout (logs and progress go to stderr)")
+
+
+def emit(args: argparse.Namespace, data: Any, text: str | Callable[[], str] | None) -> None:
+    """The command's result: `text` for people (a function is called only then; None: nothing more to say),
+    or with --json `data` (a JSON object; a list for listings), printed by `rglcd.cli.main` at the end."""
+    if getattr(args, "json", False):
+        args.json_result = data
+    elif text is not None:
+        print(text() if callable(text) else text)
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+@contextlib.contextmanager
+def stdout_to_stderr(active: bool) -> Iterator[None]:
+    """While active, what this process and its children write to stdout goes to stderr (file descriptor 1
+    pointed at 2, and Python's sys.stdout at sys.stderr); stdout is back when the block ends."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def read_mapping_file(path: str, what: str) -> dict[str, Any]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from rglcd.cli._common import add_config_args, config_from_args
+from rglcd.config.args import add_config_args, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from rglcd.cli._common import add_config_args, config_from_args
+from rglcd.cli._common import add_device_arg
+from rglcd.config.args import add_config_args, config_from_args
+from rglcd.devices import resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="training data: an `rglcd prep` output dir (images or precomputed latents), .tar shards, "
                              "a table, a folder of images with same-named .txt captions, or builtin:photos")
     parser.add_argument("--out", required=True, help="output checkpoint directory (replaced atomically)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_device_arg(parser)
     add_config_args(parser)
     parser.set_defaults(func=_pretrain)
 
@@ -25,6 +27,6 @@ def _pretrain(args: argparse.Namespace) -> None:
     from rglcd.lrm import pretrain_lrm_from_data
 
     cfg = config_from_args(args)
-    result = pretrain_lrm_from_data(cfg, args.data, args.out, device=args.device)
+    result = pretrain_lrm_from_data(cfg, args.data, args.out, device=resolve_device(args.device))
     summary = {k: v for k, v in result.items() if k != "losses"}
     print(json.dumps(summary, indent=2))

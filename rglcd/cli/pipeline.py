@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 
-from rglcd.cli._common import add_config_args, config_from_args
+from rglcd.cli._common import add_json_arg, emit
+from rglcd.config.args import add_config_args, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--no-cache", action="store_true",
                      help="re-run every step (default: reuse cached config/prep/LRM-pretraining results of earlier "
                           "runs in --workdir; use this when data behind the same path changed)")
+    add_json_arg(run)
     run.set_defaults(func=_run)
 
     submit = cmds.add_parser("submit", help="start a run on a Kubeflow Pipelines cluster")
@@ -42,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     submit.add_argument("--no-wait", action="store_true", help="return once the run is created")
     submit.add_argument("--timeout", type=float, help="stop waiting after this many seconds")
     submit.add_argument("--poll", type=float, default=10.0, help="seconds between status polls (default: %(default)s)")
+    add_json_arg(submit)
     submit.set_defaults(func=_submit)
 
     sched = cmds.add_parser("schedule", help="create a recurring run (6-field cron, seconds first)")
@@ -51,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sched.add_argument("--name", help="recurring run name (default: rglcd-<preset>-retrain)")
     sched.add_argument("--max-concurrency", type=int, default=1, help="runs at once (default: %(default)s)")
     sched.add_argument("--catchup", action="store_true", help="backfill intervals missed while paused")
+    add_json_arg(sched)
     sched.set_defaults(func=_schedule)
 
 
@@ -84,7 +89,8 @@ def _run(args: argparse.Namespace) -> None:
     from pipelines.local import run_local
 
     result = run_local(config_from_args(args), args.workdir, cache=not args.no_cache)
-    print(result.summary())
+    emit(args, {"run_dir": str(result.run_dir), "tracking_uri": result.tracking_uri,
+                "registered": result.registered, "tasks": result.tasks}, result.summary)
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -93,15 +99,14 @@ def _submit(args: argparse.Namespace) -> int:
     out = submit(config_from_args(args), args.host, run_name=args.run_name, experiment=args.experiment,
                  data_uri=args.data_uri, max_steps=args.max_steps, wait=not args.no_wait, timeout=args.timeout,
                  poll=args.poll)
-    if out.state is not None:
-        print(f"run {out.run_id} finished: {out.state}")
-        return 0 if out.state == "SUCCEEDED" else 1
-    return 0
+    emit(args, asdict(out), None if out.state is None else f"run {out.run_id} finished: {out.state}")
+    return 0 if out.state in (None, "SUCCEEDED") else 1
 
 
 def _schedule(args: argparse.Namespace) -> None:
     from pipelines.submit import schedule
 
-    schedule(config_from_args(args), args.host, args.cron, name=args.name, experiment=args.experiment,
-             data_uri=args.data_uri, max_steps=args.max_steps, max_concurrency=args.max_concurrency,
-             catchup=args.catchup)
+    out = schedule(config_from_args(args), args.host, args.cron, name=args.name, experiment=args.experiment,
+                   data_uri=args.data_uri, max_steps=args.max_steps, max_concurrency=args.max_concurrency,
+                   catchup=args.catchup)
+    emit(args, asdict(out), None)   # the text line was logged by schedule()

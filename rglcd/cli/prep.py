@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from rglcd.cli._common import add_config_args, config_from_args
+from rglcd.config.args import add_config_args, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -7,7 +7,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from rglcd.cli._common import add_config_args, config_from_args, read_mapping_file
+from rglcd.cli._common import add_json_arg, emit, read_mapping_file
+from rglcd.config.args import add_config_args, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-version", help="data version: a string or a data pointer file (its md5 is used)")
     parser.add_argument("--run-id", help="KFP run id (default: $KFP_RUN_ID)")
     parser.add_argument("--out", metavar="FILE", help="also write the version info as JSON here")
+    add_json_arg(parser)
     add_config_args(parser)
     parser.set_defaults(func=_register)
 
@@ -30,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def add_models_actions(cmds: argparse._SubParsersAction) -> None:
     """`models list` and `models promote`, added to the `models` group of rglcd/cli/models.py."""
     ls = cmds.add_parser("list", help="registered versions with aliases, weights md5 and metrics")
-    ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_json_arg(ls)
     add_config_args(ls)
     ls.set_defaults(func=_list)
     promote = cmds.add_parser("promote", help="point an alias (default: production) at a version")
@@ -40,7 +42,7 @@ def add_models_actions(cmds: argparse._SubParsersAction) -> None:
     promote.set_defaults(func=_promote)
 
 
-def read_metrics(path: str) -> dict[str, float]:
+def read_metric_values(path: str) -> dict[str, float]:
     """Metrics file -> flat {name: number}; anything else is refused naming the file and key."""
     from rglcd.registry.provenance import flatten
 
@@ -65,16 +67,16 @@ def _register(args: argparse.Namespace) -> None:
     from rglcd.registry import publish, register as register_version
 
     cfg = config_from_args(args)
-    metrics, data = read_metrics(args.metrics), _data_version(args.data_version)
+    metrics, data = read_metric_values(args.metrics), _data_version(args.data_version)
+    pushed = None
     if args.model_dir:
         published = publish(cfg, args.model_dir, metrics, to_dict(cfg), data, args.run_id)
-        print(published.push.summary())
-        info = published.version
+        pushed, info = published.push.summary(), published.version
     else:
         info = register_version(cfg, args.model_pointer, metrics, to_dict(cfg), data, args.run_id)
-    print(info.summary())
     if args.out:
         Path(args.out).write_text(json.dumps(_jsonable(info), indent=2))
+    emit(args, {**_jsonable(info), "pushed": pushed}, "\n".join(filter(None, [pushed, info.summary()])))
 
 
 def _jsonable(info: Any) -> dict[str, Any]:
@@ -89,7 +91,7 @@ def _list(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
     versions = list_versions(cfg)
     if args.json:
-        print(json.dumps([_jsonable(v) for v in versions], indent=2))
+        emit(args, [_jsonable(v) for v in versions], None)
         return
     if not versions:
         print(f"no versions of {cfg.registry.model_name!r} registered")

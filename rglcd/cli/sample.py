@@ -5,7 +5,9 @@ import argparse
 import json
 from pathlib import Path
 
-from rglcd.cli._common import add_config_args, config_from_args
+from rglcd.cli._common import add_device_arg
+from rglcd.config.args import add_config_args, config_from_args
+from rglcd.devices import resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "eval.teacher_guidance)")
     parser.add_argument("--seed", type=int, default=None, help="sampling seed (default: eval.seed)")
     parser.add_argument("--resolution", type=int, default=None, help="image size in px (default: the UNet's)")
-    parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    add_device_arg(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory for PNGs and grid.png")
     add_config_args(parser)
     parser.set_defaults(func=_sample)
@@ -43,7 +45,7 @@ def _sample(args: argparse.Namespace) -> None:
     prompts = args.prompt if args.prompt else load_prompts(args.prompts_file, field="--prompts-file")
     if any(not p.strip() for p in prompts):
         raise ValueError("--prompt: empty prompts are not allowed")
-    model = load_sampling_model(args.model, cfg.model.cache_dir, args.device)
+    model = load_sampling_model(args.model, cfg.model.cache_dir, resolve_device(args.device))
     if args.teacher:
         runs = {f"teacher-{n}": (ddim_sample, n, _or(args.guidance, cfg.eval.teacher_guidance))
                 for n in (args.steps or [cfg.eval.teacher_steps])}

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rglcd.cli._common import add_config_args, config_from_args
+from rglcd.cli._common import add_json_arg, emit
+from rglcd.config.args import add_config_args, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,6 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     push.add_argument("dir", metavar="DIR", help="artifact directory (model, shards, eval outputs)")
     push.add_argument("--out", metavar="POINTER", help="write the pointer here (.json: JSON, else YAML .dvc)")
     push.add_argument("--jobs", type=int, help="parallel uploads (default: DVC's)")
+    add_json_arg(push)
     add_config_args(push)
     push.set_defaults(func=_push)
     pull = sub.add_parser("pull", help="materialise the exact version a pointer names",
@@ -25,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     pull.add_argument("--remote", help="reach the remote by this URL instead (e.g. a mirror)")
     pull.add_argument("--endpoint-url", help="reach the S3 remote through this endpoint instead")
     pull.add_argument("--jobs", type=int, help="parallel downloads (default: DVC's)")
+    add_json_arg(pull)
     pull.set_defaults(func=_pull)
 
 
@@ -34,8 +37,12 @@ def _push(args: argparse.Namespace) -> None:
     result = push(config_from_args(args), args.dir, jobs=args.jobs)
     if args.out:
         write_pointer(result.pointer, args.out)
-        print(f"{result.summary()}\npointer: {args.out}")
-    else:
+    data = {"pointer": result.pointer.to_dvc(), "pointer_file": args.out, "objects_uploaded": result.objects_uploaded,
+            "objects_present": result.objects_present, "bytes_uploaded": result.bytes_uploaded,
+            "seconds": result.seconds, "summary": result.summary()}
+    if args.out or args.json:
+        emit(args, data, f"{result.summary()}\npointer: {args.out}")
+    else:                               # no --out: the pointer itself is the output (summary on stderr)
         print(result.summary(), file=sys.stderr)
         print(result.pointer.dumps("json"), end="")
 
@@ -45,4 +52,6 @@ def _pull(args: argparse.Namespace) -> None:
 
     pointer = read_pointer(args.pointer)
     remote = remote_from_pointer(pointer, args.remote, args.endpoint_url) if args.remote or args.endpoint_url else None
-    print(pull(pointer, args.dest, cache_dir=args.cache_dir, remote=remote, jobs=args.jobs).summary())
+    result = pull(pointer, args.dest, cache_dir=args.cache_dir, remote=remote, jobs=args.jobs)
+    emit(args, {"path": str(result.path), "pointer": result.pointer.to_dvc(), "objects_fetched": result.objects_fetched,
+                "seconds": result.seconds, "summary": result.summary()}, result.summary())

@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 import logging
 
+from rglcd.cli._common import add_device_arg
+from rglcd.devices import resolve_device
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("toy", help="toy-world replication of the paper's claims on CPU")
@@ -14,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="output directory (default: benchmarks/toy, or runs/toy-quick with --quick)")
     run.add_argument("--cache-dir", default="~/.cache/rglcd/toy", help="where the trained world is cached "
                      "(default: %(default)s)")
-    run.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    # The published table (benchmarks/toy) is defined on CPU, so this one --device defaults to cpu, not auto.
+    add_device_arg(run, default="cpu", help="torch device: auto, cpu, cuda or cuda:N (default: %(default)s, the "
+                   "device the published table was made on)")
     run.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
     run.set_defaults(func=_run)
 
@@ -30,4 +35,4 @@ def _run(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     toy = quick_config() if args.quick else ToyConfig()
     out = args.out or ("runs/toy-quick" if args.quick else "benchmarks/toy")
-    run_toy(toy, out, args.cache_dir, args.device, say=lambda msg: print(msg, flush=True))
+    run_toy(toy, out, args.cache_dir, str(resolve_device(args.device)), say=lambda msg: print(msg, flush=True))

@@ -107,16 +107,21 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 
 def load_config(preset: str | None = None, path: str | Path | None = None,
-                overrides: list[str] | tuple[str, ...] = (), data: dict[str, Any] | None = None) -> Config:
-    """Preset (or defaults), then a YAML/JSON file or already-parsed `data` (the same mapping of sections,
-    e.g. the pipeline's JSON parameter), then `section.key=value` overrides, validated."""
+                overrides: list[str] | tuple[str, ...] = (), data: dict[str, Any] | None = None,
+                default_preset: str | None = None) -> Config:
+    """A preset, then a YAML/JSON file or already-parsed `data` (the same mapping of sections, e.g. the
+    pipeline's JSON parameter) over it, then `section.key=value` overrides, validated.
+
+    The preset is `preset` when given, else the file's (or data's) `preset` key, else `default_preset`;
+    None or "custom" means the schema defaults.
+    """
     if path is not None and data is not None:
         raise ValueError("load_config: pass a config file (path) or its parsed content (data), not both")
     if path is not None:
         data = _read_file(path)
     else:
         data = copy.deepcopy(_sections(data, "config data")) if data is not None else {}
-    preset = preset or data.get("preset")
+    preset = preset or data.get("preset") or default_preset
     if preset is not None and preset != "custom":
         data = _merge(_preset_dict(preset), data)
         data["preset"] = preset

@@ -16,7 +16,11 @@ class ConfigError(ValueError):
 
 
 def F(default: Any, help: str, **rules: Any) -> Any:
-    """A dataclass field with a help line and validation rules (ge, gt, le, lt, multiple_of)."""
+    """A dataclass field with a help line and validation rules (ge, gt, le, lt, multiple_of, choices).
+
+    choices: the allowed values of a str field (or of each item of a list[str] field), or a function
+    returning them, called at validation time (names that a registry grows, e.g. `rglcd.plugins`).
+    """
     meta = {"help": help, **rules}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
@@ -89,7 +93,21 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     return value
 
 
+def _choices(rules: dict[str, Any]) -> list | None:
+    choices = rules.get("choices")
+    return list(choices() if callable(choices) else choices) if choices is not None else None
+
+
+def _check_choices(key: str, value: Any, allowed: list) -> None:
+    for item in value if isinstance(value, list) else [value]:
+        if item not in allowed:
+            raise ConfigError(f"{key}: {item!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
+
+
 def _check_rules(key: str, value: Any, rules: dict[str, Any]) -> None:
+    allowed = _choices(rules)
+    if allowed is not None and value is not None:
+        _check_choices(key, value, allowed)
     if value is None or isinstance(value, (str, list, dict)):
         return
     checks = {
@@ -136,7 +154,9 @@ def field_help(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
         if dataclasses.is_dataclass(hints[f.name]):
             rows += field_help(hints[f.name], key)
         else:
-            rows.append((key, _type_name(hints[f.name]), f.metadata.get("help", "")))
+            allowed = _choices(dict(f.metadata))
+            typ = "one of " + ", ".join(map(repr, allowed)) if allowed is not None else _type_name(hints[f.name])
+            rows.append((key, typ, f.metadata.get("help", "")))
     return rows
 
 

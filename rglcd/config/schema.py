@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from rglcd.config.fields import F
+from rglcd.plugins import expert_reward_choices, reward_names
 
-# "toy": the toy world's classifier reward (rglcd.toy); only `rglcd toy run` builds it, not the reward registry.
-RewardName = Literal["none", "hpsv2.1", "pickscore", "clipscore", "imagereward", "toy"]
 Precision = Literal["no", "fp16", "bf16"]
 
 
@@ -49,7 +48,8 @@ class DistillConfig:
 @dataclass
 class RewardConfig:
     # Expert reward model on RGB images; "none" trains plain LCD.
-    name: RewardName = F("hpsv2.1", "expert reward model (none: plain LCD)")
+    name: str = F("hpsv2.1", "expert reward model: a registered image reward (rglcd.plugins) or none (plain LCD)",
+                  choices=expert_reward_choices)
     # How the student is guided: directly through the expert (VAE decode) or through the LRM.
     guidance: Literal["direct", "lrm"] = F("direct", "student reward path: direct expert or latent reward model")
     # Reward scale beta: reward_loss = -beta * mean(R) (docs/method.md 3).
@@ -162,7 +162,8 @@ class EvalConfig:
     hps_benchmark: str | None = F("hub", "HPSv2 benchmark prompts: dir of anime/concept-art/paintings/photo .json, 'hub' (zhwang/HPDv2) or None to skip")
     fid_prompts: str | None = F(None, "captions for the FID images: .txt/.json (None: the evaluation prompts, cycled)")
     # Scorers: registered rewards averaged over the evaluation prompts, and open_clip CLIP score.
-    rewards: list[str] = F(["hpsv2.1"], "registered rewards scored as a mean over the evaluation prompts")
+    rewards: list[str] = F(["hpsv2.1"], "registered rewards scored as a mean over the evaluation prompts",
+                           choices=reward_names)
     reward_weights: dict[str, str] = F({}, "weights per reward name: path, s3:// URI, hub id or 'tiny' (absent: default source)")
     clip_model: str | None = F("ViT-L-14", "open_clip model of the CLIP score ('tiny': random test model; None: skip)")
     clip_pretrained: str | None = F("openai", "open_clip pretrained tag or checkpoint file of eval.clip_model")
@@ -170,7 +171,7 @@ class EvalConfig:
     latency_batch_size: int = F(1, "images per timed generation call", gt=0)
     latency_repeats: int = F(3, "timed calls after the warm-up (median reported)", gt=0)
     grid_prompts: int = F(4, "prompts (rows) in the HTML sample grid", gt=0)
-    device: str = F("auto", "evaluation device: auto (cuda if available), cpu, cuda, cuda:N")
+    device: str = F("auto", "evaluation device: auto (cuda if a GPU is visible, else cpu), cpu, cuda, cuda:N (rglcd.devices)")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = F("auto", "model dtype (auto: fp16 on CUDA, fp32 on CPU)")
 
 

@@ -19,7 +19,7 @@ class BadImage(ValueError):
     """Bytes that do not decode to an image."""
 
 
-def decode_image(data: bytes) -> Image.Image:
+def image_from_bytes(data: bytes) -> Image.Image:
     """Encoded bytes -> fully decoded RGB image (EXIF orientation applied); truncated or non-image bytes raise BadImage."""
     try:
         with Image.open(io.BytesIO(data)) as img:

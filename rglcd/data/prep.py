@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rglcd.data.images import BadImage, decode_image, encode_image, pixel_hash, to_training_tensor
+from rglcd.data.images import BadImage, image_from_bytes, encode_image, pixel_hash, to_training_tensor
 from rglcd.data.io import read_bytes
 from rglcd.fsutil import replace_dir
 from rglcd.data.manifest import DROP_REASONS, FORMAT, MANIFEST, content_hash
@@ -54,7 +54,7 @@ def check_record(record: Record, tokenizer, min_size: int, max_tokens: int,
         data, image = None, data.convert("RGB")
     else:
         try:
-            image = decode_image(data)
+            image = image_from_bytes(data)
         except BadImage:
             return "corrupt_image", None, None
     if min(image.size) < min_size:
@@ -121,7 +121,7 @@ def _sample(index: int, caption: str, data: bytes | None, image: Image.Image) ->
     """The shard sample, and the image exactly as stored (what latents must be computed from)."""
     ext, payload = _stored_image(data, image)
     meta = {"index": index, "width": image.size[0], "height": image.size[1]}
-    stored = image if payload is data else decode_image(payload)  # re-encoded JPEG: use the decoded copy
+    stored = image if payload is data else image_from_bytes(payload)  # re-encoded JPEG: use the decoded copy
     return {"__key__": f"{index:09d}", ext: payload, "txt": caption.encode("utf-8"),
             "json": json.dumps(meta, sort_keys=True).encode()}, stored
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from rglcd.data.images import BadImage, decode_image, to_training_tensor
+from rglcd.data.images import BadImage, image_from_bytes, to_training_tensor
 from rglcd.data.io import read_bytes
 from rglcd.data.sources import Record, Source
 
@@ -85,7 +85,7 @@ def materialize(record: Record, latents: bool, resolution: int, generator: np.ra
     image = record.image
     try:
         if isinstance(image, (bytes, str)):
-            image = decode_image(read_bytes(image) if isinstance(image, str) else image)
+            image = image_from_bytes(read_bytes(image) if isinstance(image, str) else image)
         if image is None:
             raise BadImage("no image")
     except (BadImage, OSError) as err:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from rglcd.config import ConfigError
+from rglcd.devices import resolve_device
 from rglcd.evaluate.gate import GateDecision, gate
 from rglcd.evaluate.generate import ImageSet, generate_set, reuse_images
 from rglcd.evaluate.spectrum import high_frequency_share
@@ -46,12 +47,10 @@ def _check(cfg) -> None:
 
 def device_and_dtype(eval_cfg) -> tuple[torch.device, torch.dtype]:
     """eval.device / eval.precision -> (device, dtype); auto = CUDA + fp16 where there is a GPU, else CPU + fp32."""
-    name = eval_cfg.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"eval.device: {eval_cfg.device!r} but no CUDA device is visible; allowed here: cpu, auto")
+    try:
+        device = resolve_device(eval_cfg.device, "eval.device")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     precision = eval_cfg.precision
     if precision == "auto":
         precision = "fp16" if device.type == "cuda" else "fp32"

@@ -47,7 +47,7 @@ def unpermute(values: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode(vae: torch.nn.Module, latents: torch.Tensor, chunk: int) -> torch.Tensor:
+def decode_unscaled_chunked(vae: torch.nn.Module, latents: torch.Tensor, chunk: int) -> torch.Tensor:
     """Unscaled latents (N, 4, h, w) -> images (N, 3, H, W) in [0, 1], `chunk` at a time, no grad."""
     return torch.cat([decode_unscaled(vae, part.to(vae.device)) for part in latents.split(chunk)])
 
@@ -57,7 +57,7 @@ def expert_logits(expert: torch.nn.Module, vae: torch.nn.Module | None, latents:
                   captions: list[str], lrm: LatentRewardModel, chunk: int) -> torch.Tensor:
     """(N,) expert logits of decoded latents. Experts without a temperature (ImageReward) are scaled by
     the LRM's exp(logit_scale), detached, as in the reference implementation."""
-    x = latents if expert.input_kind == "latent" else decode(vae, latents, chunk)
+    x = latents if expert.input_kind == "latent" else decode_unscaled_chunked(vae, latents, chunk)
     if getattr(expert, "has_logit_scale", True):
         return torch.cat([expert.logits(a, list(c)) for a, c in _chunks(x, captions, chunk)]).float()
     scores = torch.cat([expert.score(a, list(c)) for a, c in _chunks(x, captions, chunk)]).float()

@@ -5,44 +5,31 @@
     l = rm.logits(images, prompts)     # (B,) score * exp(logit_scale)
 
 Every model is a frozen `torch.nn.Module` with `input_kind` ("image" or "latent"), `score` and
-`logits` (see `rglcd.rewards.base`). Factories import their heavy packages only when chosen, so
+`logits` (see `rglcd.rewards.base`). Names are registered in `rglcd.plugins`; factories import their heavy packages only when chosen, so
 choosing one reward never imports another's (open_clip, transformers, ImageReward).
 `weights`: None (the RM's default hub source), a local file/dir, an s3:// URI, a hub id, or "tiny"
 (tiny random models of the same code paths, for tests and the CPU preset).
 """
 from __future__ import annotations
 
-import importlib
-
 import torch
 
+from rglcd.plugins import REWARDS, register_reward, reward_factory, reward_names
 from rglcd.rewards.base import RewardModel, freeze, params_frozen
 from rglcd.rewards.weights import MissingRewardWeights, RewardWeightsError
 
-# name -> "module:factory"; the module is imported only when the name is loaded.
-REWARDS = {
-    "hpsv2.1": "rglcd.rewards.openclip:load_hps",
-    "pickscore": "rglcd.rewards.pickscore:load_pickscore",
-    "clipscore": "rglcd.rewards.openclip:load_clipscore",
-    "imagereward": "rglcd.rewards.imagereward:load_imagereward",
-    "lrm": "rglcd.lrm.model:load_lrm_reward",
-}
-
 
 def available_rewards() -> list[str]:
-    return list(REWARDS)
+    """Every registered reward name (`rglcd.plugins`)."""
+    return reward_names()
 
 
 def load_reward(name: str, weights: str | None = None, *, antialias: bool = False,
                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                 cache_dir: str = "~/.cache/rglcd") -> RewardModel:
-    """The frozen reward model `name` (requires_grad False, eval) on `device` in `dtype`."""
-    if name not in REWARDS:
-        raise ValueError(f"reward {name!r} is not known; allowed: {', '.join(REWARDS)}")
-    module, _, factory = REWARDS[name].partition(":")
-    load = getattr(importlib.import_module(module), factory)
-    return load(weights, antialias=antialias, device=device, dtype=dtype, cache_dir=cache_dir)
+    """The frozen reward model registered as `name` (requires_grad False, eval) on `device` in `dtype`."""
+    return reward_factory(name)(weights, antialias=antialias, device=device, dtype=dtype, cache_dir=cache_dir)
 
 
 __all__ = ["REWARDS", "MissingRewardWeights", "RewardModel", "RewardWeightsError", "available_rewards", "freeze",
-           "load_reward", "params_frozen"]
+           "load_reward", "params_frozen", "register_reward"]

@@ -2,7 +2,8 @@
 
 The world (data, VAE, teacher, classifiers, pretrained LRM) is cached under a key made of `WorldConfig`,
 so changing an experiment setting never retrains the teacher. The method's own settings (distill,
-train, reward, lrm sections) travel as the project's `rglcd.config.Config`, built by `method_config`.
+train, reward, lrm, eval sections) travel as the project's `rglcd.config.Config`, built by `method_config`
+from the `tiny` preset and a mapping of sections, the way a config file is read.
 """
 from __future__ import annotations
 
@@ -10,11 +11,16 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from rglcd.config import Config, load_config
 
 PredictionType = Literal["epsilon", "v_prediction"]
 
 WORLD_FORMAT = 1   # bump when world-building code changes what a cached world holds
+TOY_PRESET = "tiny"   # the method config every row starts from (the tiny factory's model sizes)
+TOY_REWARD = "toy"    # the toy expert's name in the reward registry (rglcd.plugins)
 
 
 @dataclass(frozen=True)
@@ -99,26 +105,28 @@ def quick_config() -> ToyConfig:
                      lrm_batch_size=2, eval_repeats=1, eval_steps=(1, 2), teacher_steps=50, latency_repeats=1)
 
 
-def method_config(toy: ToyConfig, guidance: str = "direct", beta: float = 0.0, cache_dir: str | None = None):
-    """The project's Config for `rglcd.step.lcd_step` and the LRM code, from the `tiny` preset.
+def method_config(toy: ToyConfig, guidance: str = "direct", beta: float = 0.0,
+                  world_dir: str | Path | None = None) -> Config:
+    """The project's Config of one experiment row: the `tiny` preset with the toy's settings over it, read
+    and validated as any config file is (`rglcd.config.load_config`).
 
-    reward.name is "toy" (the toy classifier, `rglcd.toy.classifier.ToyReward`): the toy runner hands the
-    reward module to `lcd_step` itself; the training loop's registry does not know it.
+    beta 0 is plain LCD (reward.name none); otherwise the expert is the registered reward "toy"
+    (`rglcd.toy.classifier.load_toy_reward`). With `world_dir` (a built world) the teacher, the expert's
+    weights and the pretrained LRM point into it, as a run on any other teacher and reward would.
     """
-    from rglcd.config import load_config
-
     w = toy.world
-    overrides = [
-        f"train.seed={toy.seed}", f"train.lr={toy.lr}", f"train.batch_size={toy.batch_size}",
-        f"train.max_steps={toy.student_steps}", f"distill.ema_decay={toy.ema_decay}",
-        f"distill.w_min={toy.w_min}", f"distill.w_max={toy.w_max}",
-        f"reward.name={'none' if beta == 0 else 'toy'}", f"reward.guidance={guidance}", f"reward.beta={beta}",
-        "reward.weights=null", f"lrm.lr={toy.lrm_lr}", f"lrm.batch_size={toy.lrm_batch_size}",
-        f"lrm.pretrain_steps={w.lrm_pretrain_steps}", f"lrm.pretrain_lr={w.lrm_pretrain_lr}",
-        f"lrm.pretrain_batch_size={w.lrm_pretrain_batch_size}", f"eval.guidance={toy.eval_guidance}",
-        f"eval.teacher_guidance={w.teacher_guidance}", f"eval.teacher_steps={toy.teacher_steps}",
-        f"eval.hf_cutoff={toy.hf_cutoff}", f"eval.steps={list(toy.eval_steps)}",
-    ]
-    if cache_dir is not None:
-        overrides.append(f"model.cache_dir={cache_dir}")
-    return load_config("tiny", overrides=overrides)
+    data: dict[str, Any] = {
+        "train": {"seed": toy.seed, "lr": toy.lr, "batch_size": toy.batch_size, "max_steps": toy.student_steps},
+        "distill": {"ema_decay": toy.ema_decay, "w_min": toy.w_min, "w_max": toy.w_max},
+        "reward": {"name": TOY_REWARD if beta else "none", "guidance": guidance, "beta": beta, "weights": None},
+        "lrm": {"lr": toy.lrm_lr, "batch_size": toy.lrm_batch_size, "pretrain_steps": w.lrm_pretrain_steps,
+                "pretrain_lr": w.lrm_pretrain_lr, "pretrain_batch_size": w.lrm_pretrain_batch_size},
+        "eval": {"guidance": toy.eval_guidance, "teacher_guidance": w.teacher_guidance,
+                 "teacher_steps": toy.teacher_steps, "hf_cutoff": toy.hf_cutoff, "steps": list(toy.eval_steps)},
+    }
+    if world_dir is not None:
+        world = Path(world_dir)
+        data["model"] = {"teacher": str(world / "teacher")}
+        data["reward"]["weights"] = str(world) if beta else None
+        data["lrm"]["checkpoint"] = str(world / "lrm") if guidance == "lrm" else None
+    return load_config(TOY_PRESET, data=data)

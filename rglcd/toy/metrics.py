@@ -15,9 +15,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from rglcd.evaluate.fid import frechet, gaussian
 from rglcd.evaluate.generate import quantize, seeded_generators
 from rglcd.evaluate.spectrum import high_frequency_ratio
 from rglcd.toy.classifier import ToyClassifier, ToyReward, features
+from rglcd.toy.data import labels_of
 from rglcd.toy.world import judge_accuracy
 
 
@@ -32,14 +34,10 @@ def sample_images(sampler, prompts: list[str], seed: int, batch_size: int = 96) 
 
 def gaussian_stats(feats: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of (N, D) features, as `rglcd.evaluate.fid.gaussian` computes them for FID."""
-    from rglcd.evaluate.fid import gaussian
-
     return gaussian(feats.double().cpu().numpy())
 
 
 def frechet_to(feats: torch.Tensor, reference: tuple[np.ndarray, np.ndarray]) -> float:
-    from rglcd.evaluate.fid import frechet
-
     mu, sigma = gaussian_stats(feats)
     return frechet(mu, sigma, *reference)
 
@@ -60,8 +58,6 @@ def measure(images: torch.Tensor, prompts: list[str], reward: ToyReward, judge: 
 def data_images(world, prompts: list[str]) -> torch.Tensor:
     """One real training image per prompt, with the prompt's attributes: the "data" row, the ceiling
     the models aim at (its FD is the distance between two samples of real images)."""
-    from rglcd.toy.data import labels_of
-
     labels, want = world.train.labels, labels_of(prompts)
     g = torch.Generator().manual_seed(world.config.seed + 7)
     picks = []

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rglcd.sample import save_grid
+
 GRID_COLUMNS = 16
 
 
@@ -183,8 +185,6 @@ DDIM with CFG {toy['world']['teacher_guidance']}. {results['prompts']['count']} 
 def write_results(results: dict[str, Any], grids: dict[str, torch.Tensor], prompts: list[str],
                   out_dir: str | Path) -> Path:
     """results.json, RESULTS.md and samples.png in `out_dir`."""
-    from rglcd.sample import save_grid
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = [k for k, v in grids.items() if v is not None]

@@ -6,12 +6,13 @@ Rows: the data itself; the teacher (50-step DDIM + CFG); the LCD-only student an
 (direct expert reward at each beta, LRM at each beta), each at 1/2/4/8 LCM steps. Every student starts
 from the same teacher, sees the same batches and the same per-example draws (`rglcd.step` seeds them by
 (seed, step, index)), so rows differ only by the reward term. The pieces of the method are the
-project's: `rglcd.step.lcd_step` / `optimizer_update`, `rglcd.lrm.pretrain_lrm` / `lrm_finetune_step`,
+project's: `rglcd.step.lcd_step`, `rglcd.optim.optimizer_update`, `rglcd.lrm.pretrain_lrm` / `lrm_finetune_step`,
 `rglcd.sample.lcm_sample` / `ddim_sample`, `rglcd.evaluate` (HF energy ratio, latency, Frechet distance).
 """
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -20,11 +21,22 @@ from typing import Any, Callable
 
 import torch
 
-from rglcd.toy.classifier import ToyReward, features
-from rglcd.toy.config import ToyConfig, method_config
+from rglcd.config import to_dict
+from rglcd.evaluate.core import samplers
+from rglcd.evaluate.latency import latency_report
+from rglcd.lrm import lrm_finetune_step
+from rglcd.models import make_student, make_target
+from rglcd.optim import make_optimizer, optimizer_update, trainable
+from rglcd.rewards import load_reward
+from rglcd.sample import from_teacher
+from rglcd.step import lcd_step
+from rglcd.toy.classifier import features
+from rglcd.toy.config import TOY_REWARD, ToyConfig, method_config
 from rglcd.toy.data import prompt_set
 from rglcd.toy.metrics import data_images, gaussian_stats, measure, sample_images
-from rglcd.train.guidance import Guidance
+from rglcd.toy.report import evaluate_claims, write_results
+from rglcd.toy.world import load_or_build_world
+from rglcd.train.guidance import build_guidance
 
 log = logging.getLogger(__name__)
 Log = Callable[[str], None]
@@ -46,32 +58,15 @@ def experiments(toy: ToyConfig) -> list[Experiment]:
 
 # ---------------------------------------------------------------- student training
 
-def reward_side(world, exp: Experiment, mcfg, device: torch.device) -> Guidance:
-    """Nothing (LCD), the expert (direct), or the pretrained LRM + its optimizer + the expert (lrm)."""
-    from rglcd.lrm import load_lrm, make_lrm_optimizer
-
-    if exp.guidance == "none":
-        return Guidance()
-    expert = ToyReward(world.reward_classifier).to(device)
-    if exp.guidance == "direct":
-        return Guidance(student_reward=expert)
-    lrm = load_lrm(world.lrm_dir, device=device)
-    return Guidance(student_reward=lrm, lrm=lrm, lrm_optimizer=make_lrm_optimizer(lrm, mcfg), expert=expert)
-
-
 def train_student(world, toy: ToyConfig, exp: Experiment, device: torch.device, say: Log) -> tuple[torch.nn.Module, dict]:
     """`toy.student_steps` RG-LCD steps (docs/method.md 2-4) from the teacher; returns the student UNet and its record."""
-    from rglcd.lrm import lrm_finetune_step
-    from rglcd.models import make_student, make_target
-    from rglcd.step import lcd_step, make_optimizer, optimizer_update
-
-    mcfg = method_config(toy, "lrm" if exp.guidance == "lrm" else "direct", exp.beta)
+    mcfg = method_config(toy, "lrm" if exp.guidance == "lrm" else "direct", exp.beta, world.path)
     teacher, sf = world.teacher, world.teacher.vae.config.scaling_factor
     torch.manual_seed(toy.seed)                                   # the new w-projection: same init in every row
     student = make_student(teacher.unet, mcfg.model.time_cond_proj_dim).to(device)
     target = make_target(student)
-    optimizer = make_optimizer(student, mcfg.train)
-    side = reward_side(world, exp, mcfg, device)
+    optimizer = make_optimizer(trainable(student), mcfg.train)
+    side = build_guidance(mcfg, None, device, torch.float32)       # nothing, the expert, or LRM + expert
     batches, lrm_gen = torch.Generator().manual_seed(toy.seed + 100), torch.Generator().manual_seed(toy.seed + 200)
     history, started = [], time.perf_counter()
     for step in range(toy.student_steps):
@@ -80,7 +75,8 @@ def train_student(world, toy: ToyConfig, exp: Experiment, device: torch.device, 
                  "index": idx}
         out = lcd_step(student, target, teacher, batch, mcfg, step, reward=side.student_reward)
         out.loss.backward()
-        record = {"lcd_loss": out.lcd_loss.item(), "grad_norm": optimizer_update(student, target, optimizer, mcfg),
+        norm, _ = optimizer_update(student, target, optimizer, mcfg, loss_finite=math.isfinite(out.loss.item()))
+        record = {"lcd_loss": out.lcd_loss.item(), "grad_norm": norm,
                   "train_reward": None if out.reward is None else out.reward.item()}
         if side.finetunes:                                        # docs/method.md 4: after the student's update
             record.update(lrm_finetune_step(side.lrm, side.lrm_optimizer, side.expert, teacher.vae,
@@ -102,8 +98,6 @@ def _mean_tail(history: list[dict], frac: float) -> dict[str, float]:
 
 
 def _config_dict(cfg) -> dict:
-    from rglcd.config import to_dict
-
     return {k: v for k, v in to_dict(cfg).items() if k in ("model", "distill", "reward", "lrm", "train")}
 
 
@@ -112,18 +106,12 @@ def _config_dict(cfg) -> dict:
 def run_toy(toy: ToyConfig, out_dir: str | Path, cache_dir: str | Path, device: str = "cpu",
             say: Log = print) -> dict[str, Any]:
     """Build or load the world, run every experiment, write results.json, RESULTS.md and samples.png."""
-    from rglcd.evaluate.core import samplers
-    from rglcd.evaluate.latency import latency_report
-    from rglcd.sample import from_teacher
-    from rglcd.toy.report import evaluate_claims, write_results
-    from rglcd.toy.world import load_or_build_world
-
     started, device = time.perf_counter(), torch.device(device)
     say(f"toy world {toy.world.key()} (cache {cache_dir}) ...")
     mcfg = method_config(toy)                                     # its eval section: steps, guidance scales
     world = load_or_build_world(toy.world, cache_dir, device, mcfg)
     say(f"  world ready in {time.perf_counter() - started:.0f} s: teacher {world.info['teacher']['checks'][-1]}")
-    expert = ToyReward(world.reward_classifier).to(device)
+    expert = load_reward(TOY_REWARD, str(world.path), device=device)     # the registered toy expert
     prompts = prompt_set(toy.eval_repeats)
     reference = gaussian_stats(features(world.judge, world.reference.images.to(device)))
     teacher_model = from_teacher(world.teacher)

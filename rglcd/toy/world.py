@@ -32,6 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from rglcd import solver
+from rglcd.lrm import pretrain_lrm
+from rglcd.models import ema_update, load_teacher, write_clip_tokenizer
+from rglcd.models.tiny import sd_scheduler, tiny_text_encoder, tiny_vae
+from rglcd.sample import SamplingModel, ddim_sample
 from rglcd.toy.classifier import ToyClassifier, predict, train_classifier
 from rglcd.toy.config import WORLD_FORMAT, WorldConfig
 from rglcd.toy.data import ToyData, all_labels, caption, labels_of, make_dataset, prompt_set
@@ -82,7 +86,7 @@ def encode_moments(vae, images: torch.Tensor, device: torch.device, chunk: int =
 
 
 @torch.no_grad()
-def decode_means(vae, moments: torch.Tensor, device: torch.device, chunk: int = 256) -> torch.Tensor:
+def decode_posterior_means(vae, moments: torch.Tensor, device: torch.device, chunk: int = 256) -> torch.Tensor:
     """Images in [0, 1] decoded from the posterior means (the VAE's reconstructions)."""
     out = [vae.decode(part[:, :4].to(device)).sample.cpu() for part in moments.split(chunk)]
     return (torch.cat(out) / 2 + 0.5).clamp(0, 1)
@@ -101,8 +105,6 @@ def toy_text_encoder(embedding_std: float):
     At CLIP's init (std 0.02) the hidden states of "on the left" and "on the right" differ 5x less than
     those of "red" and "blue"; the UNet then never starts to use the position words, so they never get a
     gradient that would separate them, and the teacher places shapes wherever the noise suggests."""
-    from rglcd.models.tiny import tiny_text_encoder
-
     encoder = tiny_text_encoder()
     torch.nn.init.normal_(encoder.get_input_embeddings().weight, std=embedding_std)
     return encoder
@@ -122,9 +124,6 @@ def toy_unet(cross_attention_dim: int = 32):
 
 
 def teacher_sampling_model(unet, vae, text_encoder, tokenizer, prediction_type: str):
-    from rglcd.models.tiny import sd_scheduler
-    from rglcd.sample import SamplingModel
-
     return SamplingModel(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                          scheduler_config=dict(sd_scheduler(prediction_type).config))
 
@@ -142,8 +141,6 @@ def judge_accuracy(judge: ToyClassifier, images: torch.Tensor, prompts: list[str
 
 def teacher_check(model, judge: ToyClassifier, guidance: float, seed: int) -> dict[str, float]:
     """Judge accuracy (all three attributes, and each) of 50-step DDIM+CFG samples, one per caption (48)."""
-    from rglcd.sample import ddim_sample
-
     prompts = prompt_set(1)
     out = ddim_sample(model, prompts, 50, guidance, torch.Generator().manual_seed(seed))
     correct = judge_correct(judge, out.images, prompts).float()
@@ -183,9 +180,6 @@ def train_teacher(parts: dict, moments: torch.Tensor, captions: list[str], judge
 
     Returns the EMA models in `parts` (replacing the trained ones) and the training record.
     """
-    from rglcd.models import ema_update
-    from rglcd.models.tiny import sd_scheduler
-
     unet, text_encoder, tokenizer, vae = parts["unet"], parts["text_encoder"], parts["tokenizer"], parts["vae"]
     sf, abar = vae.config.scaling_factor, sd_scheduler(cfg.teacher_prediction_type).alphas_cumprod.to(device)
     table = sorted(set(captions)) + [""]                                        # K captions + the empty one
@@ -233,8 +227,6 @@ def save_teacher(parts: dict, out: Path, prediction_type: str) -> Path:
     """A stock diffusers Stable Diffusion directory (loads with `rglcd.models.load_teacher`)."""
     from diffusers import StableDiffusionPipeline
 
-    from rglcd.models.tiny import sd_scheduler
-
     pipe = StableDiffusionPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
                                    unet=parts["unet"], scheduler=sd_scheduler(prediction_type), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
@@ -274,10 +266,6 @@ def build_world(cfg: WorldConfig, out: Path, device: torch.device, method_cfg) -
     from safetensors.torch import save_file
     from transformers import CLIPTokenizer
 
-    from rglcd.lrm import pretrain_lrm
-    from rglcd.models import write_clip_tokenizer
-    from rglcd.models.tiny import tiny_vae
-
     timings, t0 = {}, time.perf_counter()
     data, ref = make_dataset(cfg.train_images, cfg.seed), make_dataset(cfg.reference_images, cfg.seed + 1)
     torch.manual_seed(cfg.seed)
@@ -286,11 +274,11 @@ def build_world(cfg: WorldConfig, out: Path, device: torch.device, method_cfg) -
     vae.eval().requires_grad_(False)
     moments = encode_moments(vae, data.images, device)                          # (N, 8, h, w)
     vae.register_to_config(scaling_factor=float(1.0 / moments[:, :4].std()))
-    recon_ref = decode_means(vae, encode_moments(vae, ref.images, device), device)
+    recon_ref = decode_posterior_means(vae, encode_moments(vae, ref.images, device), device)
     timings["vae_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    x = torch.cat([data.images, decode_means(vae, moments, device)])            # real + reconstructions
+    x = torch.cat([data.images, decode_posterior_means(vae, moments, device)])            # real + reconstructions
     y = torch.cat([data.labels, data.labels])
     reward_cls, reward_losses = train_classifier(x, y, cfg.classifier_steps, cfg.seed + 2, cfg.reward_width,
                                                  device=device)
@@ -330,8 +318,6 @@ def build_world(cfg: WorldConfig, out: Path, device: torch.device, method_cfg) -
 
 def _load(path: Path, cfg: WorldConfig, info: dict[str, Any], device: torch.device) -> World:
     from safetensors.torch import load_file
-
-    from rglcd.models import load_teacher
 
     teacher = load_teacher(str(path / "teacher"), device=device)
     state = load_file(str(path / "classifiers.safetensors"))

@@ -1,5 +1,6 @@
 """The RG-LCD training program: accelerate loop, checkpoint/resume, metrics, report (docs/architecture.md 2.7)."""
 from rglcd.train.checkpoint import TrainState, find_resume, list_checkpoints
-from rglcd.train.loop import NonFiniteLoss, TrainResult, train
+from rglcd.train.loop import NonFiniteLoss, train
+from rglcd.train.outputs import TrainResult
 
 __all__ = ["NonFiniteLoss", "TrainResult", "TrainState", "find_resume", "list_checkpoints", "train"]

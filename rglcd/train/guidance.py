@@ -12,6 +12,10 @@ from typing import Any
 
 import torch
 
+from rglcd.lrm import load_lrm, lrm_finetune_step, make_lrm_optimizer
+from rglcd.rewards import freeze, load_reward
+from rglcd.step import example_seed
+
 
 @dataclass
 class Guidance:
@@ -32,8 +36,6 @@ class Guidance:
 
 
 def _expert(cfg, device, dtype):
-    from rglcd.rewards import load_reward
-
     return load_reward(cfg.reward.name, cfg.reward.weights, antialias=cfg.reward.antialias, device=device,
                        dtype=dtype, cache_dir=cfg.model.cache_dir)
 
@@ -42,9 +44,6 @@ def build_guidance(cfg, lrm_checkpoint: str | None, device: torch.device, dtype:
     """Load the reward models the config asks for (nothing for reward.name 'none' with direct guidance)."""
     if cfg.reward.guidance == "direct":
         return Guidance() if cfg.reward.name == "none" else Guidance(student_reward=_expert(cfg, device, dtype))
-    from rglcd.lrm import load_lrm, make_lrm_optimizer
-    from rglcd.rewards import freeze
-
     ref = lrm_checkpoint or cfg.lrm.checkpoint
     if ref is None:
         raise ValueError("reward.guidance='lrm' needs a pretrained latent reward model: run `rglcd pretrain-lrm` "
@@ -61,9 +60,6 @@ def finetune_lrm(guidance: Guidance, teacher, out, batch: dict, cfg, step: int, 
 
     The sub-batch draw is seeded by (train.seed, step, rank), so a resumed run repeats it exactly.
     """
-    from rglcd.lrm import lrm_finetune_step
-    from rglcd.step import example_seed
-
     sf = teacher.vae.config.scaling_factor
     pred, target, real = (x.detach().float() / sf for x in (out.pred, out.target, out.z0))  # unscaled (B, 4, h, w)
     generator = torch.Generator().manual_seed(example_seed(cfg.train.seed, step, -1 - rank))

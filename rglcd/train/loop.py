@@ -15,33 +15,27 @@ import math
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from rglcd.data.sources import open_source
+from rglcd.data.stream import StreamSpec, make_loader
+from rglcd.models import load_teacher, make_target
+from rglcd.optim import make_optimizer, make_scheduler, optimizer_update, trainable
+from rglcd.step import lcd_step
 from rglcd.train.checkpoint import TrainState, check_compatible, find_resume, list_checkpoints, refuse_newer_checkpoints
 from rglcd.train.guidance import Guidance, build_guidance, finetune_lrm
+from rglcd.train.outputs import TrainResult, finish_run, start_outputs
+from rglcd.train.setup import build_student, weight_dtype
 
 Hook = Callable[..., None]
 
 
 class NonFiniteLoss(RuntimeError):
     """`train.max_bad_steps` consecutive steps had a non-finite loss or gradient norm."""
-
-
-@dataclass
-class TrainResult:
-    output_dir: Path
-    steps: int                          # optimizer steps done
-    interrupted: bool                   # stopped by SIGTERM after checkpointing
-    resumed_from: Path | None
-    checkpoint: Path | None             # newest checkpoint
-    model_dir: Path | None              # stock diffusers export (None when interrupted)
-    report: Path | None
-    bad_steps: int
-    last: dict[str, Any] = field(default_factory=dict)   # last metrics record
 
 
 # ---------------------------------------------------------------- setup
@@ -61,8 +55,6 @@ def make_accelerator(cfg):
 
 def open_training_data(cfg, spec: str):
     """The source, and the data description recorded with the run; refuses latents that do not fit."""
-    from rglcd.data.sources import open_source
-
     source = open_source(spec)
     manifest = getattr(source, "manifest", None) or {}
     latents = manifest.get("latents", {})
@@ -75,8 +67,6 @@ def open_training_data(cfg, spec: str):
 
 
 def stream_for(cfg, source, accelerator, start_batch: int):
-    from rglcd.data.stream import StreamSpec, make_loader
-
     spec = StreamSpec(batch_size=cfg.train.batch_size, resolution=cfg.model.resolution, seed=cfg.train.seed,
                       rank=accelerator.process_index, world_size=accelerator.num_processes,
                       shuffle_buffer=cfg.data.shuffle_buffer, start_batch=start_batch)
@@ -109,8 +99,6 @@ def any_process(accelerator, value: bool) -> bool:
 
 def micro_steps(run, batches) -> tuple[dict[str, float], Any]:
     """Forward and backward over grad_accum micro-batches; returns the mean loss terms and the last output."""
-    from rglcd.step import lcd_step
-
     acc, cfg, A = run.accelerator, run.cfg, run.cfg.train.grad_accum
     sums = {"loss": 0.0, "lcd_loss": 0.0, "reward_loss": 0.0, "reward": 0.0}
     out = batch = None
@@ -130,24 +118,12 @@ def micro_steps(run, batches) -> tuple[dict[str, float], Any]:
     return sums, (out, batch)
 
 
-def optimizer_update(run, terms: dict[str, float]) -> tuple[float, bool]:
-    """Clip, then step (or skip a non-finite step), schedule, EMA. Returns (grad norm, step was bad)."""
-    from rglcd.models import ema_update
-
-    acc, cfg = run.accelerator, run.cfg
-    norm = float(acc.clip_grad_norm_(run.params, cfg.train.max_grad_norm))
-    loss_bad = any_process(acc, not math.isfinite(terms["loss"]))
-    fp16 = cfg.train.mixed_precision == "fp16"
-    bad = loss_bad or (not fp16 and not math.isfinite(norm))  # fp16: the grad scaler skips overflow steps
-    if bad and not fp16:
-        run.optimizer.zero_grad(set_to_none=True)
-        return norm, True
-    run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
-    if not acc.optimizer_step_was_skipped:
-        run.scheduler.step()
-        ema_update(run.target, acc.unwrap_model(run.student), cfg.distill.ema_decay)
-    return norm, bad
+def update(run, terms: dict[str, float]) -> tuple[float, bool]:
+    """`rglcd.optim.optimizer_update` on accelerate: its grad clipping, a loss verdict agreed by all processes."""
+    acc = run.accelerator
+    loss_finite = not any_process(acc, not math.isfinite(terms["loss"]))
+    return optimizer_update(acc.unwrap_model(run.student), run.target, run.optimizer, run.cfg,
+                            loss_finite=loss_finite, clip_grad_norm=acc.clip_grad_norm_, scheduler=run.scheduler)
 
 
 def check_bad_steps(run, bad: bool, terms: dict[str, float], norm: float) -> None:
@@ -189,9 +165,6 @@ def build_run(cfg, lrm_checkpoint: str | None, hooks: dict[str, Hook] | None) ->
     """Teacher, student (+ EMA target), reward side, optimizer and schedule, all prepared by accelerate."""
     from accelerate.utils import set_seed
 
-    from rglcd.models import load_teacher, make_target
-    from rglcd.train.setup import build_student, make_optimizer, make_scheduler, trainable, weight_dtype
-
     acc = make_accelerator(cfg)
     dtype = weight_dtype(cfg.train.mixed_precision, acc.device)
     teacher = load_teacher(cfg.model.teacher, cfg.model.cache_dir, cfg.model.revision, dtype=dtype, device=acc.device)
@@ -217,8 +190,6 @@ def train(cfg, data_dir: str | None = None, lrm_checkpoint: str | None = None, r
     hooks: optional callables "micro_batch"(run, step, micro), after each backward, and "step"(run, step,
     record), after each optimizer step (progress UIs, tests that inspect or interrupt a run).
     """
-    from rglcd.train.outputs import finish_run, start_outputs
-
     run = build_run(cfg, lrm_checkpoint, hooks)
     acc = run.accelerator
     resumed = find_resume(run.out, resume)
@@ -247,7 +218,7 @@ def train_step(run: Run, batches) -> dict[str, Any]:
     acc, cfg = run.accelerator, run.cfg
     started = time.perf_counter()
     terms, (out, batch) = micro_steps(run, batches)
-    norm, bad = optimizer_update(run, terms)
+    norm, bad = update(run, terms)
     lrm = {}
     if not bad and run.guidance.finetunes:
         with acc.autocast():

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+def read_metrics_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a run's metrics.jsonl, in order ([] when the file does not exist yet)."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -22,7 +23,7 @@ class MetricsLog:
     def __init__(self, path: Path, resume_step: int = 0, tensorboard_dir: Path | None = None):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        kept = [r for r in read_metrics(path) if r.get("step", 0) <= resume_step]
+        kept = [r for r in read_metrics_jsonl(path) if r.get("step", 0) <= resume_step]
         path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self._file = open(path, "a")
         self._tb = self._tensorboard(tensorboard_dir)

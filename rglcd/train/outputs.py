@@ -3,21 +3,39 @@ the HTML report and, at the end, the exported student (main process only, except
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rglcd.data.prompts import load_prompts
+from rglcd.export import export_student
+from rglcd.lrm import save_lrm
+from rglcd.models import load_teacher
 from rglcd.train.checkpoint import list_checkpoints, save_checkpoint
-from rglcd.train.metrics import MetricsLog, read_metrics
+from rglcd.train.metrics import MetricsLog, read_metrics_jsonl
 from rglcd.train.report import plot_curves, write_report
+from rglcd.train.runinfo import write_run_info
+from rglcd.train.setup import merged_unet, save_lora_adapter
 from rglcd.train.validation import pick_prompts, validation_grid
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int                          # optimizer steps done
+    interrupted: bool                   # stopped by SIGTERM after checkpointing
+    resumed_from: Path | None
+    checkpoint: Path | None             # newest checkpoint
+    model_dir: Path | None              # stock diffusers export (None when interrupted)
+    report: Path | None
+    bad_steps: int
+    last: dict[str, Any] = field(default_factory=dict)   # last metrics record
 
 
 class Outputs:
     def __init__(self, run, data_info: dict[str, Any], resumed: Path | None):
-        from rglcd.train.runinfo import write_run_info
-
         self.run, self.main = run, run.accelerator.is_main_process
         self.data_info, self.resumed = data_info, resumed
         self.metrics_path = run.out / "metrics.jsonl"
@@ -27,8 +45,6 @@ class Outputs:
         if self.main:
             write_run_info(run.cfg, run.out, data_info, run.accelerator.num_processes, str(run.accelerator.device))
             self.metrics = MetricsLog(self.metrics_path, run.state.step, run.out / "tensorboard")
-            from rglcd.data.prompts import load_prompts
-
             self.prompts = pick_prompts(load_prompts(run.cfg.data.prompts), run.cfg.train.validation_prompts)
 
     @contextlib.contextmanager
@@ -79,7 +95,7 @@ class Outputs:
             return self.reported[1]
         if not self.main:
             return None
-        records = read_metrics(self.metrics_path)
+        records = read_metrics_jsonl(self.metrics_path)
         curves = plot_curves(records, run.out / "loss_curves.png")
         grids = sorted((run.out / "validation").glob("step-*.png"))
         summary = {"steps": run.state.step, "max_steps": run.cfg.train.max_steps, "examples": run.state.examples,
@@ -97,10 +113,6 @@ def start_outputs(run, data_info: dict[str, Any], resumed: Path | None) -> Outpu
 def export_model(run) -> Path:
     """Stock diffusers pipeline of the (LoRA-merged) student at <output_dir>/model; the LoRA adapter at
     <output_dir>/lora and the fine-tuned LRM at <output_dir>/lrm when the run has them."""
-    from rglcd.export import export_student
-    from rglcd.models import load_teacher
-    from rglcd.train.setup import merged_unet, save_lora_adapter
-
     cfg, student = run.cfg, run.accelerator.unwrap_model(run.student)
     teacher = run.teacher
     if next(teacher.vae.parameters()).dtype != torch.float32:  # export full-precision VAE/text encoder
@@ -110,15 +122,12 @@ def export_model(run) -> Path:
     if cfg.train.lora_rank > 0 and cfg.train.lora_save_adapter:
         save_lora_adapter(student, run.out / "lora")
     if run.guidance.finetunes:  # the fine-tuned LRM with its own optimizer state (docs/method.md 7.4)
-        from rglcd.lrm import save_lrm
-
         save_lrm(run.guidance.lrm, run.out / "lrm", run.guidance.lrm_optimizer, extra={"steps": run.state.step})
     return out
 
 
-def finish_run(run, outputs: Outputs, interrupted: bool, resumed: Path | None, record: dict[str, Any]):
-    from rglcd.train.loop import TrainResult
-
+def finish_run(run, outputs: Outputs, interrupted: bool, resumed: Path | None,
+               record: dict[str, Any]) -> TrainResult:
     done = list_checkpoints(run.out)
     if not interrupted and (not done or done[-1][0] != run.state.step):
         outputs.checkpoint()

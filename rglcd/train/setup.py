@@ -1,10 +1,14 @@
-"""Building what the loop trains: the student (full or LoRA), its EMA target, optimizer and LR schedule."""
+"""Building what the loop trains: the student (full or LoRA), and turning it back into a plain UNet or a
+LoRA adapter at the end. The optimizer and LR schedule are the method's (`rglcd.optim`)."""
 from __future__ import annotations
 
 import copy
-import warnings
+from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
+
+from rglcd.models import make_student
 
 # LoRA targets of diffusers' LCM-LoRA distillation script (attention, feed-forward, resnet convs, time proj).
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
@@ -20,11 +24,9 @@ def weight_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
 
 def build_student(teacher_unet: torch.nn.Module, train_cfg, time_cond_proj_dim: int) -> torch.nn.Module:
     """Student from the teacher (docs/method.md 1.2); with lora_rank > 0 only LoRA weights and the w-projection train."""
-    from rglcd.models import make_student
-
     student = make_student(teacher_unet, time_cond_proj_dim).float()
     if train_cfg.lora_rank > 0:
-        from peft import LoraConfig
+        from peft import LoraConfig  # optional heavy dependency: imported only for LoRA runs
 
         student.requires_grad_(False)
         student.add_adapter(LoraConfig(r=train_cfg.lora_rank, lora_alpha=train_cfg.lora_rank,
@@ -35,33 +37,6 @@ def build_student(teacher_unet: torch.nn.Module, train_cfg, time_cond_proj_dim: 
     if train_cfg.gradient_checkpointing:
         student.enable_gradient_checkpointing()
     return student.train()
-
-
-def trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
-    return [p for p in module.parameters() if p.requires_grad]
-
-
-def make_optimizer(params: list[torch.nn.Parameter], train_cfg, lr: float | None = None) -> torch.optim.Optimizer:
-    """AdamW (docs/method.md 3.4): 8-bit when asked and bitsandbytes is installed, fused on CUDA, else the default."""
-    kwargs = dict(lr=train_cfg.lr if lr is None else lr, betas=(train_cfg.adam_beta1, train_cfg.adam_beta2),
-                  eps=train_cfg.adam_eps, weight_decay=train_cfg.weight_decay)
-    if train_cfg.use_8bit_adam:
-        try:
-            import bitsandbytes as bnb
-
-            return bnb.optim.AdamW8bit(params, **kwargs)
-        except ImportError:
-            warnings.warn("train.use_8bit_adam: bitsandbytes is not installed; using torch AdamW "
-                          "(pip install bitsandbytes)")
-    fused = bool(params) and all(p.is_cuda for p in params)
-    return torch.optim.AdamW(params, fused=fused or None, **kwargs)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, train_cfg):
-    """diffusers' constant / constant_with_warmup schedule, stepped once per optimizer step."""
-    from diffusers.optimization import get_scheduler
-
-    return get_scheduler(train_cfg.lr_scheduler, optimizer, num_warmup_steps=train_cfg.warmup_steps)
 
 
 def merged_unet(student: torch.nn.Module) -> torch.nn.Module:
@@ -77,10 +52,6 @@ def merged_unet(student: torch.nn.Module) -> torch.nn.Module:
 
 def save_lora_adapter(student: torch.nn.Module, out_dir) -> None:
     """The LoRA adapter (diffusers format) plus the fully trained guidance projection it needs."""
-    from pathlib import Path
-
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     student.save_lora_adapter(str(out), upcast_before_saving=True)
     proj = {k: v.detach().float().contiguous().cpu() for k, v in student.state_dict().items()

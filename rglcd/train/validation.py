@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from rglcd.sample import from_teacher, lcm_sample, save_grid
+
 VALIDATION_STEPS = 4
 VALIDATION_GUIDANCE = 7.5  # w = 6.5, inside the trained range [5, 15]
 
@@ -24,8 +26,6 @@ def pick_prompts(prompts: list[str], count: int) -> list[str]:
 def validation_grid(teacher, student: torch.nn.Module, target: torch.nn.Module, prompts: list[str],
                     path: Path, seed: int = 0) -> Path:
     """Save a grid: row 1 the student, row 2 the EMA target, one column per prompt."""
-    from rglcd.sample import from_teacher, lcm_sample, save_grid
-
     rows = []
     for unet in (student, target):
         was_training = unet.training
