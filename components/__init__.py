@@ -1,4 +1,4 @@
-"""KFP v2 components: one thin shell per pipeline step around an `rglcd` function (DESIGN.md "The DAG").
+"""KFP v2 components: one thin shell per pipeline step around an `rglcd` function (docs/architecture.md 4).
 
 Each step module defines one `@dsl.component` (lightweight style, `install_kfp_package=False`: the
 step runs in the project image, which has rglcd, kfp and this package installed, so nothing is

@@ -1,4 +1,4 @@
-"""Step 2 (LRM-guided presets): contrastive pretraining of the latent reward model (METHOD.md 4).
+"""Step 2 (LRM-guided presets): contrastive pretraining of the latent reward model (docs/method.md 4.2).
 
 The data arrive by DVC pointer, not as an input artifact, so the step's cache key is the data
 version: a re-run of prep that yields the same data reuses the pretrained LRM.

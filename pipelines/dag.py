@@ -1,4 +1,4 @@
-"""The RG-LCD DAG (DESIGN.md "The DAG"), built from one config:
+"""The RG-LCD DAG (docs/architecture.md 4), built from one config:
 
     configure -> prep -> (pretrain-lrm, if reward.guidance == "lrm" and no lrm.checkpoint)
               -> train (in the pod, or a PyTorchJob/TrainJob when pipeline.distributed is set)

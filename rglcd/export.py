@@ -1,4 +1,4 @@
-"""Export the student as a complete, stock diffusers pipeline directory (METHOD.md 5).
+"""Export the student as a complete, stock diffusers pipeline directory (docs/method.md 5.4).
 
 The directory holds the teacher's VAE, text encoder and tokenizer, the student UNet and an
 `LCMScheduler` config derived from the teacher's scheduler, saved as a `LatentConsistencyModelPipeline`

@@ -1,4 +1,4 @@
-"""Filesystem helpers for outputs that must never be seen half-written (DESIGN.md: nothing written is lost).
+"""Filesystem helpers for outputs that must never be seen half-written (docs/architecture.md 7.3: nothing written is lost).
 
 `replace_dir` swaps a finished directory into place. `build_once` is the one "build into a cache" of the
 project (tiny teachers, S3 model copies, tiny reward weights, FID reference images, the toy world):

@@ -1,6 +1,6 @@
 """Image requests and their batched generation: the core of the pyfunc model and `rglcd serve`.
 
-docs/serving.md "Requests".
+docs/serving.md 3.
 
 One `ImageRequest` is one image: a prompt, LCM steps, guidance scale, seed and size. Its noise comes from
 its own `torch.Generator` seeded with `seed`, so an image does not depend on what it was batched with, and a

@@ -1,4 +1,4 @@
-"""Losses of RG-LCD (METHOD.md 2.9 and 3)."""
+"""Losses of RG-LCD (docs/method.md 2.9 and 3)."""
 from __future__ import annotations
 
 from typing import Literal
@@ -8,7 +8,7 @@ import torch
 
 def lcd_loss_elementwise(pred: torch.Tensor, target: torch.Tensor, kind: Literal["huber", "l2"] = "huber",
                          huber_c: float = 0.001) -> torch.Tensor:
-    """The LCD loss per element, float32, shaped like `pred` (METHOD.md 2.9); `lcd_loss` is its mean.
+    """The LCD loss per element, float32, shaped like `pred` (docs/method.md 2.9); `lcd_loss` is its mean.
 
     huber: sqrt((pred - target)^2 + c^2) - c   (pseudo-Huber, c = 0.001)
     l2:    (pred - target)^2
@@ -23,7 +23,7 @@ def lcd_loss_elementwise(pred: torch.Tensor, target: torch.Tensor, kind: Literal
 
 def lcd_loss(pred: torch.Tensor, target: torch.Tensor, kind: Literal["huber", "l2"] = "huber",
              huber_c: float = 0.001) -> torch.Tensor:
-    """Latent consistency distillation loss, a mean over all elements (METHOD.md 2.9).
+    """Latent consistency distillation loss, a mean over all elements (docs/method.md 2.9).
 
     huber: mean(sqrt((pred - target)^2 + c^2) - c)   (pseudo-Huber, c = 0.001)
     l2:    mean((pred - target)^2)
@@ -32,10 +32,10 @@ def lcd_loss(pred: torch.Tensor, target: torch.Tensor, kind: Literal["huber", "l
 
 
 def reward_loss(rewards: torch.Tensor, beta: float) -> torch.Tensor:
-    """-beta * mean(R) over the batch (METHOD.md 3). Negative by construction: that is not a bug."""
+    """-beta * mean(R) over the batch (docs/method.md 3.1). Negative by construction: that is not a bug."""
     return -beta * rewards.float().mean()
 
 
 def imagereward_hinge(r: torch.Tensor) -> torch.Tensor:
-    """ImageReward's hinged reward min(r - 2, 0) = -ReLU(2 - r): no gradient once r >= 2 (METHOD.md 3)."""
+    """ImageReward's hinged reward min(r - 2, 0) = -ReLU(2 - r): no gradient once r >= 2 (docs/method.md 3.3)."""
     return -torch.relu(2.0 - r)

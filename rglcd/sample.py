@@ -1,4 +1,4 @@
-"""Sampling: the student's LCM multi-step sampler and the teacher's DDIM with CFG (METHOD.md 5).
+"""Sampling: the student's LCM multi-step sampler and the teacher's DDIM with CFG (docs/method.md 5).
 
 Both are plain functions with one signature, `fn(model, prompts, num_steps, guidance, generator) ->
 SampleOutput`, and include text encoding, the UNet steps and the VAE decode (the latency benchmark times
@@ -111,7 +111,7 @@ def decode_latents(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
 
 def lcm_scheduler(scheduler_config: dict, original_inference_steps: int | None = None,
                   timestep_scaling: float | None = None):
-    """diffusers' `LCMScheduler` from any SD scheduler config (METHOD.md 5).
+    """diffusers' `LCMScheduler` from any SD scheduler config (docs/method.md 5.1).
 
     From a teacher's config (PNDM/DDIM/DDPM) it sets what the training assumed: no x0 clipping or
     thresholding, the DDIM grid size (default 50) and the timestep scaling (default 10). An exported
@@ -199,7 +199,7 @@ def lcm_sample(model: SamplingModel, prompts: list[str], num_steps: int = 4, gui
                generator: torch.Generator | list[torch.Generator] | None = None, height: int | None = None,
                width: int | None = None, original_inference_steps: int | None = None,
                timestep_scaling: float | None = None) -> SampleOutput:
-    """LCM multi-step sampling (LCM paper Algorithm 3; METHOD.md 5): no CFG pass, w = guidance - 1 embedded.
+    """LCM multi-step sampling (LCM paper Algorithm 3; docs/method.md 5.1): no CFG pass, w = guidance - 1 embedded.
 
     Each step: denoised = c_out x0_hat + c_skip x_t, then fresh noise to the next timestep
     (`LCMScheduler.step`); 4 steps run at [999, 759, 499, 259].
@@ -227,7 +227,7 @@ def lcm_sample(model: SamplingModel, prompts: list[str], num_steps: int = 4, gui
 def ddim_sample(model: SamplingModel, prompts: list[str], num_steps: int = 50, guidance: float = 7.5,
                 generator: torch.Generator | list[torch.Generator] | None = None, height: int | None = None,
                 width: int | None = None) -> SampleOutput:
-    """The teacher baseline: DDIM (eta 0) with classifier-free guidance u + g (c - u) (METHOD.md 6).
+    """The teacher baseline: DDIM (eta 0) with classifier-free guidance u + g (c - u) (docs/method.md 5.3).
 
     The uncond and cond passes share one forward over the doubled batch, as in StableDiffusionPipeline.
     """

@@ -1,4 +1,4 @@
-"""The LCD solver: DDIM grid, boundary scalings, guidance embedding, x0/eps conversions (METHOD.md 2, 5).
+"""The LCD solver: DDIM grid, boundary scalings, guidance embedding, x0/eps conversions (docs/method.md 2, 5).
 
 Pure tensor functions, no models and no I/O. They follow the LCM paper (Luo et al. 2023, eqs. 5-9),
 diffusers' `LCMScheduler` and its LCD training example, so that what the student learns here is
@@ -15,7 +15,7 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 def ddim_timesteps(num_train_timesteps: int = 1000, num_ddim_timesteps: int = 50) -> torch.Tensor:
-    """The DDIM solver grid tau_i = k*(i+1) - 1, i = 0..N-1, k = T // N (METHOD.md 2.2): {19, 39, ..., 999}."""
+    """The DDIM solver grid tau_i = k*(i+1) - 1, i = 0..N-1, k = T // N (docs/method.md 2.2): {19, 39, ..., 999}."""
     if not 0 < num_ddim_timesteps <= num_train_timesteps:
         raise ValueError(f"num_ddim_timesteps: {num_ddim_timesteps} must be in [1, {num_train_timesteps}]")
     k = num_train_timesteps // num_ddim_timesteps
@@ -28,13 +28,13 @@ def skip_size(num_train_timesteps: int = 1000, num_ddim_timesteps: int = 50) -> 
 
 
 def previous_timesteps(t: torch.Tensor, k: int) -> torch.Tensor:
-    """t_end = max(tau - k, 0): the previous grid point, clamped at 0 for the first one (METHOD.md 2.2)."""
+    """t_end = max(tau - k, 0): the previous grid point, clamped at 0 for the first one (docs/method.md 2.2)."""
     return (t - k).clamp(min=0)
 
 
 def boundary_scalings(t: torch.Tensor | float, sigma_data: float = 0.5,
                       timestep_scaling: float = 10.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(c_skip, c_out) of the consistency boundary condition (METHOD.md 2.5).
+    """(c_skip, c_out) of the consistency boundary condition (docs/method.md 2.5).
 
     u = timestep_scaling * t;  c_skip = sigma_data^2 / (u^2 + sigma_data^2);  c_out = u / sqrt(u^2 + sigma_data^2).
     c_skip(0) = 1, c_out(0) = 0, so f(z, 0) = z. Same as `LCMScheduler.get_scalings_for_boundary_condition_discrete`.
@@ -45,7 +45,7 @@ def boundary_scalings(t: torch.Tensor | float, sigma_data: float = 0.5,
 
 
 def guidance_embedding(w: torch.Tensor, dim: int = 256) -> torch.Tensor:
-    """Sinusoidal embedding of 1000*w, (B,) -> (B, dim), fed to the student as `timestep_cond` (METHOD.md 2.4).
+    """Sinusoidal embedding of 1000*w, (B,) -> (B, dim), fed to the student as `timestep_cond` (docs/method.md 2.4).
 
     Frequencies exp(-ln(1e4) * j / (dim/2 - 1)), j = 0..dim/2-1, then [sin, cos] (VDM; identical to
     `LatentConsistencyModelPipeline.get_guidance_scale_embedding`). Odd `dim` is zero-padded.
@@ -72,14 +72,14 @@ def alpha_sigma(alphas_cumprod: torch.Tensor, t: torch.Tensor, like: torch.Tenso
 
 
 def add_noise(z0: torch.Tensor, eps: torch.Tensor, alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Forward diffusion z_t = a z0 + s eps (DDPM q(z_t | z0); METHOD.md 2.3). Shapes (B, C, h, w)."""
+    """Forward diffusion z_t = a z0 + s eps (DDPM q(z_t | z0); docs/method.md 2.3). Shapes (B, C, h, w)."""
     a, s = alpha_sigma(alphas_cumprod, t, z0)
     return a * z0 + s * eps
 
 
 def x0_eps_from_output(output: torch.Tensor, z_t: torch.Tensor, alphas_cumprod: torch.Tensor, t: torch.Tensor,
                        prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x0_hat, eps_hat) from a UNet output under its parameterisation (METHOD.md 2.6-2.7, trap 7.1).
+    """(x0_hat, eps_hat) from a UNet output under its parameterisation (docs/method.md 2.6-2.7, 7.1).
 
     epsilon:      x0 = (z - s*out) / a,   eps = out
     v_prediction: x0 = a*z - s*v,         eps = a*v + s*z
@@ -96,19 +96,19 @@ def x0_eps_from_output(output: torch.Tensor, z_t: torch.Tensor, alphas_cumprod: 
 
 
 def guided(cond: torch.Tensor, uncond: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """LCM-form classifier-free guidance x_c + w (x_c - x_u) with per-example w (B,) (METHOD.md 2.4)."""
+    """LCM-form classifier-free guidance x_c + w (x_c - x_u) with per-example w (B,) (docs/method.md 2.4)."""
     w = _per_example(w, cond)
     return cond + w * (cond - uncond)
 
 
 def ddim_step(x0: torch.Tensor, eps: torch.Tensor, alphas_cumprod: torch.Tensor, t_prev: torch.Tensor) -> torch.Tensor:
-    """One deterministic DDIM step to t_prev: z_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev) eps (METHOD.md 2.7)."""
+    """One deterministic DDIM step to t_prev: z_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev) eps (docs/method.md 2.7)."""
     a_prev, s_prev = alpha_sigma(alphas_cumprod, t_prev, x0)
     return a_prev * x0 + s_prev * eps
 
 
 def consistency_output(z_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, sigma_data: float = 0.5,
                        timestep_scaling: float = 10.0) -> torch.Tensor:
-    """f(z_t, t) = c_skip(t) z_t + c_out(t) x0_hat (METHOD.md 2.6 and 2.8; LCM paper eq. 9)."""
+    """f(z_t, t) = c_skip(t) z_t + c_out(t) x0_hat (docs/method.md 2.6 and 2.8; LCM paper eq. 9)."""
     c_skip, c_out = boundary_scalings(t, sigma_data, timestep_scaling)
     return _per_example(c_skip, z_t) * z_t + _per_example(c_out, z_t) * x0

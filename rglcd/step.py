@@ -1,4 +1,4 @@
-"""One RG-LCD training step: latent consistency distillation plus the reward term (METHOD.md 2 and 3).
+"""One RG-LCD training step: latent consistency distillation plus the reward term (docs/method.md 2 and 3).
 
     out = lcd_step(student, target, teacher, batch, cfg, step, reward=rm)
     accelerator.backward(out.loss)              # or out.loss.backward(): backward is the loop's job
@@ -107,7 +107,7 @@ def posterior(batch: dict, vae: torch.nn.Module) -> torch.Tensor:
 
 
 def clean_latents(moments: torch.Tensor, vae_noise: torch.Tensor, scaling_factor: float) -> torch.Tensor:
-    """z0 = scaling_factor * (mean + std * noise) from moments, or scaling_factor * latents (METHOD.md 2.1)."""
+    """z0 = scaling_factor * (mean + std * noise) from moments, or scaling_factor * latents (docs/method.md 2.1)."""
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
     moments = moments.float()
@@ -154,7 +154,7 @@ def unet_output(unet: torch.nn.Module, z: torch.Tensor, t: torch.Tensor, text: t
     return unet(z.to(dtype), t, encoder_hidden_states=text.to(dtype), timestep_cond=cond).sample.float()
 
 
-# ---------------------------------------------------------------- the reward term (METHOD.md 3)
+# ---------------------------------------------------------------- the reward term (docs/method.md 3)
 
 def decode_through_frozen_vae(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
     """Scaled latents (B, 4, h, w) -> images in [0, 1] (B, 3, H, W), differentiable w.r.t. z, not the VAE."""
@@ -170,7 +170,7 @@ def score_rewards(reward: torch.nn.Module, vae: torch.nn.Module, pred: torch.Ten
         if kind == "image":
             r = reward.score(decode_through_frozen_vae(vae, pred), captions)
         elif kind == "latent":
-            r = reward.score(pred / vae.config.scaling_factor, captions)  # no VAE decode (METHOD.md 4)
+            r = reward.score(pred / vae.config.scaling_factor, captions)  # no VAE decode (docs/method.md 4)
         else:
             raise ValueError(f"reward model {type(reward).__name__}: input_kind {kind!r} is not allowed; allowed: image, latent")
     if r.shape != (pred.shape[0],):
@@ -209,7 +209,7 @@ class Inputs:
 
 
 def prepare(teacher, batch: dict, cfg, step: int) -> Inputs:
-    """Latents, per-example draws, noising and text embeddings of a batch (METHOD.md 2.1-2.4)."""
+    """Latents, per-example draws, noising and text embeddings of a batch (docs/method.md 2.1-2.4)."""
     d, vae = cfg.distill, teacher.vae
     size, device = _batch_size(batch), vae.device
     num_train = teacher.noise_scheduler.config.num_train_timesteps
@@ -230,7 +230,7 @@ def prepare(teacher, batch: dict, cfg, step: int) -> Inputs:
 
 def consistency_pred(unet: torch.nn.Module, z_t: torch.Tensor, t: torch.Tensor, x: Inputs, prediction_type: str,
                      distill_cfg) -> torch.Tensor:
-    """f(z_t, w, c, t) = c_skip z_t + c_out x0_hat(unet output) (METHOD.md 2.6 and 2.8), (B, 4, h, w)."""
+    """f(z_t, w, c, t) = c_skip z_t + c_out x0_hat(unet output) (docs/method.md 2.6 and 2.8), (B, 4, h, w)."""
     out = unet_output(unet, z_t, t, x.text, x.w_emb)
     x0, _ = solver.x0_eps_from_output(out, z_t, x.alphas_cumprod, t, prediction_type)
     return solver.consistency_output(z_t, x0, t, distill_cfg.sigma_data, distill_cfg.timestep_scaling)
@@ -238,7 +238,7 @@ def consistency_pred(unet: torch.nn.Module, z_t: torch.Tensor, t: torch.Tensor, 
 
 @torch.no_grad()
 def teacher_prev(teacher, x: Inputs) -> torch.Tensor:
-    """Teacher CFG in LCM form and one DDIM step from t_start to t_end (METHOD.md 2.7): z_prev (B, 4, h, w).
+    """Teacher CFG in LCM form and one DDIM step from t_start to t_end (docs/method.md 2.7): z_prev (B, 4, h, w).
 
     The cond and uncond passes are one forward over the concatenated batch (2B).
     """
@@ -252,7 +252,7 @@ def teacher_prev(teacher, x: Inputs) -> torch.Tensor:
 
 def lcd_step(student: torch.nn.Module, target: torch.nn.Module, teacher, batch: dict, cfg, step: int,
              reward: torch.nn.Module | None = None) -> StepOutput:
-    """One RG-LCD step on `batch` (METHOD.md 2 and 3); returns the loss terms, nothing is updated.
+    """One RG-LCD step on `batch` (docs/method.md 2 and 3); returns the loss terms, nothing is updated.
 
     batch: exactly one of pixel_values (B, 3, H, W) in [-1, 1], latent_moments (B, 8, h, w) or latents
     (B, 4, h, w) (unscaled); captions list[str]; index LongTensor[B] (global example ids).
@@ -270,11 +270,11 @@ def lcd_step(student: torch.nn.Module, target: torch.nn.Module, teacher, batch: 
     z_prev = teacher_prev(teacher, x)
     with torch.no_grad():
         tgt = consistency_pred(target, z_prev, x.t_end, x, teacher.prediction_type, d)
-    elem = lcd_loss_elementwise(pred, tgt, d.loss, d.huber_c)  # (B, 4, h, w), METHOD.md 2.9
+    elem = lcd_loss_elementwise(pred, tgt, d.loss, d.huber_c)  # (B, 4, h, w), docs/method.md 2.9
     lcd = elem.mean()
     per_example = elem.detach().flatten(1).mean(1)  # (B,)
     rewards, r_loss = None, torch.zeros((), device=pred.device)
-    if reward is not None:  # METHOD.md 3
+    if reward is not None:  # docs/method.md 3
         n = min(cfg.reward.batch_size or len(pred), len(pred))
         scores = score_rewards(reward, teacher.vae, pred[:n], list(batch["captions"][:n]))
         r_loss, rewards = reward_loss(scores, cfg.reward.beta), scores.detach()

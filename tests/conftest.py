@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-os.environ["HF_HUB_OFFLINE"] = "1"          # a hub call must fail fast, never hang (env-feasibility.md)
+os.environ["HF_HUB_OFFLINE"] = "1"          # a hub call must fail fast, never hang (docs/architecture.md 7.5)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 # OpenMP threads spin while waiting by default; with subprocesses (kfp.local, 2-process DDP) sharing

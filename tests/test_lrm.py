@@ -72,7 +72,7 @@ def test_config_is_registered_with_open_clip(cfg):
 
 
 def test_method_defaults_give_the_reference_architecture():
-    """METHOD.md 4 defaults -> RG-LCD's latent_ViT: patch 4, width 512, 12 layers, 8 heads, embed 1024,
+    """docs/method.md 4.1 defaults -> RG-LCD's latent_ViT: patch 4, width 512, 12 layers, 8 heads, embed 1024,
     ViT-H-14's text tower; 64x64 latents for 512 px."""
     from rglcd.config import LRMConfig
     from rglcd.lrm import open_clip_config

@@ -259,7 +259,7 @@ def test_credential_secrets_are_templates_outside_the_build(built):
 # --- the launcher's objects ------------------------------------------------------------------------------
 
 def _cfg(*overrides: str):
-    return load_config(overrides=["pipeline.distributed=pytorchjob", *overrides])   # defaults = METHOD.md's
+    return load_config(overrides=["pipeline.distributed=pytorchjob", *overrides])   # defaults = docs/method.md 8
 
 
 @pytest.mark.parametrize("nodes,gpus", [(1, 8), (4, 8), (2, 0)])

@@ -1,7 +1,7 @@
 """The training-job launcher: not a KFP component, but the Kubernetes-client code that the multi-node training
 step (components/train.py `launch_training`) and a person at a shell use to run RG-LCD training as a
 Kubeflow PyTorchJob or TrainJob, watch it to its end and clean it up. rglcd/ never imports kubernetes, so
-this lives in components/ (docs/architecture.md, layers).
+this lives in components/ (docs/architecture.md 1).
 
     objects.py   the job and its ConfigMap from the config (pure; pod settings from components/podspec.py)
     api.py       create, watch, diagnose unschedulable pods, delete (on SIGTERM too); PERMISSIONS it needs

@@ -1,4 +1,4 @@
-"""`rglcd pretrain-lrm`: contrastively pretrain the latent reward model (METHOD.md 4)."""
+"""`rglcd pretrain-lrm`: contrastively pretrain the latent reward model (docs/method.md 4.2)."""
 from __future__ import annotations
 
 import argparse

@@ -1,6 +1,6 @@
-"""The one typed config of rglcd, grouped by concern (DESIGN.md `config`).
+"""The one typed config of rglcd, grouped by concern (docs/architecture.md 6).
 
-Defaults are METHOD.md's; every value is recorded with the run. Batch sizes are per process
+Defaults are those of docs/method.md 8; every value is recorded with the run. Batch sizes are per process
 (per GPU) unless a field says "global".
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ class ModelConfig:
     revision: str | None = F(None, "hub revision of the teacher (None: main)")
     # Image resolution in pixels (square); latents are resolution / vae_scale.
     resolution: int = F(512, "training and sampling resolution in px (multiple of 8)", gt=0, multiple_of=8)
-    # Dimension of the guidance embedding fed to the student as `timestep_cond` (METHOD.md 1).
+    # Dimension of the guidance embedding fed to the student as `timestep_cond` (docs/method.md 2.4).
     time_cond_proj_dim: int = F(256, "size of the w-embedding projection added to the student", gt=0, multiple_of=2)
     # Where models built or fetched at run time (tiny teachers, S3 downloads) are cached.
     cache_dir: str = F("~/.cache/rglcd", "cache for tiny teachers and downloaded checkpoints")
@@ -31,18 +31,18 @@ class ModelConfig:
 
 @dataclass
 class DistillConfig:
-    # Points of the DDIM solver grid over the teacher's timesteps: skip k = T / N (METHOD.md 2.2).
+    # Points of the DDIM solver grid over the teacher's timesteps: skip k = T / N (docs/method.md 2.2).
     num_ddim_timesteps: int = F(50, "DDIM solver grid size N (skip k = 1000/N)", gt=0)
-    # Guidance w ~ U[w_min, w_max] per example, LCM form x_c + w (x_c - x_u) (METHOD.md 2.4).
+    # Guidance w ~ U[w_min, w_max] per example, LCM form x_c + w (x_c - x_u) (docs/method.md 2.4).
     w_min: float = F(5.0, "lowest guidance w drawn (LCM form; usual CFG scale is w+1)", ge=0)
     w_max: float = F(15.0, "highest guidance w drawn (LCM form)", ge=0)
-    # Boundary-condition constants (METHOD.md 2.5).
+    # Boundary-condition constants (docs/method.md 2.5).
     sigma_data: float = F(0.5, "sigma_data of the boundary scalings", gt=0)
     timestep_scaling: float = F(10.0, "timestep scaling s of the boundary scalings (u = s*t)", gt=0)
-    # Distillation loss and its pseudo-Huber constant (METHOD.md 2.9).
+    # Distillation loss and its pseudo-Huber constant (docs/method.md 2.9).
     loss: Literal["huber", "l2"] = F("huber", "LCD loss: pseudo-Huber or l2")
     huber_c: float = F(0.001, "pseudo-Huber constant c", gt=0)
-    # EMA decay of the target network, applied after every optimizer step (METHOD.md 2.10).
+    # EMA decay of the target network, applied after every optimizer step (docs/method.md 2.10).
     ema_decay: float = F(0.95, "EMA decay of the target UNet", ge=0, le=1)
 
 
@@ -53,7 +53,7 @@ class RewardConfig:
                   choices=expert_reward_choices)
     # How the student is guided: directly through the expert (VAE decode) or through the LRM.
     guidance: Literal["direct", "lrm"] = F("direct", "student reward path: direct expert or latent reward model")
-    # Reward scale beta: reward_loss = -beta * mean(R) (METHOD.md 3).
+    # Reward scale beta: reward_loss = -beta * mean(R) (docs/method.md 3).
     beta: float = F(1.0, "reward scale beta", ge=0)
     # Expert weights: local path, s3:// URI, hub id, or "tiny" (random tiny model, tests only). None: the RM's default hub source.
     weights: str | None = F(None, "expert RM weights: path, s3:// URI, hub id, 'tiny' or None for the default source")
@@ -67,13 +67,13 @@ class RewardConfig:
 class LRMConfig:
     # Pretrained LRM checkpoint directory (config + safetensors) from `rglcd pretrain-lrm`.
     checkpoint: str | None = F(None, "pretrained LRM checkpoint dir or s3:// URI")
-    # Fine-tune the LRM online against the expert every step (METHOD.md 4).
+    # Fine-tune the LRM online against the expert every step (docs/method.md 4.3).
     finetune: bool = F(True, "fine-tune the LRM online against the expert")
     # Fine-tune every k optimizer steps: the expert decodes and scores 3 x batch_size latents each time.
     finetune_every: int = F(1, "optimizer steps between LRM fine-tuning updates (1: every step)", gt=0)
     lr: float = F(3.3e-6, "LRM fine-tuning learning rate", gt=0)
     batch_size: int = F(16, "examples per process in the LRM fine-tuning sub-batch", gt=0)
-    # Latent ViT image tower (METHOD.md 4).
+    # Latent ViT image tower (docs/method.md 4.1).
     patch_size: int = F(4, "latent ViT patch size", gt=0)
     width: int = F(512, "latent ViT width", gt=0)
     layers: int = F(12, "latent ViT depth", gt=0)
@@ -122,7 +122,7 @@ class TrainConfig:
     max_steps: int = F(10000, "optimizer steps", gt=0)
     batch_size: int = F(16, "examples per process per micro-batch", gt=0)
     grad_accum: int = F(1, "micro-batches per optimizer step", gt=0)
-    lr: float = F(1e-6, "AdamW learning rate (METHOD.md 3)", gt=0)
+    lr: float = F(1e-6, "AdamW learning rate (docs/method.md 3.4)", gt=0)
     weight_decay: float = F(0.0, "AdamW weight decay", ge=0)
     adam_beta1: float = F(0.9, "AdamW beta1", ge=0, lt=1)
     adam_beta2: float = F(0.999, "AdamW beta2", ge=0, lt=1)
@@ -229,7 +229,7 @@ class ServeConfig:
         "auto", "torch.compile mode of the served model, as eval.compile (rglcd.sample.prepare_sampling; auto: "
         "reduce-overhead on CUDA, none on CPU); each new batch size compiles once, on its first batch")
     grace_period_s: int = F(30, "seconds in-flight requests get to finish after SIGTERM", gt=0)
-    # Canary rollout after registration (pipelines/dag.py; docs/serving.md "Canary").
+    # Canary rollout after registration (pipelines/dag.py; docs/serving.md "Canary and promotion").
     canary: bool = F(False, "after registration, roll the new version out to the InferenceService as a canary")
     canary_percent: int = F(10, "traffic percent the canary gets", gt=0, le=100)
     inference_service: str = F("rglcd-student", "name of the KServe InferenceService the canary step patches")

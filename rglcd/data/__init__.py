@@ -1,5 +1,5 @@
 """Data: built-in real photos and prompts, readers (tar shards, tables, folders), the deterministic
-training stream, and `prep` (validation, sharding, optional precomputed latents) (DESIGN.md `data`)."""
+training stream, and `prep` (validation, sharding, optional precomputed latents) (docs/architecture.md 2.6)."""
 from rglcd.data.builtin import photo_record, photos, vbench_prompts
 from rglcd.data.manifest import data_version, read_manifest
 from rglcd.data.prep import prep

@@ -1,4 +1,4 @@
-"""Built-in real data that needs no download (offline-assets.md sections 4 and 5).
+"""Built-in real data that needs no download (docs/method.md 11.3 and 11.4).
 
 - `builtin:photos[:N]`: real photos shipped by scikit-image, scikit-learn and matplotlib, each with the
   caption its package documents (or a plain description where the package has none), expanded to N

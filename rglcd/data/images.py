@@ -1,4 +1,4 @@
-"""Image decoding and the training resolution transform (METHOD.md 2.1, rglcd-reference.md 1.2).
+"""Image decoding and the training resolution transform (docs/method.md 2.1).
 
 Transform: resize the shorter side to `resolution` (bilinear), crop a `resolution` square (random for
 training, drawn from a generator the caller seeds; centred otherwise), scale to [-1, 1].

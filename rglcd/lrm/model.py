@@ -1,6 +1,6 @@
-"""The latent reward model (LRM): a CLIP whose image tower reads VAE latents (METHOD.md 4).
+"""The latent reward model (LRM): a CLIP whose image tower reads VAE latents (docs/method.md 4.1).
 
-Architecture (RG-LCD's `latent_ViT`, reference notes 2.1): a ViT over unscaled 4-channel latents
+Architecture (RG-LCD's `latent_ViT`, docs/method.md 4.1): a ViT over unscaled 4-channel latents
 (patch 4, width 512, 12 layers, 8 heads for 64x64 latents) and a CLIP text tower (ViT-H-14's shape by
 default), embed dim 1024; score = cosine, logits = score * exp(logit_scale). The config is registered
 with open_clip's model registry and built by `open_clip.create_model`; the only change is the patch
@@ -122,7 +122,7 @@ def new_lrm(lrm_cfg, latent_size: int, meta: dict[str, Any] | None = None) -> La
     return LatentRewardModel(build_latent_clip(model_cfg), info).eval()   # no dropout/BN: eval throughout
 
 
-# ---------------------------------------------------------------- trainable parts (METHOD.md 4)
+# ---------------------------------------------------------------- trainable parts (docs/method.md 4.3)
 
 def unlock_for_finetune(lrm: LatentRewardModel, visual_blocks: int, text_blocks: int) -> list[str]:
     """Train only the last `visual_blocks` ViT blocks + ln_post + proj and the last `text_blocks` text

@@ -1,4 +1,4 @@
-"""Contrastive pretraining of the LRM on (latent, caption) pairs (METHOD.md 4; reference notes 2.2).
+"""Contrastive pretraining of the LRM on (latent, caption) pairs (docs/method.md 4.2).
 
 Symmetric InfoNCE (open_clip's `ClipLoss`) between L2-normalised latent and text features scaled by
 exp(logit_scale), clamped to <= ln 100 after every step, as open_clip's training. Optimiser: open_clip's

@@ -1,4 +1,4 @@
-"""Teacher loading, student construction and the tiny offline factory (DESIGN.md `models`)."""
+"""Teacher loading, student construction and the tiny offline factory (docs/architecture.md 2.2)."""
 from rglcd.models.sources import ModelSourceError, resolve
 from rglcd.models.student import ema_update, make_student, make_target
 from rglcd.models.teacher import Teacher, load_teacher, vae_scale_factor

@@ -1,7 +1,7 @@
 """Resolve a model reference to a local directory: tiny:<type>, a local path, s3://bucket/prefix or a hub id.
 
 Hub ids are the real presets' default. Without network they fail fast with a message saying how to
-point at a local copy, instead of hanging in retries (env-feasibility.md: 232 s seen).
+point at a local copy, instead of hanging in retries (232 s seen; docs/architecture.md 7.5).
 """
 from __future__ import annotations
 

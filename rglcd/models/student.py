@@ -1,4 +1,4 @@
-"""Build the LCM student from the teacher (METHOD.md 1).
+"""Build the LCM student from the teacher (docs/method.md 1.2).
 
 The student has the teacher's UNet config plus `time_cond_proj_dim`, i.e. diffusers'
 `TimestepEmbedding.cond_proj` = Linear(time_cond_proj_dim -> C, no bias), added to the sinusoidal
@@ -33,7 +33,7 @@ def make_target(student: torch.nn.Module) -> torch.nn.Module:
 
 @torch.no_grad()
 def ema_update(target: torch.nn.Module, student: torch.nn.Module, decay: float) -> None:
-    """target <- decay * target + (1 - decay) * student (METHOD.md 2.10), as one multi-tensor update.
+    """target <- decay * target + (1 - decay) * student (docs/method.md 2.10), as one multi-tensor update.
 
     `torch._foreach_lerp_` runs the same lerp as a per-parameter `Tensor.lerp_` loop (bit-exact), in a few
     fused launches per (device, dtype) group instead of one launch per parameter (~700 for SD's UNet).

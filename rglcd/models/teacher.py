@@ -1,4 +1,4 @@
-"""Load a frozen Stable Diffusion teacher (METHOD.md 1) from any reference `rglcd.models.sources` resolves."""
+"""Load a frozen Stable Diffusion teacher (docs/method.md 1.1) from any reference `rglcd.models.sources` resolves."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,4 @@
-"""The tiny factory: a complete, small, random-init Stable Diffusion with no network (DESIGN.md `models`).
+"""The tiny factory: a complete, small, random-init Stable Diffusion with no network (docs/architecture.md 2.2).
 
 Same layout and classes as a real SD checkpoint (UNet2DConditionModel, AutoencoderKL, CLIPTextModel,
 the real CLIP tokenizer, a DDIM scheduler with SD's scaled-linear betas), so everything that loads a

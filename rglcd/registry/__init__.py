@@ -1,4 +1,4 @@
-"""Model registration (DESIGN.md `registry`): MLflow Model Registry versions pointing at DVC-versioned weights.
+"""Model registration (docs/architecture.md 2.11): MLflow Model Registry versions pointing at DVC-versioned weights.
 
     info = register(cfg, pointer, metrics, config_dict, data_version)   # idempotent per run key
     promote(cfg, info.version, alias="production")

@@ -1,4 +1,4 @@
-"""Reward models chosen by name, with one interface (DESIGN.md `rewards`; METHOD.md 3 and 4).
+"""Reward models chosen by name, with one interface (docs/architecture.md 2.4; docs/method.md 3 and 4).
 
     rm = load_reward("hpsv2.1", weights=None, antialias=False, device="cuda", dtype=torch.bfloat16)
     r = rm.score(images, prompts)      # (B,), images (B, 3, H, W) in [0, 1]; differentiable w.r.t. images

@@ -1,4 +1,4 @@
-"""The one interface every reward model follows (METHOD.md 3 and 4; DESIGN.md `rewards`).
+"""The one interface every reward model follows (docs/method.md 3 and 4; docs/architecture.md 2.4).
 
     rm.input_kind                 "image": (B, 3, H, W) in [0, 1];  "latent": unscaled VAE latents (B, 4, h, w)
     rm.score(x, prompts)  -> (B,)  differentiable w.r.t. x only (text features under no_grad, RM frozen)
@@ -32,7 +32,7 @@ def params_frozen(*modules: nn.Module | None) -> Iterator[None]:
 
     Gradients flow *through* these modules to their inputs but never *into* them: the LRM keeps
     trainable parameters for its own fine-tuning, and the student's reward gradient must land neither
-    there nor in the VAE (METHOD.md 4: the student's gradient goes *through* the LRM, not into it).
+    there nor in the VAE (docs/method.md 4.4: the student's gradient goes *through* the LRM, not into it).
     """
     trainable = [p for m in modules if m is not None for p in m.parameters() if p.requires_grad]
     for p in trainable:
@@ -87,7 +87,7 @@ class RewardModel(nn.Module):
         return F.normalize(feats.float(), dim=-1)[index]            # (B, D)
 
     def similarity(self, x: torch.Tensor, prompts: list[str], text_grad: bool = False) -> torch.Tensor:
-        """(B,) cosine of L2-normalised features (METHOD.md 3: 'reward value')."""
+        """(B,) cosine of L2-normalised features (docs/method.md 3.3)."""
         self.check_inputs(x, prompts)
         img = F.normalize(self.encode_inputs(x).float(), dim=-1)   # (B, D)
         txt = self.text_features(prompts, grad=text_grad)          # (B, D)
@@ -98,5 +98,5 @@ class RewardModel(nn.Module):
         return self.similarity(x, prompts)
 
     def logits(self, x: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        """(B,) score * exp(logit_scale): the expert's Bradley-Terry logits (METHOD.md 4)."""
+        """(B,) score * exp(logit_scale): the expert's Bradley-Terry logits (docs/method.md 4.3)."""
         return self.score(x, prompts) * self.logit_scale.exp().float()

@@ -3,7 +3,7 @@
 The real model comes from the `ImageReward` package (`pip install image-reward`, imported only when
 this reward is chosen) with `ImageReward.pt` + `med_config.json` from the hub repository
 `THUDM/ImageReward`. Its `score_gard(ids, mask, image)` gives the z-normalised reward r; the reward
-used for training is the hinge min(r - 2, 0) (METHOD.md 3), `raw_score` keeps r. Preprocessing: resize
+used for training is the hinge min(r - 2, 0) (docs/method.md 3.3), `raw_score` keeps r. Preprocessing: resize
 shorter side to 224 (bicubic) + center crop + OpenAI mean/std, as the package's `_transform`.
 
 `TinyImageRewardStandIn` is NOT ImageReward: a tiny random module with the same `score_gard` contract
@@ -53,7 +53,7 @@ class ImageRewardModel(RewardModel):
         return r.float().reshape(-1)                                                   # (B, 1) -> (B,)
 
     def score(self, x: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        """(B,) hinged reward min(r - 2, 0): no gradient once r >= 2 (METHOD.md 3)."""
+        """(B,) hinged reward min(r - 2, 0): no gradient once r >= 2 (docs/method.md 3.3)."""
         return imagereward_hinge(self.raw_score(x, prompts))
 
 

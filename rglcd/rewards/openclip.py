@@ -1,9 +1,9 @@
 """HPSv2.1 and CLIPScore: an open_clip ViT-H-14 scored on differentiably preprocessed tensors.
 
 HPSv2.1 (Wu et al. 2023) = open_clip `ViT-H-14` + `HPS_v2.1_compressed.pt` ({'state_dict': ...}, hub
-`xswu/HPSv2`), which loads strictly into open_clip's ViT-H-14 (env-feasibility.md 4); letterbox
+`xswu/HPSv2`), which loads strictly into open_clip's ViT-H-14 (docs/method.md 9.4); letterbox
 preprocessing as hpsv2's ResizeMaxSize. CLIPScore = ViT-H-14 `laion2b_s32b_b79k`, resize shorter side
-+ center crop as open_clip's own preprocess. Reward = cosine (METHOD.md 3); logits = cosine * exp(logit_scale).
++ center crop as open_clip's own preprocess. Reward = cosine (docs/method.md 3.3); logits = cosine * exp(logit_scale).
 
 `weights="tiny"` writes a tiny random model of a registered open_clip config to the cache in the real
 checkpoint's format and loads it by path through the same code, so tests exercise the real loader.
@@ -135,7 +135,7 @@ def load_open_clip_reward(spec: OpenClipSpec, weights: str | None = None, *, ant
 
 
 def load_hps(weights: str | None = None, **kwargs) -> OpenClipReward:
-    """HPSv2.1 (always v2.1: never hpsv2's v2.0 default, METHOD.md 7)."""
+    """HPSv2.1 (always v2.1: never hpsv2's v2.0 default, docs/method.md 7.5)."""
     return load_open_clip_reward(HPS, weights, **kwargs)
 
 

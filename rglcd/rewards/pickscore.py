@@ -2,7 +2,7 @@
 
 Weights `yuvalkirstain/PickScore_v1` (a `CLIPModel` directory), text tokenizer from the processor
 `laion/CLIP-ViT-H-14-laion2B-s32B-b79K`. Image preprocessing as its CLIPImageProcessor: shorter side
-to 224 (bicubic), center crop 224, OpenAI mean/std (METHOD.md 3). Reward = cosine; the official
+to 224 (bicubic), center crop 224, OpenAI mean/std (docs/method.md 3.2). Reward = cosine; the official
 PickScore is exp(logit_scale) * cosine, which is `logits`.
 """
 from __future__ import annotations

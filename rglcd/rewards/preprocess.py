@@ -1,4 +1,4 @@
-"""Differentiable reward-model preprocessing on image tensors (METHOD.md 3).
+"""Differentiable reward-model preprocessing on image tensors (docs/method.md 3.2).
 
 Input: images (B, 3, H, W) in [0, 1], any size. Output: (B, 3, S, S) normalised with the OpenAI CLIP
 mean/std, S = the RM's input size (224). Two geometries, each the tensor twin of the RM's own PIL pipeline:

@@ -1,4 +1,4 @@
-"""Dynamic batching: images of concurrent requests generated together (docs/serving.md "Batching").
+"""Dynamic batching: images of concurrent requests generated together (docs/serving.md 3).
 
 Every image a request asks for is one queue entry with its own future. One worker task takes the first
 waiting entry, then whatever else arrives within `max_wait_s`, up to `max_batch` images, and runs them as

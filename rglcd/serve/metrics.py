@@ -1,4 +1,4 @@
-"""Prometheus metrics of the model server, served by KServe at /metrics (docs/serving.md "Metrics").
+"""Prometheus metrics of the model server, served by KServe at /metrics (docs/serving.md 3).
 
 Beside KServe's own `request_predict_seconds` etc.: end-to-end request latency by protocol and status,
 images generated (rate() of it is images/s), the size of every generated batch, and the throughput of the

@@ -1,4 +1,4 @@
-"""KServe v1 and v2 (Open Inference Protocol) bodies <-> image requests (docs/serving.md "Protocol").
+"""KServe v1 and v2 (Open Inference Protocol) bodies <-> image requests (docs/serving.md 3).
 
 v1  POST /v1/models/NAME:predict
     {"instances": [{"prompt": "a red fox", "steps": 4, "seed": 7, "num_images": 2}, "a blue car"]}

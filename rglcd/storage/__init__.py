@@ -1,4 +1,4 @@
-"""Versioned artifacts in a DVC remote (DESIGN.md `storage`): push, verify, pull by pointer.
+"""Versioned artifacts in a DVC remote (docs/architecture.md 2.10): push, verify, pull by pointer.
 
     result = push(cfg, "runs/latest/student")        # cfg.storage: remote, endpoint_url, region
     write_pointer(result.pointer, "student.json")    # the `.dvc` content + remote, no credentials

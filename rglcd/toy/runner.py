@@ -59,7 +59,7 @@ def experiments(toy: ToyConfig) -> list[Experiment]:
 # ---------------------------------------------------------------- student training
 
 def train_student(world, toy: ToyConfig, exp: Experiment, device: torch.device, say: Log) -> tuple[torch.nn.Module, dict]:
-    """`toy.student_steps` RG-LCD steps (METHOD.md 2-4) from the teacher; returns the student UNet and its record."""
+    """`toy.student_steps` RG-LCD steps (docs/method.md 2-4) from the teacher; returns the student UNet and its record."""
     mcfg = method_config(toy, "lrm" if exp.guidance == "lrm" else "direct", exp.beta, world.path)
     teacher, sf = world.teacher, world.teacher.vae.config.scaling_factor
     torch.manual_seed(toy.seed)                                   # the new w-projection: same init in every row
@@ -78,7 +78,7 @@ def train_student(world, toy: ToyConfig, exp: Experiment, device: torch.device, 
         norm, _ = optimizer_update(student, target, optimizer, mcfg, loss_finite=math.isfinite(out.loss.item()))
         record = {"lcd_loss": out.lcd_loss.item(), "grad_norm": norm,
                   "train_reward": None if out.reward is None else out.reward.item()}
-        if side.finetunes:                                        # METHOD.md 4: after the student's update
+        if side.finetunes:                                        # docs/method.md 4: after the student's update
             record.update(lrm_finetune_step(side.lrm, side.lrm_optimizer, side.expert, teacher.vae,
                                             out.pred.detach() / sf, out.target / sf, out.z0 / sf,
                                             batch["captions"], mcfg, generator=lrm_gen))

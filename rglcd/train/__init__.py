@@ -1,4 +1,4 @@
-"""The RG-LCD training program: accelerate loop, checkpoint/resume, metrics, report (DESIGN.md `train`)."""
+"""The RG-LCD training program: accelerate loop, checkpoint/resume, metrics, report (docs/architecture.md 2.7)."""
 from rglcd.train.checkpoint import TrainState, list_checkpoints
 from rglcd.train.loop import NonFiniteLoss, train
 from rglcd.train.outputs import TrainResult

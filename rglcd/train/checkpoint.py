@@ -3,9 +3,9 @@
 A checkpoint is `<output_dir>/checkpoints/step-XXXXXXXX/`:
 
     model.safetensors          the student's weights (LoRA included), under their parameter names
-    ema_target.safetensors     the EMA target (METHOD.md 2.4)
+    ema_target.safetensors     the EMA target (docs/method.md 2.4)
     optimizer.safetensors      AdamW state, scheduler.safetensors the LR schedule, scaler.safetensors (fp16)
-    lrm.safetensors, lrm_optimizer.safetensors   the fine-tuned LRM and its optimizer (METHOD.md 4)
+    lrm.safetensors, lrm_optimizer.safetensors   the fine-tuned LRM and its optimizer (docs/method.md 4)
     rng-<rank>.safetensors     every process's python, numpy, torch CPU and CUDA RNG states
     checkpoint.json            counters (TrainState), process count, the resolved config and data version
     manifest.json              sha256 and size of every file above; written last

@@ -1,4 +1,4 @@
-"""The reward side of a run (METHOD.md 3 and 4): which model scores the student, and the LRM's online fine-tuning.
+"""The reward side of a run (docs/method.md 3 and 4): which model scores the student, and the LRM's online fine-tuning.
 
 - reward.name == "none": plain LCD.
 - reward.guidance == "direct": the expert RGB reward scores the decoded student prediction.
@@ -46,12 +46,12 @@ def build_guidance(cfg, lrm_checkpoint: str | None, device: torch.device, dtype:
     lrm = load_lrm(ref, device=device, cache_dir=cfg.model.cache_dir)   # float32: it is trained
     if not cfg.lrm.finetune:
         return Guidance(student_reward=freeze(lrm))
-    optimizer = make_lrm_optimizer(lrm, cfg)  # unlocks the fine-tuned parts (METHOD.md 4)
+    optimizer = make_lrm_optimizer(lrm, cfg)  # unlocks the fine-tuned parts (docs/method.md 4)
     return Guidance(student_reward=lrm, expert=_expert(cfg, device, dtype), lrm=lrm, lrm_optimizer=optimizer)
 
 
 def finetune_lrm(guidance: Guidance, teacher, out, batch: dict, cfg, step: int, rank: int) -> dict[str, float]:
-    """One LRM update after the student's (METHOD.md 4) on the last micro-batch's P, T, G latents.
+    """One LRM update after the student's (docs/method.md 4) on the last micro-batch's P, T, G latents.
 
     The sub-batch draw is seeded by (train.seed, step, rank), so a resumed run repeats it exactly.
     """

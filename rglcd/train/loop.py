@@ -1,4 +1,4 @@
-"""The RG-LCD training program on accelerate (DESIGN.md `train`; METHOD.md 2-4).
+"""The RG-LCD training program on accelerate (docs/architecture.md 2.7; docs/method.md 2-4).
 
     result = train(cfg, data_dir, lrm_checkpoint=None, resume="auto")
 

@@ -122,7 +122,7 @@ def export_model(run) -> Path:
     out = export_student(unet, teacher, run.out / "model", cfg=cfg, teacher_ref=cfg.model.teacher, overwrite=True)
     if cfg.train.lora_rank > 0 and cfg.train.lora_save_adapter:
         save_lora_adapter(student, run.out / "lora")
-    if run.guidance.finetunes:  # the fine-tuned LRM with its own optimizer state (METHOD.md 7)
+    if run.guidance.finetunes:  # the fine-tuned LRM with its own optimizer state (docs/method.md 7.4)
         save_lrm(run.guidance.lrm, run.out / "lrm", run.guidance.lrm_optimizer, extra={"steps": run.state.step})
     return out
 

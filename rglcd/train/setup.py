@@ -13,7 +13,7 @@ from rglcd.models import make_student
 # LoRA targets of diffusers' LCM-LoRA distillation script (attention, feed-forward, resnet convs, time proj).
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
                 "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj"]
-GUIDANCE_PROJ = "time_embedding.cond_proj"  # the student's only new weights (METHOD.md 1)
+GUIDANCE_PROJ = "time_embedding.cond_proj"  # the student's only new weights (docs/method.md 1.2)
 DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -23,7 +23,7 @@ def weight_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
 
 
 def build_student(teacher_unet: torch.nn.Module, train_cfg, time_cond_proj_dim: int) -> torch.nn.Module:
-    """Student from the teacher (METHOD.md 1); with lora_rank > 0 only LoRA weights and the w-projection train."""
+    """Student from the teacher (docs/method.md 1.2); with lora_rank > 0 only LoRA weights and the w-projection train."""
     student = make_student(teacher_unet, time_cond_proj_dim).float()
     if train_cfg.lora_rank > 0:
         from peft import LoraConfig  # optional heavy dependency: imported only for LoRA runs

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build kube-apiserver, kube-controller-manager and kube-scheduler v1.20.2 offline from Debian bookworm's
 # own source package (kubernetes 1.20.5+really1.20.2-1.1+deb12u1 = full upstream tree incl. vendor/),
-# and install Debian's etcd-server. Only Debian's registry is used. See ../shared/notes/k8s-testing.md §1.2.
+# and install Debian's etcd-server. Only Debian's registry is used. See docs/architecture.md 9.3.
 #
 #   OUT=/var/cache/rglcd-k8s/v1.20.2 tests/k8s/build-k8s-from-debian.sh     # ~7 min on 2 cores; no-op when cached
 #

@@ -1,6 +1,6 @@
 """A real Kubernetes control plane on loopback for tests: etcd + kube-apiserver + kube-controller-manager +
 kube-scheduler (v1.20.2, built by build-k8s-from-debian.sh), with the fake kubelet and fake training operator
-of this folder standing in for nodes and the Kubeflow operator. See shared notes k8s-testing.md §1.
+of this folder standing in for nodes and the Kubeflow operator. See docs/architecture.md 9.3.
 
     python tests/k8s/cluster.py start RUN_DIR     # prints KUBECONFIG=...; leaves it running
     python tests/k8s/cluster.py stop RUN_DIR      # stops exactly the processes it started (by PID)

@@ -3,7 +3,7 @@
 
 Pending -> Running at once; Running -> Succeeded after --run-seconds, or Failed when the pod annotation
 `fake-kubelet/exit-code` is non-zero; pods being deleted are removed (grace 0) as a kubelet would once the
-containers stopped. The real scheduler decides which pods reach which node. (k8s-testing.md §1.4)
+containers stopped. The real scheduler decides which pods reach which node. (docs/architecture.md 9.3)
 
 Distributed-training pods (env PET_NNODES=n, one owner) behave like torchrun's static rendezvous: their clock
 starts only once all n pods of the owner run, so no rank finishes before every rank was scheduled.

@@ -2,10 +2,10 @@
 job's pods the way the real controllers name, label and configure them, and mirrors the pods' phases into the
 job's status conditions. The real scheduler places the pods; the fake kubelet runs them.
 
-PyTorchJob (training-operator v1.9, anchors.md B1): pods <job>-master-0, <job>-worker-<i>, labels
+PyTorchJob (training-operator v1.9, docs/architecture.md 8.2): pods <job>-master-0, <job>-worker-<i>, labels
 training.kubeflow.org/{job-name,replica-type,replica-index}, env MASTER_ADDR/MASTER_PORT/WORLD_SIZE/RANK and
 PET_NNODES/PET_NPROC_PER_NODE/PET_NODE_RANK; conditions Created, Running, Succeeded | Failed.
-TrainJob (Trainer v2, B2, torch-distributed runtime): pods <job>-node-0-<i>, label jobset.sigs.k8s.io/jobset-name,
+TrainJob (Trainer v2, docs/architecture.md 8.3, torch-distributed runtime): pods <job>-node-0-<i>, label jobset.sigs.k8s.io/jobset-name,
 container `node` from spec.trainer plus the runtimePatches, env PET_*; conditions Complete | Failed.
 """
 from __future__ import annotations
