@@ -238,7 +238,7 @@ def prep(cfg, source: str, out_dir: str | Path, overwrite: bool = False) -> dict
     at the end, the manifest last. Returns the manifest (also written as out_dir/manifest.json).
     Raises ValueError when no record is valid; then nothing in `out_dir` has changed."""
     out = Path(out_dir).expanduser().resolve()
-    src = open_source(source, cfg.data.remote_images)
+    src = open_source(source, cfg.data.remote_images, cfg.storage.cache_dir)
     if getattr(src, "latents", False):
         raise ValueError(f"{source}: already holds precomputed latents; prep reads image data sets")
     owned = _owned(out)

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.lib.format as npformat
 from PIL import Image
 
+from rglcd.data.dvcsource import is_dvc_url, materialize
 from rglcd.data.images import IMAGE_EXTENSIONS
 from rglcd.data.io import is_remote, list_tars, open_binary
 from rglcd.data.manifest import read_manifest
@@ -32,6 +33,8 @@ CAPTION_COLUMNS = ("caption", "text", "prompt")
 TABLE_UNIT = 1000  # rows per unit of a table
 LATENT_KEY = "latent_moments.npy"
 MAX_CAPTION_BYTES = 1 << 16  # a caption file larger than this is not a caption
+
+DVC_CACHE = "~/.cache/rglcd/dvc"  # where dvc:// sources go when the caller names no cache (storage.cache_dir)
 
 ErrorHook = Callable[[str, Exception], None]
 
@@ -309,9 +312,13 @@ class BuiltinPhotos:
 
 # ---------------------------------------------------------------- choosing a source
 
-def open_source(spec: str, remote_images: tuple[str, ...] | list[str] = ()) -> Source:
+def open_source(spec: str, remote_images: tuple[str, ...] | list[str] = (), cache_dir: str | None = None) -> Source:
     """A data spec -> its source. Shards hold latents only when their manifest says so (never guessed).
-    `remote_images`: URL prefixes a table's rows may fetch images from (data.remote_images)."""
+    `remote_images`: URL prefixes a table's rows may fetch images from (data.remote_images).
+    `dvc://REPO[@REV]/PATH` is downloaded once into `cache_dir` (storage.cache_dir; rglcd.data.dvcsource),
+    then opened as the local spec it is."""
+    if is_dvc_url(spec):
+        return open_source(str(materialize(spec, cache_dir or DVC_CACHE)), remote_images)
     if spec.startswith("builtin:"):
         return BuiltinPhotos(spec)
     if spec.lower().endswith(TABLE_SUFFIXES):
@@ -328,5 +335,6 @@ def open_source(spec: str, remote_images: tuple[str, ...] | list[str] = ()) -> S
             return FolderSource(spec)
     if not is_remote(spec) and "{" not in spec and not Path(spec).expanduser().exists():
         raise FileNotFoundError(f"data source {spec!r} does not exist (allowed: a prep output dir, .tar shards, "
-                                f"a table ({', '.join(TABLE_SUFFIXES)}), an image folder, builtin:photos[:N])")
+                                f"a table ({', '.join(TABLE_SUFFIXES)}), an image folder, builtin:photos[:N], "
+                                f"dvc://REPO[@REV]/PATH)")
     return ShardSource(list_tars(spec), name=spec)

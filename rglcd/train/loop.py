@@ -59,7 +59,7 @@ def make_accelerator(cfg):
 
 def open_training_data(cfg, spec: str):
     """The source, and the data description recorded with the run; refuses latents that do not fit."""
-    source = open_source(spec, cfg.data.remote_images)
+    source = open_source(spec, cfg.data.remote_images, cfg.storage.cache_dir)
     manifest = getattr(source, "manifest", None) or {}
     latents = manifest.get("latents", {})
     if latents.get("precomputed") and latents.get("resolution") != cfg.model.resolution:
