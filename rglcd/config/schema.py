@@ -5,6 +5,7 @@ Defaults are those of docs/method.md 8; every value is recorded with the run. Ba
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -196,7 +197,14 @@ class StorageConfig:
     remote: str = F("./.rglcd/remote", "DVC remote: local dir or s3://bucket/prefix")
     endpoint_url: str | None = F(None, "S3 endpoint URL (MinIO, Ceph); None: AWS")
     region: str | None = F(None, "S3 region")
-    cache_dir: str = F("./.rglcd/dvc-cache", "local DVC cache")
+    cache_dir: str = F("./.rglcd/dvc-cache", "local DVC cache (also where dvc:// data sources are downloaded)")
+    # A Git repository as data and model registry (rglcd.storage.gitreg; docs/operations.md "A Git registry").
+    git_registry: str | None = F(None, "Git repository (a bare repository path or a Git URL) where every registered "
+                                 "model version and its dataset get a .dvc file, committed and tagged, so dvc get/"
+                                 "import/ls reach them; None: no Git registry")
+    git_branch: str = F("main", "branch of storage.git_registry the .dvc files are committed to",
+                        check=lambda v: None if v and re.match(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$", v)
+                        and ".." not in v else "a Git branch name (letters, digits, . _ - /)")
 
 
 @dataclass
