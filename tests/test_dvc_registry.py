@@ -110,6 +110,14 @@ def test_a_dvc_url_with_credentials_fails_at_config_load(tiny_cfg):
         tiny_cfg("data.train=dvc://https://u:secret@git.example.com/reg@v1/images")
 
 
+@pytest.mark.parametrize("branch", ["../main", "a..b", "", "with space"])
+def test_a_bad_registry_branch_fails_at_config_load(tiny_cfg, branch):
+    from rglcd.config import ConfigError
+
+    with pytest.raises(ConfigError, match="storage.git_branch"):
+        tiny_cfg(f"storage.git_branch={branch}")
+
+
 # ---------------------------------------------------------------- reading a revision
 
 def test_the_source_at_a_tag_reads_exactly_that_revisions_files(data_registry, tmp_path):

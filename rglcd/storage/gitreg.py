@@ -28,7 +28,6 @@ the checked-out branch of a working copy would leave its files behind the branch
 """
 from __future__ import annotations
 
-import io
 import os
 import re
 import tempfile
@@ -159,10 +158,12 @@ def _attempt(url: str, branch: str, pointer: Pointer, path: str, tag: str, messa
     """One clone-commit-push; the commit's sha, or None when the branch moved before the push."""
     from dulwich import porcelain
 
-    quiet = io.BytesIO()
+    from dulwich.repo import Repo
+    from scmrepo.git.backend.dulwich import DulwichBackend
+
     root = tmp / "clone"
-    repo = porcelain.clone(url, str(root), errstream=quiet)        # checks out the default branch, if any
-    with repo:
+    DulwichBackend.clone(url, str(root))            # scmrepo: dulwich with git's credential helpers and SSH
+    with Repo(str(root)) as repo:                   # the default branch is checked out, if there is one
         ref = f"refs/heads/{branch}".encode()
         existing = _tagged_commit(repo, tag)
         if existing is not None:
