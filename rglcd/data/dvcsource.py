@@ -135,11 +135,9 @@ def open_fs(ref: DvcUrl, cache_dir: str | None = None) -> Iterator[Any]:
             fs = DVCFileSystem(ref.git_url(), rev=ref.rev, config={"cache": cache})
             fs.repo  # clones and resolves REV now, so a bad repository or revision fails here
             yield fs
-        except FileNotFoundError:
-            raise DvcSourceError(f"data source {ref.url!r}: {ref.path} is not in the repository at "
-                                 f"{ref.rev or 'its default branch'}") from None
         except DvcException as err:
-            what = "revision " + repr(ref.rev) if "revision" in str(err) else "repository " + redact_urls(ref.repo)
+            repo = f"repository {redact_urls(ref.repo)} or its remote"
+            what = f"revision {ref.rev!r}" if "revision" in str(err) else repo
             raise DvcSourceError(f"data source {ref.url!r}: cannot read {what} "
                                  f"({type(err).__name__}: {redact_urls(str(err))[:200]})") from None
         finally:
@@ -165,12 +163,20 @@ def _file_id(info: dict[str, Any]) -> list[Any]:
     return [info.get("md5") or sha, info.get("size")]
 
 
+def _resolve(fs: Any, ref: DvcUrl) -> Resolved:
+    try:
+        info = fs.info(ref.path)
+    except FileNotFoundError:
+        raise DvcSourceError(f"data source {ref.url!r}: {ref.path} is not in the repository at "
+                             f"{ref.rev or 'its default branch'}") from None
+    return Resolved(ref, fs.repo.get_rev(), _content_id(fs, ref.path, info), info["type"] == "directory")
+
+
 def resolve(url: str | DvcUrl, cache_dir: str | None = None) -> Resolved:
     """The commit and content id of a `dvc://` URL, without downloading its data."""
     ref = url if isinstance(url, DvcUrl) else parse_dvc_url(url)
     with open_fs(ref, cache_dir) as fs:
-        info = fs.info(ref.path)
-        return Resolved(ref, fs.repo.get_rev(), _content_id(fs, ref.path, info), info["type"] == "directory")
+        return _resolve(fs, ref)
 
 
 def dvc_source_version(url: str, cache_dir: str | None = None) -> str:
@@ -185,8 +191,7 @@ def materialize(url: str, cache_dir: str) -> Path:
     changed); a DVC output is re-hashed after download and must match its md5 (the remote is untrusted)."""
     ref = parse_dvc_url(url)
     with open_fs(ref, cache_dir) as fs:
-        info = fs.info(ref.path)
-        resolved = Resolved(ref, fs.repo.get_rev(), _content_id(fs, ref.path, info), info["type"] == "directory")
+        resolved = _resolve(fs, ref)
         name = PurePosixPath(ref.path).name
         entry = build_once(Path(cache_dir).expanduser() / SOURCES_DIR, resolved.content_id,
                            lambda tmp: _download(fs, resolved, tmp / name))
