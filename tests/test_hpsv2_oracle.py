@@ -62,8 +62,9 @@ def checkpoint(tmp_path_factory) -> Path:
     """A random-init open_clip ViT-H-14 (seed 0) in the HPS checkpoint format."""
     import open_clip
 
-    torch.manual_seed(0)
-    model = open_clip.create_model("ViT-H-14", pretrained=None)
+    with torch.random.fork_rng():     # later tests keep their random stream
+        torch.manual_seed(0)
+        model = open_clip.create_model("ViT-H-14", pretrained=None)
     path = tmp_path_factory.mktemp("hps") / "HPS_v2.1_compressed.pt"
     torch.save({"state_dict": {k: v.half() for k, v in model.state_dict().items()}}, path)   # 2 GB, not 4
     del model
