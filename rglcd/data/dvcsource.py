@@ -125,6 +125,7 @@ def open_fs(ref: DvcUrl, cache_dir: str | None = None) -> Iterator[Any]:
     """The DVCFileSystem of `ref` at its revision, closed after use; errors name the URL and what is missing."""
     from dvc.api import DVCFileSystem
     from dvc.exceptions import DvcException
+    from dvc.repo.open_repo import clean_repos
 
     if ref.repo.startswith("/") and not os.path.exists(ref.repo):
         raise DvcSourceError(f"data source {ref.url!r}: repository {ref.repo} does not exist")
@@ -143,6 +144,7 @@ def open_fs(ref: DvcUrl, cache_dir: str | None = None) -> Iterator[Any]:
         finally:
             if fs is not None:
                 fs.close()
+            clean_repos()       # DVC's temporary clones (what `dvc` itself removes when a command ends)
 
 
 def _content_id(fs: Any, path: str, info: dict[str, Any]) -> str:
