@@ -178,6 +178,18 @@ def test_a_corrupt_remote_object_is_refused_after_download(data_registry, tmp_pa
     assert not list((tmp_path / "cache" / "dvc-sources").glob("[!.]*"))     # nothing half-made left as an entry
 
 
+def test_the_repositorys_cache_settings_are_not_followed(data_registry, tmp_path):
+    work, evil = data_registry["work"], tmp_path / "evil"
+    with (work / ".dvc" / "config").open("a") as conf:
+        conf.write(f"[cache]\n    dir = {evil / 'cache'}\n    type = symlink\n")
+    git("commit", "-qam", "a cache elsewhere", cwd=work)
+    git("push", "-q", str(data_registry["bare"]), "main", cwd=work)
+    source = open_source(f"dvc://{data_registry['bare']}@main/images", cache_dir=str(tmp_path / "cache"))
+    assert source.unit_counts() == [6] and not evil.exists()
+    assert not any(Path(f).is_symlink() for f in source.files)
+    assert (tmp_path / "cache" / "dvc-site").is_dir()                    # DVC's index is in our folder too
+
+
 def test_prep_of_a_tagged_revision_equals_prep_of_that_revisions_files(data_registry, tiny_cfg, tmp_path):
     from rglcd.data.prep import prep
 

@@ -17,7 +17,8 @@ dvc/repo/open_repo.py): the repository is always cloned into a temporary folder 
 or written, and REV (default: the default branch) fixes the content. DVC reads `.dvc` files and the
 committed `.dvc/config` to find objects in the repository's remote; nothing in the repository runs:
 no `dvc.yaml` stage is executed by a read, the clone is made by dulwich (no git hooks) and our cache
-settings (`cache.dir`, `cache.type=copy`) override the repository's.
+settings (`cache.dir`, `cache.type=copy`, `core.site_cache_dir`) override the repository's, so DVC
+writes only in the cache folder given (and its temporary clone).
 
 Two operations, neither writing outside the cache folder given:
 - `dvc_source_version(url)`: the content id of PATH at REV (its DVC md5, or a hash of its listing)
@@ -130,10 +131,12 @@ def open_fs(ref: DvcUrl, cache_dir: str | None = None) -> Iterator[Any]:
     if ref.repo.startswith("/") and not os.path.exists(ref.repo):
         raise DvcSourceError(f"data source {ref.url!r}: repository {ref.repo} does not exist")
     with tempfile.TemporaryDirectory(prefix="rglcd-dvc-") as tmp:
-        cache = {"dir": os.path.abspath(os.path.expanduser(cache_dir or tmp)), "type": "copy"}
+        root = os.path.abspath(os.path.expanduser(cache_dir or tmp))
+        config = {"cache": {"dir": root, "type": "copy"},                  # ours, whatever the repository says
+                  "core": {"site_cache_dir": os.path.join(root, "dvc-site")}}   # DVC's index and state
         fs = None
         try:
-            fs = DVCFileSystem(ref.git_url(), rev=ref.rev, config={"cache": cache})
+            fs = DVCFileSystem(ref.git_url(), rev=ref.rev, config=config)
             fs.repo  # clones and resolves REV now, so a bad repository or revision fails here
             yield fs
         except DvcException as err:
