@@ -54,6 +54,27 @@ def read_bytes(url: str, max_bytes: int | None = None) -> bytes:
     return data
 
 
+def read_range(url: str, start: int, end: int) -> bytes:
+    """Bytes [start, end) of a local path or URL: one seek and read, or one ranged request (fsspec
+    `cat_file`, an HTTP Range GET on S3). ValueError when the file ends before `end`."""
+    if is_remote(url):
+        data = filesystem(url).cat_file(url, start=start, end=end)
+    else:
+        with open(Path(url).expanduser(), "rb") as handle:
+            handle.seek(start)
+            data = handle.read(end - start)
+    if len(data) != end - start:
+        raise ValueError(f"{url}: bytes {start}-{end} asked for, the file ends at byte {start + len(data)}")
+    return data
+
+
+def file_size(url: str) -> int:
+    """Size in bytes of a local file or remote object (a stat, or one HEAD request)."""
+    if is_remote(url):
+        return int(filesystem(url).size(url))
+    return Path(url).expanduser().stat().st_size
+
+
 _GROUP = re.compile(r"\{([^{}]*)\}")                      # an innermost {...} group
 _INT_RANGE = re.compile(r"(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?")
 _CHAR_RANGE = re.compile(r"[A-Za-z]\.\.[A-Za-z](\.\.-?\d+)?")
