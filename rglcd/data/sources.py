@@ -27,9 +27,10 @@ import numpy.lib.format as npformat
 from PIL import Image
 
 from rglcd.data.images import IMAGE_EXTENSIONS
-from rglcd.data.io import file_size, is_remote, list_tars, open_binary, read_range
+from rglcd.data.io import file_size, is_remote, list_tars, open_binary, read_ranges
 from rglcd.data.manifest import read_manifest
 from rglcd.data.refs import OUTSIDE, resolve_local, resolve_ref
+from rglcd.data.tarindex import parse_records
 from rglcd.safeio import read_text, short
 from rglcd.urls import redact_urls
 
@@ -66,6 +67,13 @@ class RandomAccessSource(Source, Protocol):
     random_access: bool    # read_record works (else the stream reads whole units)
 
     def read_record(self, unit: int, j: int) -> Record: ...
+
+
+def read_records(source: RandomAccessSource, places: list[tuple[int, int]]) -> list[Record]:
+    """The records at (unit, j) places, read together when the source can (`read_records`: ranged reads sent
+    at once), else one by one."""
+    many = getattr(source, "read_records", None)
+    return many(places) if many is not None else [source.read_record(u, j) for u, j in places]
 
 
 # ---------------------------------------------------------------- tar shards
@@ -185,11 +193,21 @@ class ShardSource:
 
     def read_record(self, unit: int, j: int) -> Record:
         """Record j of shard `unit`, by one ranged read of its bytes."""
-        url, offsets = self.urls[unit], self._checked_offsets(unit)
-        start, end = offsets[j], offsets[j + 1]
+        return self.read_records([(unit, j)])[0]
+
+    def read_records(self, places: list[tuple[int, int]]) -> list[Record]:
+        """The records at (unit, j) places: one ranged read each, sent together (rglcd.data.io.read_ranges)."""
+        ranges = [(self.urls[u], self._checked_offsets(u)[j], self.offsets[u][j + 1]) for u, j in places]
+        datas = read_ranges(*map(list, zip(*ranges))) if ranges else []
+        return [self._record_in(u, j, start, end, data) for (u, j), (_, start, end), data in zip(places, ranges, datas)]
+
+    def _record_in(self, unit: int, j: int, start: int, end: int, data: bytes) -> Record:
+        """Record j of shard `unit` from the bytes [start, end) read for it, which must hold it alone."""
+        url = self.urls[unit]
         where = f"shard {url}: bytes {start}-{end} (record {j})"
         try:
-            samples = list(iter_tar(url, data=read_range(url, start, end)))
+            samples = parse_records(data)
+            samples = list(iter_tar(url, data=data)) if samples is None else samples
         except ValueError as err:
             raise ValueError(f"{where} are not whole records ({err}); the manifest's offsets do not match the "
                              "shard (shards changed after their manifest was written?)") from None

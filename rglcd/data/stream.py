@@ -12,15 +12,18 @@ g = start + k (mod n); the loader's round-robin order then equals the single-wor
 Reading (docs/architecture.md 2.6.1): the order depends only on the units' record counts, so a
 position's record is found without reading anything (`GlobalOrder.locate`). From a random-access
 source (rglcd.data.sources.RandomAccessSource) each (rank, worker) reads just its own records, by
-place, `read_ahead` records ahead on a small thread pool (read and decoded off the consumer's path).
-Other sources are read in unit order by every (rank, worker), which keeps its share (`global_records`).
-Both give the same batches.
+place, in chunks of `read_ahead` records (one ranged request each, sent together: concurrent on S3),
+read and decoded on a background thread while the chunk before is used. Other sources, and a single
+reader (one process, one worker: it uses every record), read whole units in order; every (rank, worker)
+keeps its share (`global_records`). Both give the same batches.
 """
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Iterator, TypeVar
 
 import numpy as np
@@ -29,7 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from rglcd.data.images import BadImage, image_from_bytes, pixel_limit, to_training_tensor
 from rglcd.data.io import TooLarge, read_bytes
-from rglcd.data.sources import Record, Source
+from rglcd.data.sources import Record, Source, read_records
 
 
 @dataclass
@@ -43,10 +46,10 @@ class StreamSpec:
     random_crop: bool = True
     start_batch: int = 0       # micro-batches already consumed (resume position)
     max_pixels: int | None = None  # larger images are refused (None: rglcd.data.images.pixel_limit(resolution))
-    read_ahead: int = 8        # records each worker reads ahead on threads (random-access sources; 0: none)
+    read_ahead: int = 16       # records a worker reads together, the next ones on a thread (0: one at a time)
 
 
-READ_THREADS = 4  # threads per worker for read-ahead (reads and image decoding release the GIL)
+READ_THREADS = 4  # at most this many threads per `read_ahead` call
 T = TypeVar("T")
 
 
@@ -185,7 +188,9 @@ class TrainStream(IterableDataset):
         """The micro-batches loader worker `worker` of `workers` builds: start_batch + worker, + workers, ..."""
         if not 0 <= worker < workers:
             raise ValueError(f"bad loader layout: worker {worker} of {workers}")
-        direct = getattr(self.source, "random_access", False)
+        # one reader (1 process, 1 worker) uses every record: whole units streamed read each byte once too,
+        # with the fewest requests
+        direct = getattr(self.source, "random_access", False) and self.spec.world_size * workers > 1
         items = self._read_direct(worker, workers) if direct else self._read_units(worker, workers)
         batch: list[tuple[torch.Tensor, str | None, int]] = []
         for item in items:
@@ -204,14 +209,20 @@ class TrainStream(IterableDataset):
             batch += workers
 
     def _read_direct(self, worker: int, workers: int) -> Iterator[tuple[torch.Tensor, str | None, int]]:
-        """Only this worker's records, each read by place, `read_ahead` of them in flight."""
+        """Only this worker's records, read by place `read_ahead` at a time, the next chunk on a thread."""
         order = GlobalOrder(self.source.unit_counts(), self.spec.seed, self.spec.shuffle_buffer)
+        positions, size = self._positions(worker, workers), max(1, self.spec.read_ahead)
 
-        def task(position: int) -> Callable[[], tuple[torch.Tensor, str | None, int]]:
-            unit, j = order.locate(position)
-            return lambda: self._item(position, self.source.read_record(unit, j))
+        def load(chunk: list[int], places: list[tuple[int, int]]) -> list[tuple[torch.Tensor, str | None, int]]:
+            return [self._item(p, r) for p, r in zip(chunk, read_records(self.source, places))]
 
-        return read_ahead((task(p) for p in self._positions(worker, workers)), self.spec.read_ahead)
+        def tasks() -> Iterator[Callable[[], list]]:
+            while True:
+                chunk = list(itertools.islice(positions, size))
+                yield partial(load, chunk, [order.locate(p) for p in chunk])  # located here: one thread
+
+        for items in read_ahead(tasks(), 1 if self.spec.read_ahead else 0):
+            yield from items
 
     def _read_units(self, worker: int, workers: int) -> Iterator[tuple[torch.Tensor, str | None, int]]:
         """Every record in stream order (whole units read), keeping this worker's ones."""

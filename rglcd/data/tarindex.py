@@ -46,3 +46,30 @@ def check_offsets(offsets: Any, count: int) -> str | None:
             return f"offsets[{i}] {value} does not follow {previous} (records would overlap)"
         previous = value
     return None
+
+
+def parse_records(data: bytes) -> list[dict] | None:
+    """Samples {"__key__", ext: bytes} in whole records of a prep shard, or None when the bytes hold anything
+    but plain regular members (extended headers, links, a cut member, end-of-archive blocks): then the
+    caller parses them with the full tar reader (rglcd.data.sources.iter_tar), which names the problem.
+    Headers are parsed and checked (checksum) by tarfile; keys and extensions split as webdataset does."""
+    from webdataset.tariterators import base_plus_ext
+
+    samples: list[dict] = []
+    pos = 0
+    while pos < len(data):
+        try:
+            info = tarfile.TarInfo.frombuf(data[pos:pos + BLOCK], "utf-8", "surrogateescape")
+        except tarfile.HeaderError:
+            return None
+        start = pos + BLOCK
+        pos = start + -(-info.size // BLOCK) * BLOCK
+        if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE) or info.name.startswith("__") or pos > len(data):
+            return None
+        key, ext = base_plus_ext(info.name)
+        if key is None:
+            continue
+        if not samples or samples[-1]["__key__"] != key:
+            samples.append({"__key__": key})
+        samples[-1][ext.lower()] = data[start:start + info.size]
+    return samples
