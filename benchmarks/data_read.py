@@ -17,11 +17,12 @@ through rglcd.data.manifest.read_bytes, once per process).
 
 Fractions are of the data set's shard bytes; the goal for `new` is 1 / (P x W) per (rank, worker), plus the
 manifest once per process. Throughput: micro-batches per second that (rank 0, worker 0) builds (pixel
-path: read, decode, crop, collate), median of --repeats, old vs new with read-ahead 0 and --read-ahead: on
-local disk for 1 x 1, 2 x 2 and 4 x 2 (two epochs; a single reader streams whole shards either way), and
-from a local S3 server (moto_server in its own process, as benchmarks/storage.py starts it; 2 x 2, one
-epoch). moto is a Python server on this machine's shared CPUs: a request costs it milliseconds of CPU, so
-its figures count requests more than bytes; on S3 the ranged GETs of a chunk run concurrently.
+path: read, decode, crop, collate) and its CPU time per batch, medians of --repeats interleaved rounds,
+old vs new with read-ahead 0 and --read-ahead: on local disk for 1 x 1, 2 x 2 and 4 x 2 (two epochs; a
+single reader streams whole shards either way), and from a local S3 server (moto_server in its own
+process, as benchmarks/storage.py starts it; 2 x 2, one epoch). moto is a Python server on this
+machine's shared CPUs: a request costs it milliseconds of CPU, so its figures count requests more than
+bytes; on S3 the ranged GETs of a chunk run concurrently.
 """
 from __future__ import annotations
 
@@ -136,28 +137,31 @@ def bytes_per_reader(meter: Meter, data: Path, way: str, processes: int, workers
             "manifest_fraction": manifest_bytes[0] / dataset, "per_rank_worker": rows}
 
 
-def throughput(data: str, batch: int, records: int, read_ahead: int, repeats: int, processes: int = 1,
-               workers: int = 1, epochs: int = 2) -> float:
-    """Micro-batches per second that (rank 0, worker 0) of `processes` x `workers` builds over `epochs`
-    epochs (median of `repeats`)."""
-    n = epochs * records // (batch * processes * workers)
-    rates = []
-    for _ in range(repeats):
-        stream = TrainStream(open_source(data), _spec(batch, 0, processes, read_ahead))
-        batches = stream.batches(0, workers)
-        start = time.perf_counter()
-        for _ in range(n):
-            next(batches)
-        rates.append(n / (time.perf_counter() - start))
-        batches.close()
-    return statistics.median(rates)
+def time_batches(data: str, batch: int, n: int, read_ahead: int, processes: int, workers: int) -> tuple[float, float]:
+    """(wall, CPU) seconds (rank 0, worker 0) of `processes` x `workers` takes to build `n` micro-batches.
+    CPU: this process's, its read-ahead thread included."""
+    batches = TrainStream(open_source(data), _spec(batch, 0, processes, read_ahead)).batches(0, workers)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(n):
+        next(batches)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    batches.close()
+    return wall, cpu
 
 
-def speeds(old: str, new: str, args, layout: tuple[int, int] = (1, 1), epochs: int = 2) -> dict[str, float]:
-    """Batches/s: old, new without read-ahead, new with --read-ahead."""
-    runs = (("old", old, 0), ("new", new, 0), ("new", new, args.read_ahead))
-    return {f"{way}, read_ahead {ra}": throughput(data, args.batch, args.records, ra, args.repeats, *layout, epochs)
-            for way, data, ra in runs}
+def speeds(old: str, new: str, args, layout: tuple[int, int] = (1, 1), epochs: int = 2) -> dict[str, dict]:
+    """Batches/s and CPU ms per batch of (rank 0, worker 0) over `epochs` epochs: old, new without read-ahead,
+    new with --read-ahead; the variants interleaved in each of --repeats rounds (machine load hits all
+    alike), medians."""
+    runs = {"old, read_ahead 0": (old, 0), "new, read_ahead 0": (new, 0),
+            f"new, read_ahead {args.read_ahead}": (new, args.read_ahead)}
+    n = epochs * args.records // (args.batch * layout[0] * layout[1])
+    times: dict[str, list] = {name: [] for name in runs}
+    for _ in range(args.repeats):
+        for name, (data, ra) in runs.items():
+            times[name].append(time_batches(data, args.batch, n, ra, *layout))
+    return {name: {"batches_per_s": n / statistics.median(w for w, _ in t),
+                   "cpu_ms_per_batch": 1e3 * statistics.median(c for _, c in t) / n} for name, t in times.items()}
 
 
 def s3_speeds(root: Path, args) -> dict[str, float]:
@@ -213,11 +217,14 @@ def summarise(rows: list[dict], speed: dict, read_ahead: int) -> dict:
     for row in rows:
         out[f"{row['way']}: max bytes read per (rank, worker) / dataset, {row['processes']} proc x "
             f"{row['workers']} workers (goal {row['goal']:.3f})"] = round(row["max_fraction"], 4)
-    for where, rates in speed.items():
-        ahead = rates[f"new, read_ahead {read_ahead}"]
+    for where, runs in speed.items():
+        rate = {name: r["batches_per_s"] for name, r in runs.items()}
+        ahead = rate[f"new, read_ahead {read_ahead}"]
         out[f"{where}: new read-ahead {read_ahead} / new without, batches per second"] = round(
-            ahead / rates["new, read_ahead 0"], 3)
-        out[f"{where}: new read-ahead {read_ahead} / old, batches per second"] = round(ahead / rates["old, read_ahead 0"], 3)
+            ahead / rate["new, read_ahead 0"], 3)
+        out[f"{where}: new read-ahead {read_ahead} / old, batches per second"] = round(ahead / rate["old, read_ahead 0"], 3)
+        out[f"{where}: new read-ahead {read_ahead} / old, CPU per batch"] = round(
+            runs[f"new, read_ahead {read_ahead}"]["cpu_ms_per_batch"] / runs["old, read_ahead 0"]["cpu_ms_per_batch"], 3)
     return out
 
 
@@ -245,9 +252,9 @@ def main(argv: list[str] | None = None) -> dict:
     for r in result["bytes_read"]:
         print(f"{r['way']:4} {r['processes']:>2} {r['workers']:>2} {r['goal']:7.4f} {r['max_fraction']:8.4f} "
               f"{r['mean_fraction']:8.4f} {r['total_fraction']:7.3f} {r['per_process_fraction_with_manifest']:8.4f}")
-    for where, rates in result["batches_per_s"].items():
-        print(f"batches/s of (rank 0, worker 0), {where} (proc x workers): "
-              + ", ".join(f"{name} {rate:.1f}" for name, rate in rates.items()))
+    for where, runs in result["batches_per_s"].items():
+        print(f"(rank 0, worker 0), {where} (proc x workers), batches/s | CPU ms/batch: "
+              + ", ".join(f"{name} {r['batches_per_s']:.1f} | {r['cpu_ms_per_batch']:.2f}" for name, r in runs.items()))
     for name, value in result["summary"].items():
         print(f"# {name}: {value}")
     if args.json:

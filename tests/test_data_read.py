@@ -5,9 +5,11 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import sys
 import tarfile
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -276,3 +278,29 @@ def test_s3_records_are_ranged_reads_equal_to_local(data, s3_remote, monkeypatch
     assert meter.bytes["s3"] == meter.bytes["local"] > 0 and meter.whole_files["s3"] == 0
     dataset = sum((root / "new" / s["name"]).stat().st_size for s in manifest["shards"])
     assert meter.bytes["s3"] < dataset / 2
+    # real loader worker processes (forked) reading from S3 build the same batches as one process locally
+    from rglcd.data import make_loader
+
+    spec = _spec(batch_size=4, read_ahead=4)
+    in_workers = [b for _, b in zip(range(4), make_loader(remote, spec, num_workers=2))]
+    in_process = _take(TrainStream(local, spec), 0, 1, 4)
+    for x, y in zip(in_workers, in_process):
+        assert torch.equal(x["index"], y["index"]) and torch.equal(x["pixel_values"], y["pixel_values"])
+
+
+def test_data_read_benchmark_counts_bytes_near_the_goal(model_cache, tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import data_read
+
+    out = tmp_path / "read.json"
+    result = data_read.main(["--records", "64", "--image-size", "32", "--shard-size", "16", "--repeats", "1",
+                             "--no-s3", "--cache-dir", model_cache, "--json", str(out)])
+    assert json.loads(out.read_text())["summary"] == result["summary"]
+    rows = {(r["way"], r["processes"], r["workers"]): r for r in result["bytes_read"]}
+    assert len(rows) == 12
+    for (way, p, w), row in rows.items():
+        assert len(row["per_rank_worker"]) == p * w
+        goal = 1 / (p * w) if way == "new" else 1.0                 # the old way: every reader reads it all
+        assert goal * 0.95 <= row["max_fraction"] <= goal * 1.01 + 0.01
+    assert rows["new", 4, 2]["total_fraction"] == pytest.approx(rows["new", 1, 2]["total_fraction"])  # each record once
+    assert rows["old", 4, 2]["total_fraction"] == pytest.approx(8 * rows["old", 1, 1]["total_fraction"], rel=0.01)
