@@ -222,9 +222,11 @@ def summarise(rows: list[dict], speed: dict, read_ahead: int) -> dict:
         ahead = rate[f"new, read_ahead {read_ahead}"]
         out[f"{where}: new read-ahead {read_ahead} / new without, batches per second"] = round(
             ahead / rate["new, read_ahead 0"], 3)
-        out[f"{where}: new read-ahead {read_ahead} / old, batches per second"] = round(ahead / rate["old, read_ahead 0"], 3)
+        cpu = {name: r["cpu_ms_per_batch"] for name, r in runs.items()}
+        out[f"{where}: new read-ahead {read_ahead} / old, batches per second"] = round(
+            ahead / rate["old, read_ahead 0"], 3)
         out[f"{where}: new read-ahead {read_ahead} / old, CPU per batch"] = round(
-            runs[f"new, read_ahead {read_ahead}"]["cpu_ms_per_batch"] / runs["old, read_ahead 0"]["cpu_ms_per_batch"], 3)
+            cpu[f"new, read_ahead {read_ahead}"] / cpu["old, read_ahead 0"], 3)
     return out
 
 

@@ -75,8 +75,8 @@ def check_manifest(manifest: Any, url: str) -> None:
                              "{name: <file name>.tar, count: integer >= 0, sha256}")
         problem = check_offsets(shard["offsets"], shard["count"]) if "offsets" in shard else None
         if problem is not None:
-            raise ValueError(f"{url}: shards[{i}] ({short(shard['name'], 40)}) offsets: {problem}; the offsets "
-                             "must be the ones `rglcd prep` wrote (re-run prep, or delete the field to read whole shards)")
+            raise ValueError(f"{url}: shards[{i}] ({short(shard['name'], 40)}) offsets: {problem}; the offsets must "
+                             "be the ones `rglcd prep` wrote (re-run prep, or delete the field to read whole shards)")
     counted = sum(s["count"] for s in manifest["shards"])
     if counted != manifest["num_records"]:
         raise ValueError(f"{url}: shard counts add up to {counted}, num_records says {manifest['num_records']}")
