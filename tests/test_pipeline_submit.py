@@ -44,7 +44,7 @@ def test_submit_creates_experiment_and_run_and_waits(kfp_api, capsys):
     sent = load_step_config(params["config_json"])
     assert sent == load_config("tiny", overrides=CLUSTER[1::2])
     spec = run["pipeline_spec"]     # the compiled package, inline: PipelineSpec + kubernetes PlatformSpec
-    assert "train-student" in spec["pipeline_spec"]["root"]["dag"]["tasks"]
+    assert "train-student" in spec["pipeline_spec"]["components"]["comp-condition-1"]["dag"]["tasks"]
     assert "exec-train-student" in spec["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     # progress: every state change printed once, then the final state
     assert [line.split("] ")[1] for line in out.splitlines() if line.startswith("[") and "run:" in line] == \

@@ -60,6 +60,7 @@ class ModelVersionInfo:
     code_revision: str
     kfp_run_id: str | None
     created: bool = field(default=False)   # True when this call created the version
+    source_version: str | None = None      # cheap version of data.train (rglcd.data.version) it was trained on
 
     def summary(self) -> str:
         state = "registered" if self.created else "already registered"
@@ -180,17 +181,20 @@ class _Record:
 
 
 def _record(pointer: Pointer, metrics: dict[str, Any], config_dict: dict[str, Any], data_version: Any,
-            run_id: str | None) -> _Record:
+            run_id: str | None, source_version: str | None = None, extra: dict[str, Any] | None = None) -> _Record:
     config = redact_tree(config_dict)
     kfp = provenance.kfp_run_id(run_id)
     data = data_version.md5 if isinstance(data_version, Pointer) else (str(data_version) if data_version else None)
     prov = {"code_revision": provenance.code_revision(), "libraries": provenance.library_versions(),
-            "kfp_run_id": kfp, "data_version": data, "config_sha256": provenance.config_hash(config)}
+            "kfp_run_id": kfp, "data_version": data, "source_version": source_version or None,
+            "config_sha256": provenance.config_hash(config), **redact_tree(extra or {})}
     key = run_key(pointer.md5, config, kfp)
     tags = {"rglcd.run_key": key, "dvc.md5": pointer.md5, "dvc.remote": pointer.remote, "dvc.url": pointer.url,
-            "dvc.pointer": json.dumps(pointer.to_dvc()), "data_version": data or "", "code_revision":
+            "dvc.pointer": json.dumps(pointer.to_dvc()), "data_version": data or "",
+            "source_version": source_version or "", "code_revision":
             prov["code_revision"], "kfp_run_id": kfp or "", "config_sha256": prov["config_sha256"]}
     tags.update({f"lib.{k}": v for k, v in prov["libraries"].items()})
+    tags.update({k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in (extra or {}).items()})
     return _Record(pointer, _check_metrics(metrics), config, prov, {k: redact(v) for k, v in tags.items()}, key)
 
 
@@ -264,7 +268,8 @@ def _settle(client: Any, name: str, key: str, mine: Any, run_id: str | None) -> 
 
 def register(cfg: Any, model_pointer: Pointer | str | Path, metrics: dict[str, Any], config_dict: dict[str, Any],
              data_version: Any, run_id: str | None = None, verify_remote: bool = True,
-             training_run: str | None = None) -> ModelVersionInfo:
+             training_run: str | None = None, source_version: str | None = None,
+             extra_provenance: dict[str, Any] | None = None) -> ModelVersionInfo:
     """Register the weights behind `model_pointer` as a new version of `cfg.registry.model_name`.
 
     Order that loses nothing: the pointer is verified in the remote first (unless `verify_remote` is
@@ -273,9 +278,12 @@ def register(cfg: Any, model_pointer: Pointer | str | Path, metrics: dict[str, A
     so do concurrent calls with one key: one run, one version, the alias set by the one that created it.
     `run_id`: the KFP run id (default: $KFP_RUN_ID). `training_run`: the MLflow run that trained the weights
     (default: the tracked training run of the same KFP run, if any; else a registration run is created).
+    `source_version`: the cheap version of the training source (rglcd.data.version), which the pipeline's
+    data check compares with (docs/operations.md 4.5). `extra_provenance`: more keys for provenance.json
+    (e.g. the warm start's parent version).
     """
     pointer = read_pointer(model_pointer)
-    rec = _record(pointer, metrics, config_dict, data_version, run_id)
+    rec = _record(pointer, metrics, config_dict, data_version, run_id, source_version, extra_provenance)
     client, name = _client(cfg), cfg.registry.model_name
     with _errors(cfg, f"registering {name}"):
         existing = _find_version(client, name, rec.key)
@@ -307,7 +315,8 @@ def _info(client: Any, mv: Any, created: bool = False) -> ModelVersionInfo:
         name=mv.name, version=int(mv.version), run_id=mv.run_id or "", run_key=tags.get("rglcd.run_key", ""),
         source=mv.source, pointer=Pointer.from_dvc(json.loads(pointer), f"{mv.name} v{mv.version}") if pointer else None,
         metrics=metrics, aliases=sorted(mv.aliases or []), data_version=tags.get("data_version") or None,
-        code_revision=tags.get("code_revision", ""), kfp_run_id=tags.get("kfp_run_id") or None, created=created)
+        code_revision=tags.get("code_revision", ""), kfp_run_id=tags.get("kfp_run_id") or None, created=created,
+        source_version=tags.get("source_version") or None)
 
 
 def list_versions(cfg: Any) -> list[ModelVersionInfo]:
