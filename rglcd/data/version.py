@@ -96,8 +96,10 @@ def _remote_version(spec: str) -> str:
         infos = [fs.info(url) for url in list_tars(spec)]
     elif fs.isdir(spec):
         infos = list(fs.find(spec.rstrip("/"), detail=True).values())
-    else:
+    elif fs.exists(spec):
         infos = [fs.info(spec)]
+    else:
+        raise FileNotFoundError(f"data source {redact_urls(spec)!r} does not exist")
     rows = [(str(i.get("name", "")), i.get("size"), _entry_tag(i)) for i in infos if i.get("type", "file") == "file"]
     if not rows:
         raise FileNotFoundError(f"data source {redact_urls(spec)!r}: no objects found")
