@@ -1,4 +1,4 @@
-"""Step 1: is there new data? (`rglcd.registry.datacheck.check_new_data`; docs/operations.md 4.5).
+"""Step 1: is there new data? (`rglcd.registry.datacheck.check_new_data`; docs/operations.md 4.6).
 
 The return value (the task's `Output`) is whether the run goes on: the pipeline's `dsl.If` reads it, as the
 evaluation gate's. Unchanged data and no `force`: False, and the run ends here with "no new data" in

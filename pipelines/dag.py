@@ -10,7 +10,7 @@ pipeline was compiled from), three overrides: `preset`, `data_uri` (-> data.trai
 `max_steps` (-> train.max_steps), and `force` (train even when the data is unchanged). The DAG's shape
 and pod settings (GPUs, node pool, PVCs, retries) come from the config at compile time.
 
-The data check (docs/operations.md 4.5) is a CPU step: with data unchanged since the production model and no
+The data check (docs/operations.md 4.6) is a CPU step: with data unchanged since the production model and no
 `force`, the run ends there ("no new data" in its `reason` output) and no GPU task is created.
 
 Caching: on for configure, prep (its inputs hold the source version, so new data behind the same URI is a

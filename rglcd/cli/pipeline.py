@@ -97,7 +97,7 @@ def _run(args: argparse.Namespace) -> None:
 
     result = run_local(config_from_args(args), args.workdir, cache=not args.no_cache, force=args.force)
     emit(args, {"run_dir": str(result.run_dir), "tracking_uri": result.tracking_uri,
-                "registered": result.registered, "tasks": result.tasks}, result.summary)
+                "registered": result.registered, "skipped": result.skipped, "tasks": result.tasks}, result.summary)
 
 
 def _submit(args: argparse.Namespace) -> int:

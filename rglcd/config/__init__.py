@@ -5,7 +5,7 @@
 
 Load order (each over the one before): the preset, the config file, `RGLCD_<SECTION>__<KEY>` environment
 variables (`env`; e.g. RGLCD_STORAGE__REMOTE=s3://bucket/dvc, the value parsed as YAML like --set), then
-the `--set` overrides (docs/operations.md 4.7). Everything is checked here, before any model loads: unknown
+the `--set` overrides (docs/operations.md 4.8). Everything is checked here, before any model loads: unknown
 keys, wrong types, out-of-range values and cross-field rules (`check`).
 """
 from __future__ import annotations

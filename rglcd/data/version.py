@@ -1,4 +1,4 @@
-"""The version of a training source, computed without reading the data (docs/operations.md 4.5).
+"""The version of a training source, computed without reading the data (docs/operations.md 4.6).
 
 `source_version(spec)` answers "did the data behind this spec change since the production model was
 trained?" from what the store already knows, so a scheduled run can stop before any GPU is requested:

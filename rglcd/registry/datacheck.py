@@ -1,4 +1,4 @@
-"""Is there new data? The pipeline's first decision (docs/operations.md 4.5).
+"""Is there new data? The pipeline's first decision (docs/operations.md 4.6).
 
 `check_new_data(cfg, force)` compares the cheap version of `data.train` (rglcd.data.version) with the one
 recorded on the registry's production model (`source_version`, set at registration; for a model trained on a

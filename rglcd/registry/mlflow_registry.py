@@ -279,7 +279,7 @@ def register(cfg: Any, model_pointer: Pointer | str | Path, metrics: dict[str, A
     `run_id`: the KFP run id (default: $KFP_RUN_ID). `training_run`: the MLflow run that trained the weights
     (default: the tracked training run of the same KFP run, if any; else a registration run is created).
     `source_version`: the cheap version of the training source (rglcd.data.version), which the pipeline's
-    data check compares with (docs/operations.md 4.5). `extra_provenance`: more keys for provenance.json
+    data check compares with (docs/operations.md 4.6). `extra_provenance`: more keys for provenance.json
     (e.g. the warm start's parent version).
     """
     pointer = read_pointer(model_pointer)

@@ -1,4 +1,4 @@
-"""Warm start (docs/operations.md 4.6): a retraining run's student starts from the registry's production
+"""Warm start (docs/operations.md 4.7): a retraining run's student starts from the registry's production
 student instead of the teacher (`train.warm_start: production`).
 
 The production version is found by its alias (rglcd.registry.get_version), its weights pulled by the DVC
