@@ -5,6 +5,13 @@ the cron expression, and the host (its healthz answers). The pipeline is compile
 (`kfp.Client.create_run_from_pipeline_func` for a run, a temporary package for a schedule) and sent inline,
 so the run records exactly what ran.
 
+One scheduling path (docs/operations.md 4.2): a recurring run is the same pipeline with the same parameters as
+a submitted run. `kfp.Client.create_recurring_run` (kfp/client/client.py) posts a V2beta1RecurringRun whose
+`runtime_config.parameters` hold them and whose `pipeline_spec` is the compiled package
+(backend/api/v2beta1/recurring_run.proto, POST /apis/v2beta1/recurringruns): `config_json` is the config
+resolved here (preset < mounted settings file < RGLCD_* environment < --set), so every tick carries the
+cluster's DVC remote and MLflow server, and `force` decides whether unchanged data trains.
+
 Credentials. `kfp.Client(host=...)` sends no token of its own (kfp/client/client.py `_load_config`: an explicit
 host skips the in-cluster defaults), which multi-user KFP refuses. Inside a pod the submitter therefore passes
 `ServiceAccountTokenVolumeCredentials`: the projected ServiceAccount token with audience
