@@ -71,6 +71,15 @@ def test_prep_output_version_is_its_manifest_content_hash(tiny_cfg, tmp_path):
     assert source_version("builtin:photos:4") == source_version("builtin:photos:4") != source_version("builtin:photos:5")
 
 
+def test_a_manifest_without_a_content_hash_is_refused(tmp_path):
+    bad = tmp_path / "prepped"
+    bad.mkdir()
+    (bad / "manifest.json").write_text('{"format": "rglcd-shards/1", "shards": [], "num_records": 0, "latents": {}, '
+                                       '"content_hash": ["x"]}')
+    with pytest.raises(ValueError, match="content_hash"):
+        source_version(str(bad))
+
+
 # ---------------------------------------------------------------- S3 (moto server)
 
 def test_s3_prefix_version_from_one_listing(s3_remote, monkeypatch):

@@ -50,7 +50,13 @@ def _manifest_version(spec: str) -> str | None:
     if "{" in spec or spec.endswith(".tar") or spec.lower().endswith(TABLE_SUFFIXES):
         return None
     manifest = read_manifest(spec)
-    return manifest["content_hash"] if manifest is not None else None
+    if manifest is None:
+        return None
+    version = manifest.get("content_hash")
+    if not isinstance(version, str) or not version:
+        raise ValueError(f"{redact_urls(spec)}/manifest.json: content_hash {str(version)[:80]!r} is not allowed; "
+                         "allowed: the hex digest `rglcd prep` writes")
+    return version
 
 
 def _local_version(spec: str) -> str:
