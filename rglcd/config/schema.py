@@ -113,6 +113,9 @@ class DataConfig:
     # Precompute VAE latents during prep (training then skips the VAE encoder).
     precompute_latents: bool = F(False, "store VAE latent moments in the shards")
     num_workers: int = F(4, "data loader worker processes per training process", ge=0)
+    # Each loader worker reads only its own records (by byte range where shards have offsets), in chunks.
+    read_ahead: int = F(16, "records a loader worker reads together (ranged requests sent at once) and decodes "
+                            "on a thread while the chunk before is used (0: one at a time, no thread)", ge=0)
     # Training stream order: shards are permuted per epoch, records shuffled within aligned windows.
     shuffle_buffer: int = F(1000, "records shuffled together in the training stream (1: shard order only)", gt=0)
     # The pipeline's data check (rglcd.registry.datacheck; docs/operations.md 4.6): a run whose data.train has the

@@ -28,6 +28,7 @@ from rglcd.data.images import (BadImage, ImageTooLarge, image_from_bytes, encode
 from rglcd.data.io import TooLarge, is_remote, read_bytes
 from rglcd.data.manifest import DROP_REASONS, FORMAT, MANIFEST, MAX_REJECTS, content_hash, read_manifest
 from rglcd.data.sources import LATENT_KEY, Record, open_source
+from rglcd.data.tarindex import record_offsets
 from rglcd.outdir import claim, install, journal, work_area
 from rglcd.urls import redact_urls
 
@@ -129,6 +130,7 @@ class ShardSet:
             self._writer = self._file = None
             shard = self.shards[-1]
             shard["sha256"] = hashlib.sha256((self.folder / shard["name"]).read_bytes()).hexdigest()
+            shard["offsets"] = record_offsets(self.folder / shard["name"])  # ranged reads in training
 
     def finish(self) -> list[dict[str, Any]]:
         self._close()

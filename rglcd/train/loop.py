@@ -75,7 +75,7 @@ def stream_for(cfg, source, accelerator, start_batch: int):
     spec = StreamSpec(batch_size=cfg.train.batch_size, resolution=cfg.model.resolution, seed=cfg.train.seed,
                       rank=accelerator.process_index, world_size=accelerator.num_processes,
                       shuffle_buffer=cfg.data.shuffle_buffer, start_batch=start_batch,
-                      max_pixels=cfg.data.max_image_pixels)
+                      max_pixels=cfg.data.max_image_pixels, read_ahead=cfg.data.read_ahead)
     return iter(make_loader(source, spec, cfg.data.num_workers))
 
 
