@@ -10,12 +10,13 @@ _DEFAULTS = PipelineConfig()
 
 
 @dsl.component(base_image=_DEFAULTS.image, install_kfp_package=False)   # needs torch: the training image
-def prep_data(config_json: str, dataset: Output[Dataset]
+def prep_data(config_json: str, source_version: str, dataset: Output[Dataset]
               ) -> NamedTuple("Outputs", data_version=str, data_pointer=str):
     """Validate and shard `data.train`, push the shards to the DVC remote.
 
-    Returns the data version (the manifest's content hash) and the DVC pointer (JSON), which is
-    also in `dataset.metadata["dvc"]`.
+    `source_version` (the data check's version of `data.train`) is an input so that KFP's cache key follows
+    the data, not the URI string: new files behind the same URI are a cache miss. Returns the data version
+    (the manifest's content hash) and the DVC pointer (JSON), which is also in `dataset.metadata["dvc"]`.
     """
     import json
     from collections import namedtuple
@@ -30,6 +31,7 @@ def prep_data(config_json: str, dataset: Output[Dataset]
     pointer = push_artifact(cfg, dataset.path)
     dataset.metadata.update(plain({"dvc": pointer, "data_version": manifest["content_hash"],
                                    "num_records": manifest["num_records"], "dropped": manifest.get("dropped", {}),
-                                   "source": manifest.get("source", cfg.data.train)}))
+                                   "source": manifest.get("source", cfg.data.train),
+                                   "source_version": source_version}))
     outputs = namedtuple("Outputs", ["data_version", "data_pointer"])
     return outputs(manifest["content_hash"], json.dumps(pointer))

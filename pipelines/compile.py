@@ -49,7 +49,7 @@ def version_name(cfg: Config) -> str:
     return f"{PIPELINE_NAME}-{cfg.preset}-{digest}".lower().replace("_", "-").replace(".", "-")
 
 
-def compile_pipeline(cfg: Config, out: str | Path, *, kubernetes_manifest: bool = False, scheduled: bool = False,
+def compile_pipeline(cfg: Config, out: str | Path, *, kubernetes_manifest: bool = False,
                      namespace: str | None = None) -> Path:
     """Write the compiled pipeline for `cfg` to `out` (IR YAML, or Pipeline + PipelineVersion CRs)."""
     out = Path(out)
@@ -59,6 +59,6 @@ def compile_pipeline(cfg: Config, out: str | Path, *, kubernetes_manifest: bool 
         options = compiler.KubernetesManifestOptions(
             pipeline_name=PIPELINE_NAME, pipeline_version_name=version_name(cfg), namespace=namespace,
             include_pipeline_manifest=True)
-    compiler.Compiler().compile(build_pipeline(cfg, scheduled=scheduled), str(out),
+    compiler.Compiler().compile(build_pipeline(cfg), str(out),
                                 kubernetes_manifest_options=options, kubernetes_manifest_format=kubernetes_manifest)
     return out

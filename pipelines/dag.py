@@ -1,23 +1,29 @@
 """The RG-LCD DAG (docs/architecture.md 4), built from one config:
 
-    configure -> prep -> (pretrain-lrm, if reward.guidance == "lrm" and no lrm.checkpoint)
+    configure -> check data -> dsl.If(new data or forced):
+              prep -> (pretrain-lrm, if reward.guidance == "lrm" and no lrm.checkpoint)
               -> train (in the pod, or a PyTorchJob/TrainJob when pipeline.distributed is set)
               -> evaluate -> dsl.If(gate passed) -> register -> (canary rollout, if serve.canary)
 
 Pipeline parameters: `config_json` (the whole resolved config; the default is the config the
-pipeline was compiled from), and three overrides: `preset`, `data_uri` (-> data.train),
-`max_steps` (-> train.max_steps). The DAG's shape and pod settings (GPUs, node pool, PVCs,
-retries) come from the config at compile time.
+pipeline was compiled from), three overrides: `preset`, `data_uri` (-> data.train),
+`max_steps` (-> train.max_steps), and `force` (train even when the data is unchanged). The DAG's shape
+and pod settings (GPUs, node pool, PVCs, retries) come from the config at compile time.
 
-Caching: on for configure, prep (off in scheduled pipelines: the data behind a URI changes between
-runs) and LRM pretraining, which reads the data by its DVC pointer so its cache key is the data
-version; off for training, evaluation (it reads the registry's production model) and registration.
+The data check (docs/operations.md 4.6) is a CPU step: with data unchanged since the production model and no
+`force`, the run ends there ("no new data" in its `reason` output) and no GPU task is created.
+
+Caching: on for configure, prep (its inputs hold the source version, so new data behind the same URI is a
+cache miss) and LRM pretraining, which reads the data by its DVC pointer so its cache key is the data
+version; off for the data check, training, evaluation (it reads the registry's production model) and
+registration.
 """
 
 from typing import Any, Callable
 
 from kfp import dsl
 
+from components.check_data import check_data
 from components.configure import configure
 from components.evaluate import evaluate_student
 from components.lrm import pretrain_lrm
@@ -52,46 +58,59 @@ def _train(cfg: Config, config: Any, dataset: Any, lrm: Any, checkpoint_root: st
     return task.set_display_name("RG-LCD training").set_caching_options(False)
 
 
-def build_pipeline(cfg: Config, *, checkpoint_root: str = CHECKPOINT_MOUNT, scheduled: bool = False) -> Callable:
+def _check_data(cfg: Config, config: Any, force: Any) -> dsl.PipelineTask:
+    """The data check: a CPU step that reads the source's listing and the registry, never cached."""
+    task = check_data(config_json=config, force=force)
+    mlflow_credentials(cpu_step(task, cfg, cfg.pipeline.step_retries), cfg)
+    return task.set_display_name("data check").set_caching_options(False)
+
+
+def build_pipeline(cfg: Config, *, checkpoint_root: str = CHECKPOINT_MOUNT) -> Callable:
     """The `@dsl.pipeline` for `cfg`. `checkpoint_root` is where training checkpoints live (the PVC
-    mount in a cluster, a local folder for `kfp.local`); `scheduled` turns prep caching off."""
+    mount in a cluster, a local folder for `kfp.local`)."""
     default_config = config_json_of(cfg)
-    one_gpu = min(cfg.pipeline.gpus, 1)
 
     @dsl.pipeline(name=PIPELINE_NAME, description="RG-LCD: distil Stable Diffusion into a few-step model, "
                   "evaluate it, register it when the gate passes")
     def rglcd_pipeline(config_json: str = default_config, preset: str = "", data_uri: str = "",
-                       max_steps: int = 0):
+                       max_steps: int = 0, force: bool = False):
         conf = configure(config_json=config_json, preset=preset, data_uri=data_uri, max_steps=max_steps)
         cpu_step(conf, cfg).set_display_name("resolve config").set_caching_options(True)
-
-        prep = prep_data(config_json=conf.outputs["prep_config"])
-        retries = cfg.pipeline.step_retries
-        model_cache(cpu_step(prep, cfg, retries, image=cfg.pipeline.image), cfg)
-        prep.set_display_name("data prep").set_caching_options(not scheduled)
-
-        lrm = None
-        if uses_lrm_step(cfg):
-            pre = pretrain_lrm(config_json=conf.outputs["lrm_config"], data_pointer=prep.outputs["data_pointer"])
-            gpu_step(pre, cfg, one_gpu).set_display_name("LRM pretraining").set_caching_options(True)
-            lrm = pre.outputs["lrm"]
-
-        train = _train(cfg, conf.outputs["config"], prep.outputs["dataset"], lrm, checkpoint_root)
-
-        ev = evaluate_student(config_json=conf.outputs["config"], model=train.outputs["model"])
-        mlflow_credentials(gpu_step(ev, cfg, one_gpu, retries=retries), cfg)
-        ev.set_display_name("evaluation").set_caching_options(False)
-
-        with dsl.If(ev.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a CEL comparison)
-            reg = register_model(config_json=conf.outputs["config"], model=train.outputs["model"],
-                                 model_pointer=train.outputs["model_pointer"],
-                                 metrics_json=ev.outputs["metrics_json"],
-                                 data_version=prep.outputs["data_version"], data_pointer=prep.outputs["data_pointer"],
-                                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
-            mlflow_credentials(cpu_step(reg, cfg, retries), cfg)
-            reg.set_display_name("registration").set_caching_options(False)
-            if cfg.serve.canary:   # the new version takes serve.canary_percent of the InferenceService's traffic
-                can = canary_rollout(config_json=conf.outputs["config"], version=reg.outputs["version"])
-                cpu_step(can, cfg, retries).set_display_name("canary rollout").set_caching_options(False)
+        check = _check_data(cfg, conf.outputs["config"], force)
+        with dsl.If(check.outputs["Output"] == True, name="new-data"):  # noqa: E712 (a CEL comparison)
+            _train_and_register(cfg, conf, check.outputs["source_version"], checkpoint_root)
 
     return rglcd_pipeline
+
+
+def _train_and_register(cfg: Config, conf: dsl.PipelineTask, source_version: Any, checkpoint_root: str) -> None:
+    """Everything after the data check: prep (keyed by the source version), training, evaluation, registration."""
+    one_gpu = min(cfg.pipeline.gpus, 1)
+    prep = prep_data(config_json=conf.outputs["prep_config"], source_version=source_version)
+    retries = cfg.pipeline.step_retries
+    model_cache(cpu_step(prep, cfg, retries, image=cfg.pipeline.image), cfg)
+    prep.set_display_name("data prep").set_caching_options(True)
+
+    lrm = None
+    if uses_lrm_step(cfg):
+        pre = pretrain_lrm(config_json=conf.outputs["lrm_config"], data_pointer=prep.outputs["data_pointer"])
+        gpu_step(pre, cfg, one_gpu).set_display_name("LRM pretraining").set_caching_options(True)
+        lrm = pre.outputs["lrm"]
+
+    train = _train(cfg, conf.outputs["config"], prep.outputs["dataset"], lrm, checkpoint_root)
+
+    ev = evaluate_student(config_json=conf.outputs["config"], model=train.outputs["model"])
+    mlflow_credentials(gpu_step(ev, cfg, one_gpu, retries=retries), cfg)
+    ev.set_display_name("evaluation").set_caching_options(False)
+
+    with dsl.If(ev.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a CEL comparison)
+        reg = register_model(config_json=conf.outputs["config"], model=train.outputs["model"],
+                             model_pointer=train.outputs["model_pointer"],
+                             metrics_json=ev.outputs["metrics_json"],
+                             data_version=prep.outputs["data_version"], source_version=source_version,
+                             data_pointer=prep.outputs["data_pointer"], run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        mlflow_credentials(cpu_step(reg, cfg, retries), cfg)
+        reg.set_display_name("registration").set_caching_options(False)
+        if cfg.serve.canary:   # the new version takes serve.canary_percent of the InferenceService's traffic
+            can = canary_rollout(config_json=conf.outputs["config"], version=reg.outputs["version"])
+            cpu_step(can, cfg, retries).set_display_name("canary rollout").set_caching_options(False)

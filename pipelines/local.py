@@ -65,7 +65,17 @@ class LocalRun:
         """The registry entry ({version, model_name}) or None when the gate did not pass."""
         return self.tasks.get("register-model", {}).get("parameters")
 
+    @property
+    def skipped(self) -> bool:
+        """The data check ended the run: no new data since the production model, and not forced."""
+        return self.tasks.get("check-data", {}).get("parameters", {}).get("Output") is False
+
     def summary(self) -> str:
+        if self.skipped:
+            check = self.tasks["check-data"]["parameters"]
+            lines = [("pipeline run", str(self.run_dir)), ("data check", check["reason"]),
+                     ("training", "not run (--force trains anyway)"), ("registry entry", "none (no new data)")]
+            return "\n".join(f"{name + ':':<20}{value}" for name, value in lines)
         train, ev = "train-student", "evaluate-student"
         pointer = json.loads(self.parameter(train, "model_pointer"))
         gate = "passed" if self.parameter(ev, "Output") else f"failed ({self.parameter(ev, 'failed_rules')})"
@@ -78,6 +88,7 @@ class LocalRun:
                  ("evaluation page", self.artifact(ev, "page")["uri"]),
                  ("evaluation metrics", f"{self.artifact(ev, 'metrics')['uri']} (JSON; hps "
                                         f"{self.parameter(ev, 'hps'):.4f}, fid {self.parameter(ev, 'fid'):.4f})"),
+                 ("data check", self.parameter("check-data", "reason")),
                  ("gate", gate),
                  ("registry entry", f"{reg['model_name']} version {reg['version']} in {self.tracking_uri}" if reg
                   else "none (the gate did not pass)")]
@@ -116,12 +127,13 @@ def _new_run_dir(root: Path, before: set[Path]) -> Path:
     return max(runs, key=lambda p: p.stat().st_mtime)
 
 
-def run_local(cfg: Config, workdir: str | Path = "runs/pipeline", cache: bool = True) -> LocalRun:
+def run_local(cfg: Config, workdir: str | Path = "runs/pipeline", cache: bool = True, force: bool = False) -> LocalRun:
     """Run every step of the DAG for `cfg` here; returns where its outputs are.
 
     `cache`: kfp.local's task cache under the pipeline root, used by the tasks the DAG caches
     (configure, prep, LRM pretraining): a re-run with the same data reuses them. A cached task
-    leaves no folder in the new run's directory."""
+    leaves no folder in the new run's directory. `force`: the pipeline parameter that trains even when
+    the data check finds no new data."""
     from kfp import local
 
     workdir = Path(workdir).resolve()
@@ -137,5 +149,5 @@ def run_local(cfg: Config, workdir: str | Path = "runs/pipeline", cache: bool = 
     with warnings.catch_warnings():   # expected locally: pod settings and images are not used (module doc)
         warnings.filterwarnings("ignore", message=r".*have no effect in the current local runner")
         warnings.filterwarnings("ignore", message=r".*custom or non-Python base image")
-        build_pipeline(cfg, checkpoint_root=str(workdir / "checkpoints"))()
+        build_pipeline(cfg, checkpoint_root=str(workdir / "checkpoints"))(force=force)
     return read_run(_new_run_dir(root, before), cfg.registry.tracking_uri)

@@ -5,6 +5,13 @@ the cron expression, and the host (its healthz answers). The pipeline is compile
 (`kfp.Client.create_run_from_pipeline_func` for a run, a temporary package for a schedule) and sent inline,
 so the run records exactly what ran.
 
+One scheduling path (docs/operations.md 4.2): a recurring run is the same pipeline with the same parameters as
+a submitted run. `kfp.Client.create_recurring_run` (kfp/client/client.py) posts a V2beta1RecurringRun whose
+`runtime_config.parameters` hold them and whose `pipeline_spec` is the compiled package
+(backend/api/v2beta1/recurring_run.proto, POST /apis/v2beta1/recurringruns): `config_json` is the config
+resolved here (preset < mounted settings file < RGLCD_* environment < --set), so every tick carries the
+cluster's DVC remote and MLflow server, and `force` decides whether unchanged data trains.
+
 Credentials. `kfp.Client(host=...)` sends no token of its own (kfp/client/client.py `_load_config`: an explicit
 host skips the in-cluster defaults), which multi-user KFP refuses. Inside a pod the submitter therefore passes
 `ServiceAccountTokenVolumeCredentials`: the projected ServiceAccount token with audience
@@ -125,11 +132,13 @@ def _client(cfg: Config, host: str, log: Callable[[str], None]) -> tuple[Any, st
     return kfp.Client(host=host, namespace=namespace or "kubeflow", credentials=credentials), namespace
 
 
-def run_arguments(cfg: Config, data_uri: str = "", max_steps: int = 0) -> dict[str, Any]:
-    """The pipeline parameters a submission sets: the whole config plus the overrides."""
+def run_arguments(cfg: Config, data_uri: str = "", max_steps: int = 0, force: bool = False) -> dict[str, Any]:
+    """The pipeline parameters a submission sets: the whole config (with the cluster's remote and tracking URI,
+    as loaded from the mounted settings) plus the overrides."""
     if max_steps < 0:
         raise ConfigError(f"--max-steps {max_steps}; allowed: 0 (keep train.max_steps) or > 0")
-    return {"config_json": config_json_of(cfg), "preset": "", "data_uri": data_uri, "max_steps": max_steps}
+    return {"config_json": config_json_of(cfg), "preset": "", "data_uri": data_uri, "max_steps": max_steps,
+            "force": bool(force)}
 
 
 @dataclass
@@ -162,10 +171,10 @@ def wait_for_run(client: Any, run_id: str, timeout: float | None = None, poll: f
 
 
 def submit(cfg: Config, host: str, *, run_name: str | None = None, experiment: str | None = None,
-           data_uri: str = "", max_steps: int = 0, wait: bool = True, timeout: float | None = None,
-           poll: float = 10.0, log: Callable[[str], None] = print) -> Submitted:
+           data_uri: str = "", max_steps: int = 0, force: bool = False, wait: bool = True,
+           timeout: float | None = None, poll: float = 10.0, log: Callable[[str], None] = print) -> Submitted:
     """Compile `cfg`, create (or reuse) the experiment, start a run as `pipeline.service_account`."""
-    arguments = run_arguments(cfg, data_uri, max_steps)
+    arguments = run_arguments(cfg, data_uri, max_steps, force)
     client, namespace = _client(cfg, host, log)
     result = client.create_run_from_pipeline_func(
         build_pipeline(cfg), arguments=arguments,
@@ -187,18 +196,19 @@ class Scheduled:
 
 
 def schedule(cfg: Config, host: str, cron: str, *, name: str | None = None, experiment: str | None = None,
-             data_uri: str = "", max_steps: int = 0, max_concurrency: int = 1, catchup: bool = False,
-             log: Callable[[str], None] = print) -> Scheduled:
-    """Create a recurring run (6-field cron). Its pipeline re-runs data prep every time (prep caching
-    off), so new data behind the same URI is picked up; LRM pretraining stays cached per data version."""
+             data_uri: str = "", max_steps: int = 0, force: bool = False, max_concurrency: int = 1,
+             catchup: bool = False, log: Callable[[str], None] = print) -> Scheduled:
+    """Create a recurring run (6-field cron) of the same pipeline `submit` runs. Each tick starts with the
+    data check: unchanged data ends the run before prep ("no new data"; `force` trains every tick), new data
+    behind the same URI is a prep cache miss (prep's inputs hold the source version)."""
     cron = validate_cron(cron)
     if max_concurrency < 1:
         raise ConfigError(f"--max-concurrency {max_concurrency}; allowed: >= 1")
-    arguments = run_arguments(cfg, data_uri, max_steps)
+    arguments = run_arguments(cfg, data_uri, max_steps, force)
     client, namespace = _client(cfg, host, log)
     exp = client.create_experiment(name=experiment or cfg.pipeline.experiment, namespace=namespace)
     with tempfile.TemporaryDirectory() as tmp:
-        package = compile_pipeline(cfg, Path(tmp) / "rglcd-pipeline.yaml", scheduled=True)
+        package = compile_pipeline(cfg, Path(tmp) / "rglcd-pipeline.yaml")
         rec = client.create_recurring_run(
             experiment_id=exp.experiment_id, job_name=name or f"rglcd-{cfg.preset}-retrain", cron_expression=cron,
             max_concurrency=max_concurrency, no_catchup=not catchup, params=arguments,

@@ -133,7 +133,7 @@ def test_json_mode_keeps_stdout_for_the_one_object(monkeypatch, capfd, tmp_path)
     """Prints of the command and of its child processes land on stderr; stdout parses as JSON."""
     import pipelines.local
 
-    def run_local(cfg, workdir, cache):
+    def run_local(cfg, workdir, cache, force):
         print("a step log line")
         subprocess.run([sys.executable, "-c", "print('a child process line')"], check=True)
         return pipelines.local.LocalRun(tmp_path, "sqlite:///m.db", {"register-model": {"parameters": {"version": 3}}})
@@ -141,7 +141,7 @@ def test_json_mode_keeps_stdout_for_the_one_object(monkeypatch, capfd, tmp_path)
     assert main(["pipeline", "run", "--local", "--workdir", str(tmp_path), "--json"]) == 0
     out = capfd.readouterr()
     assert json.loads(out.out) == {"run_dir": str(tmp_path), "tracking_uri": "sqlite:///m.db",
-                                   "registered": {"version": 3},
+                                   "registered": {"version": 3}, "skipped": False,
                                    "tasks": {"register-model": {"parameters": {"version": 3}}}}
     assert "a step log line" in out.err and "a child process line" in out.err
     print("stdout works again")

@@ -137,8 +137,13 @@ def test_explain_lists_exactly_the_settable_keys_with_their_type_and_help(capsys
     with pytest.raises(ConfigError, match="train.not_a_key"):
         load_config(overrides=["train.not_a_key=1"])
     assert main(["config", "explain"]) == 0
-    printed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    out = capsys.readouterr().out.splitlines()
+    notes = [line for line in out if line.startswith("#")]
+    printed = {line.split()[0]: line for line in out if not line.startswith("#")}
     assert set(printed) == set(types) and all(f"[{typ}]" in printed[key] for key, typ in types.items())
+    # the header says where values come from, in order, and how environment variables name keys
+    assert "preset < --config file < RGLCD_<SECTION>__<KEY> environment variables < --set" in notes[0]
+    assert "RGLCD_STORAGE__REMOTE=s3://bucket/dvc sets storage.remote" in notes[1]
 
 
 # ---------------------------------------------------------------- --preset / --config / --set (rglcd.config.args)
@@ -185,3 +190,27 @@ def test_the_default_preset_is_stated_in_the_help():
     text = " ".join(parser.format_help().split())
     assert "default: the config file's `preset` key, else sd21-base-hpsv21" in text
     assert parser.parse_args([]).default_preset == "sd21-base-hpsv21" and DEFAULT_PRESET == "tiny"
+
+
+def test_environment_variables_go_between_the_file_and_set(tmp_path, monkeypatch):
+    """A cluster's mounted settings: RGLCD_<SECTION>__<KEY> over the config file, under --set; values are YAML."""
+    path = tmp_path / "cluster.yaml"
+    path.write_text("storage: {remote: s3://from-file/dvc}\ntrain: {max_steps: 7}\n")
+    monkeypatch.setenv("RGLCD_STORAGE__REMOTE", "s3://from-env/dvc")
+    monkeypatch.setenv("RGLCD_REGISTRY__TRACKING_URI", "http://mlflow.mlflow:5000")
+    monkeypatch.setenv("RGLCD_TRAIN__MAX_STEPS", "11")
+    monkeypatch.setenv("RGLCD_PIPELINE__NODE_SELECTOR", "{pool: h200}")
+    monkeypatch.setenv("RGLCD_WEIGHTS_CACHE", "/not/config")           # no double underscore: not a config key
+    cfg = _from_cli("--config", str(path), "--set", "train.max_steps=13")
+    assert (cfg.storage.remote, cfg.registry.tracking_uri, cfg.train.max_steps) == \
+        ("s3://from-env/dvc", "http://mlflow.mlflow:5000", 13)
+    assert cfg.pipeline.node_selector == {"pool": "h200"}
+    assert load_config("tiny").storage.remote == "./.rglcd/remote"      # load_config reads no environment by itself
+    monkeypatch.setenv("RGLCD_STORAGE__REMOTEE", "x")
+    with pytest.raises(ConfigError, match="environment variable RGLCD_STORAGE__REMOTEE: 'storage.remotee' is not a "
+                                          "config key"):
+        _from_cli()
+    monkeypatch.delenv("RGLCD_STORAGE__REMOTEE")
+    monkeypatch.setenv("RGLCD_TRAIN__MAX_STEPS", "-1")
+    with pytest.raises(ConfigError, match="train.max_steps"):
+        _from_cli()

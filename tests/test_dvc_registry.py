@@ -15,6 +15,7 @@ from PIL import Image
 
 from rglcd.config.fields import to_dict
 from rglcd.data.dvcsource import DvcSourceError, dvc_source_version, parse_dvc_url, resolve
+from rglcd.data.version import source_version
 from rglcd.data.sources import FolderSource, open_source
 from rglcd.storage import Pointer, push
 from rglcd.train.checkpoint import INFO
@@ -151,6 +152,9 @@ def test_the_version_is_the_paths_dvc_md5_known_without_downloading(data_registr
     git("push", "-q", str(bare), "main", cwd=work)
     assert dvc_source_version(f"dvc://{bare}@main/images") == v2.version
     assert dvc_source_version(f"dvc://{bare}@main/README.md").startswith("dvc:tree-")
+    # the pipeline's data check versions a dvc:// source the same way (rglcd.data.version)
+    assert source_version(f"dvc://{bare}@main/images") == v2.version
+    assert source_version(f"dvc://{bare}@v1/images") == v1.version
 
 
 @pytest.mark.parametrize("tail, what", [("@v9/images", "cannot read revision 'v9'"),

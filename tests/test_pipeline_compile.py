@@ -27,7 +27,12 @@ def compiled(tmp_path, preset, *overrides, **kwargs):
 
 
 def tasks(spec):
-    return spec["root"]["dag"]["tasks"]
+    """Every task of the pipeline, the ones inside dsl.If blocks (condition components) included."""
+    found = dict(spec["root"]["dag"]["tasks"])
+    for name, comp in spec["components"].items():
+        if name.startswith("comp-condition-"):
+            found.update(comp["dag"]["tasks"])
+    return found
 
 
 def container(spec, task):
@@ -48,18 +53,30 @@ def gpu_lrm(tmp_path_factory):
 def test_dag_shape_and_gate(gpu_lrm):
     spec, _ = gpu_lrm
     t = tasks(spec)
-    assert set(t) == {"configure", "prep-data", "pretrain-lrm", "train-student", "evaluate-student", "condition-1"}
-    assert {"prep-data", "pretrain-lrm", "configure"} <= set(t["train-student"]["dependentTasks"])
+    assert set(t) == {"configure", "check-data", "prep-data", "pretrain-lrm", "train-student", "evaluate-student",
+                      "register-model", "condition-1", "condition-2"}
+    # the data check runs first, at the root; everything that needs data or a GPU is inside its dsl.If
+    assert set(spec["root"]["dag"]["tasks"]) == {"configure", "check-data", "condition-1"}
+    assert t["condition-1"]["triggerPolicy"]["condition"] == \
+        "inputs.parameter_values['pipelinechannel--check-data-Output'] == true"
+    assert set(spec["components"]["comp-condition-1"]["dag"]["tasks"]) == {
+        "prep-data", "pretrain-lrm", "train-student", "evaluate-student", "condition-2"}
+    assert t["prep-data"]["inputs"]["parameters"]["source_version"] == {
+        "componentInputParameter": "pipelinechannel--check-data-source_version"}    # prep's cache key: the data
+    assert {"prep-data", "pretrain-lrm"} <= set(t["train-student"]["dependentTasks"])
     assert t["train-student"]["inputs"]["artifacts"]["lrm"]["taskOutputArtifact"]["producerTask"] == "pretrain-lrm"
     # LRM pretraining reads the data by DVC pointer (a plain parameter), so its cache key is the data version
     pre = t["pretrain-lrm"]["inputs"]
     assert "artifacts" not in pre and pre["parameters"]["data_pointer"]["taskOutputParameter"] == {
         "outputParameterKey": "data_pointer", "producerTask": "prep-data"}
-    cond = t["condition-1"]
+    cond = t["condition-2"]
     assert cond["triggerPolicy"]["condition"] == \
         "inputs.parameter_values['pipelinechannel--evaluate-student-Output'] == true"
-    assert list(spec["components"]["comp-condition-1"]["dag"]["tasks"]) == ["register-model"]
-    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"config_json", "preset", "data_uri", "max_steps"}
+    assert list(spec["components"]["comp-condition-2"]["dag"]["tasks"]) == ["register-model"]
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"config_json", "preset", "data_uri", "max_steps",
+                                                                   "force"}
+    check = spec["components"]["comp-check-data"]["outputDefinitions"]["parameters"]
+    assert check["Output"]["parameterType"] == "BOOLEAN" and check["reason"]["parameterType"] == "STRING"
     outputs = spec["components"]["comp-evaluate-student"]["outputDefinitions"]["parameters"]
     assert outputs["Output"]["parameterType"] == "BOOLEAN"
     assert outputs["fid"]["parameterType"] == outputs["hps"]["parameterType"] == "NUMBER_DOUBLE"
@@ -93,7 +110,7 @@ def test_secret_pvc_retries_and_caching(gpu_lrm):
         assert [m["secretKey"] for s in s3 for m in s["keyToEnv"]] == list(S3_KEYS)
         assert [s.get("optional", False) for s in s3] == [False, True]       # region/endpoint/session optional
         mlflow = [s for s in ex["secretAsEnv"] if s["secretName"] == "rglcd-mlflow"]
-        talks_to_mlflow = name in ("exec-evaluate-student", "exec-register-model")
+        talks_to_mlflow = name in ("exec-check-data", "exec-evaluate-student", "exec-register-model")
         assert bool(mlflow) == talks_to_mlflow, name
         if mlflow:
             assert [m["secretKey"] for m in mlflow[0]["keyToEnv"]] == list(MLFLOW_KEYS) and mlflow[0]["optional"]
@@ -106,13 +123,11 @@ def test_secret_pvc_retries_and_caching(gpu_lrm):
     assert t["train-student"]["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
     assert t["train-student"]["retryPolicy"]["maxRetryCount"] == 2
     assert t["prep-data"]["retryPolicy"]["maxRetryCount"] == t["evaluate-student"]["retryPolicy"]["maxRetryCount"] \
-        == spec["components"]["comp-condition-1"]["dag"]["tasks"]["register-model"]["retryPolicy"]["maxRetryCount"] == 2
+        == t["register-model"]["retryPolicy"]["maxRetryCount"] == t["check-data"]["retryPolicy"]["maxRetryCount"] == 2
     assert "retryPolicy" not in t["configure"]
-    cached = {name: caching(task) for name, task in t.items() if name != "condition-1"}
-    assert cached == {"configure": True, "prep-data": True, "pretrain-lrm": True, "train-student": False,
-                      "evaluate-student": False}
-    reg = spec["components"]["comp-condition-1"]["dag"]["tasks"]["register-model"]
-    assert caching(reg) is False
+    cached = {name: caching(task) for name, task in t.items() if not name.startswith("condition-")}
+    assert cached == {"configure": True, "check-data": False, "prep-data": True, "pretrain-lrm": True,
+                      "train-student": False, "evaluate-student": False, "register-model": False}
 
 
 def test_every_task_has_requests_a_memory_limit_a_timeout_and_a_non_root_identity(gpu_lrm):
@@ -175,10 +190,17 @@ def test_tiny_preset_runs_on_cpu(tmp_path):
     assert all("tolerations" not in ex for ex in platform.values())
 
 
-def test_scheduled_variant_never_caches_prep(tmp_path):
-    spec, _ = compiled(tmp_path, "tiny", scheduled=True)
-    assert caching(tasks(spec)["prep-data"]) is False
-    assert caching(tasks(spec)["pretrain-lrm"]) is True    # still keyed by the data version
+def test_the_data_check_is_a_cpu_step_before_any_gpu_step(tmp_path):
+    """A skipped tick costs one CPU pod: the check has no accelerator, and every GPU task depends on it."""
+    spec, platform = compiled(tmp_path, "sd21-base-hpsv21", POOL)
+    t = tasks(spec)
+    assert "accelerator" not in container(spec, "check-data")["resources"]
+    assert container(spec, "check-data")["image"] == "ghcr.io/rglcd/rglcd-cpu:0.1.0"
+    assert "nodeSelector" not in platform["exec-check-data"]
+    inside = spec["components"]["comp-condition-1"]["dag"]["tasks"]
+    gpu = [n for n in t if n.startswith(("train", "evaluate", "pretrain")) and
+           "accelerator" in container(spec, n)["resources"]]
+    assert gpu and set(gpu) <= set(inside)
 
 
 def test_multi_node_training_goes_through_the_launcher(tmp_path):
@@ -201,7 +223,7 @@ def test_kubernetes_manifest_form(tmp_path):
     assert (pipeline["kind"], pipeline["metadata"]) == ("Pipeline", {"name": "rglcd", "namespace": "kubeflow"})
     assert version["kind"] == "PipelineVersion" and version["spec"]["pipelineName"] == "rglcd"
     assert version["metadata"]["name"] == version_name(cfg)
-    assert "train-student" in version["spec"]["pipelineSpec"]["root"]["dag"]["tasks"]
+    assert "train-student" in tasks(version["spec"]["pipelineSpec"])
     assert version["spec"]["platformSpec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert version_name(load_config("sd21-base-hpsv21", overrides=["train.lr=1e-5"])) != version_name(cfg)
 

@@ -13,7 +13,8 @@ from rglcd.config import load_config
 
 pytestmark = pytest.mark.slow
 
-ALL_TASKS = {"configure", "prep-data", "pretrain-lrm", "train-student", "evaluate-student", "register-model"}
+ALL_TASKS = {"configure", "check-data", "prep-data", "pretrain-lrm", "train-student", "evaluate-student",
+             "register-model"}
 FAST = ["train.max_steps=4", "train.checkpoint_every=2", "train.validation_every=4", "lrm.pretrain_steps=6",
         "data.train=builtin:photos:16", "eval.num_prompts=4", "eval.steps=[1, 4]", "eval.teacher_steps=8",
         "eval.latency_repeats=1", "eval.fid_num_images=4"]

@@ -4,6 +4,7 @@ import json
 import socket
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 import yaml
@@ -44,7 +45,7 @@ def test_submit_creates_experiment_and_run_and_waits(kfp_api, capsys):
     sent = load_step_config(params["config_json"])
     assert sent == load_config("tiny", overrides=CLUSTER[1::2])
     spec = run["pipeline_spec"]     # the compiled package, inline: PipelineSpec + kubernetes PlatformSpec
-    assert "train-student" in spec["pipeline_spec"]["root"]["dag"]["tasks"]
+    assert "train-student" in spec["pipeline_spec"]["components"]["comp-condition-1"]["dag"]["tasks"]
     assert "exec-train-student" in spec["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     # progress: every state change printed once, then the final state
     assert [line.split("] ")[1] for line in out.splitlines() if line.startswith("[") and "run:" in line] == \
@@ -82,8 +83,13 @@ def test_schedule_creates_a_recurring_run(kfp_api, capsys):
     assert (rec["display_name"], rec["mode"], rec["no_catchup"]) == ("weekday-retrain", "ENABLE", True)
     assert int(rec["max_concurrency"]) == 1 and rec["service_account"] == "rglcd-pipeline"
     assert rec["runtime_config"]["parameters"]["max_steps"] == 40
-    prep = rec["pipeline_spec"]["pipeline_spec"]["root"]["dag"]["tasks"]["prep-data"]
-    assert not prep.get("cachingOptions", {}).get("enableCache", False)   # re-reads the data every time
+    spec = rec["pipeline_spec"]["pipeline_spec"]
+    assert set(spec["root"]["dag"]["tasks"]) == {"configure", "check-data", "condition-1"}   # the check first
+    prep = spec["components"]["comp-condition-1"]["dag"]["tasks"]["prep-data"]
+    assert prep["cachingOptions"]["enableCache"] is True          # keyed by the source version the check computed
+    assert prep["inputs"]["parameters"]["source_version"] == {
+        "componentInputParameter": "pipelinechannel--check-data-source_version"}
+    assert rec["runtime_config"]["parameters"]["force"] is False
     assert "scheduled" in capsys.readouterr().out
 
 
@@ -208,3 +214,49 @@ def test_in_cluster_submitter_sends_the_projected_kfp_token(tmp_path, monkeypatc
     assert {r["path"].rsplit("/", 1)[-1] for r in api.requests if r["method"] == "POST"} >= {"runs", "recurringruns"}
     assert len(api.runs) == 1 and len(api.recurring_runs) == 1
     assert "projected-sa-token" not in capsys.readouterr().out          # never printed
+
+
+ROOT = Path(__file__).resolve().parents[1]
+OVERLAY_SETTINGS = ROOT / "manifests/overlays/standalone/pipeline.yaml"
+
+
+def sent_config(request):
+    """The config a run or recurring-run request carries: its config_json parameter, and the compiled
+    pipeline's default for it (what a run started from the KFP UI without parameters uses)."""
+    spec = request["pipeline_spec"]["pipeline_spec"]
+    default = spec["root"]["inputDefinitions"]["parameters"]["config_json"]["defaultValue"]
+    return load_step_config(request["runtime_config"]["parameters"]["config_json"]), load_step_config(default)
+
+
+def test_recurring_run_carries_the_clusters_remote_and_registry(kfp_api, monkeypatch, capsys):
+    """Scheduling with the overlay's settings file (ConfigMap rglcd-settings) and an RGLCD_* variable: the request
+    sent to the KFP API holds the cluster's DVC remote and MLflow server, not the preset's laptop defaults."""
+    monkeypatch.setenv("RGLCD_REGISTRY__TRACKING_URI", "http://mlflow.team-a:5000")
+    assert main(["pipeline", "schedule", "--preset", "tiny", "--config", str(OVERLAY_SETTINGS), "--host", kfp_api.url,
+                 "--cron", "0 0 3 * * SUN", "--force"]) == 0
+    (rec,) = kfp_api.posted("/recurringruns")
+    laptop = load_config("tiny")
+    settings = yaml.safe_load(OVERLAY_SETTINGS.read_text())
+    for cfg in sent_config(rec):
+        assert cfg.storage.remote == settings["storage"]["remote"] != laptop.storage.remote
+        assert cfg.registry.tracking_uri == "http://mlflow.team-a:5000" != laptop.registry.tracking_uri
+        assert cfg.pipeline.namespace == settings["pipeline"]["namespace"]
+    assert rec["runtime_config"]["parameters"]["force"] is True
+    assert "warning" not in capsys.readouterr().err       # no pod-local remote or SQLite registry to warn about
+
+
+def test_the_cronjob_runs_the_same_submit_with_the_mounted_settings(kfp_api, monkeypatch):
+    """The CronJob's command line (manifests/base/cronjob.yaml), with its ConfigMap's values and the mounted
+    pipeline.yaml, sends a run with the cluster's remote and registry, like `rglcd pipeline schedule` does."""
+    (cron,) = [d for d in yaml.safe_load_all((ROOT / "manifests/base/cronjob.yaml").read_text())]
+    (container,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    literals = {"RGLCD_PRESET": "tiny", "KFP_HOST": kfp_api.url}
+    args = [a.replace("/etc/rglcd/pipeline.yaml", str(OVERLAY_SETTINGS)) for a in container["args"]]
+    args = [literals.get(a[2:-1], a) if a.startswith("$(") else a for a in args]
+    assert container["command"][:3] == ["rglcd", "pipeline", "submit"]
+    assert main([*container["command"][1:], *args]) == 0
+    (run,) = kfp_api.posted("/runs")
+    settings = yaml.safe_load(OVERLAY_SETTINGS.read_text())
+    for cfg in sent_config(run):
+        assert (cfg.storage.remote, cfg.registry.tracking_uri) == (settings["storage"]["remote"],
+                                                                  settings["registry"]["tracking_uri"])

@@ -122,7 +122,7 @@ def test_canary_step_is_in_the_dag_only_when_switched_on(tmp_path):
     def gate_tasks(*overrides):
         spec = yaml.safe_load_all(compile_pipeline(load_config("tiny", overrides=list(overrides)),
                                                    tmp_path / "p.yaml").read_text())
-        return list(next(spec)["components"]["comp-condition-1"]["dag"]["tasks"])
+        return list(next(spec)["components"]["comp-condition-2"]["dag"]["tasks"])   # 1: the data check's
 
     assert gate_tasks() == ["register-model"]
     assert gate_tasks("serve.canary=true") == ["canary-rollout", "register-model"]

@@ -25,7 +25,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     comp.add_argument("--kubernetes-manifest", action="store_true",
                       help="emit Pipeline + PipelineVersion custom resources (KFP Kubernetes-native API, GitOps)")
     comp.add_argument("--namespace", help="namespace of the manifests (with --kubernetes-manifest)")
-    comp.add_argument("--scheduled", action="store_true", help="the recurring-run variant (data prep never cached)")
     comp.set_defaults(func=_compile)
 
     run = cmds.add_parser("run", help="run the whole DAG here with kfp.local (--local)")
@@ -35,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="pipeline root and checkpoints of local runs (default: %(default)s)")
     run.add_argument("--no-cache", action="store_true",
                      help="re-run every step (default: reuse cached config/prep/LRM-pretraining results of earlier "
-                          "runs in --workdir; use this when data behind the same path changed)")
+                          "runs in --workdir; prep's cache key holds the data's version)")
+    _force_arg(run)
     add_json_arg(run)
     run.set_defaults(func=_run)
 
@@ -65,6 +65,13 @@ def _cluster_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", help="experiment name (default: config pipeline.experiment)")
     parser.add_argument("--data", dest="data_uri", default="", help="data URI for this run (-> data.train)")
     parser.add_argument("--max-steps", type=int, default=0, help="training steps for this run (-> train.max_steps)")
+    _force_arg(parser)
+
+
+def _force_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true",
+                        help="train and register even when data.train is unchanged since the production model "
+                             "(default: such a run ends after the data check, 'no new data')")
 
 
 def _warn(text: str) -> None:
@@ -77,7 +84,7 @@ def _compile(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
     for warning in check_cluster_config(cfg):
         _warn(f"warning: {warning}")
-    out = compile_pipeline(cfg, args.out, kubernetes_manifest=args.kubernetes_manifest, scheduled=args.scheduled,
+    out = compile_pipeline(cfg, args.out, kubernetes_manifest=args.kubernetes_manifest,
                            namespace=args.namespace)
     print(f"compiled pipeline ({cfg.preset}) -> {out}")
 
@@ -88,17 +95,17 @@ def _run(args: argparse.Namespace) -> None:
                          "for a cluster use `rglcd pipeline submit --host URL`")
     from pipelines.local import run_local
 
-    result = run_local(config_from_args(args), args.workdir, cache=not args.no_cache)
+    result = run_local(config_from_args(args), args.workdir, cache=not args.no_cache, force=args.force)
     emit(args, {"run_dir": str(result.run_dir), "tracking_uri": result.tracking_uri,
-                "registered": result.registered, "tasks": result.tasks}, result.summary)
+                "registered": result.registered, "skipped": result.skipped, "tasks": result.tasks}, result.summary)
 
 
 def _submit(args: argparse.Namespace) -> int:
     from pipelines.submit import submit
 
     out = submit(config_from_args(args), args.host, run_name=args.run_name, experiment=args.experiment,
-                 data_uri=args.data_uri, max_steps=args.max_steps, wait=not args.no_wait, timeout=args.timeout,
-                 poll=args.poll)
+                 data_uri=args.data_uri, max_steps=args.max_steps, force=args.force, wait=not args.no_wait,
+                 timeout=args.timeout, poll=args.poll)
     emit(args, asdict(out), None if out.state is None else f"run {out.run_id} finished: {out.state}")
     return 0 if out.state in (None, "SUCCEEDED") else 1
 
@@ -107,6 +114,6 @@ def _schedule(args: argparse.Namespace) -> None:
     from pipelines.submit import schedule
 
     out = schedule(config_from_args(args), args.host, args.cron, name=args.name, experiment=args.experiment,
-                   data_uri=args.data_uri, max_steps=args.max_steps, max_concurrency=args.max_concurrency,
-                   catchup=args.catchup)
+                   data_uri=args.data_uri, max_steps=args.max_steps, force=args.force,
+                   max_concurrency=args.max_concurrency, catchup=args.catchup)
     emit(args, asdict(out), None)   # the text line was logged by schedule()

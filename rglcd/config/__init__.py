@@ -3,8 +3,10 @@
     cfg = load_config(preset="tiny", overrides=["train.max_steps=20"])
     dump_config(cfg)                      # YAML text; load_config(path=...) reads it back identically
 
-Everything is checked here, before any model loads: unknown keys, wrong types, out-of-range values
-and cross-field rules (`check`).
+Load order (each over the one before): the preset, the config file, `RGLCD_<SECTION>__<KEY>` environment
+variables (`env`; e.g. RGLCD_STORAGE__REMOTE=s3://bucket/dvc, the value parsed as YAML like --set), then
+the `--set` overrides (docs/operations.md 4.8). Everything is checked here, before any model loads: unknown
+keys, wrong types, out-of-range values and cross-field rules (`check`).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import json
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import yaml
 
@@ -25,7 +27,7 @@ from rglcd.safeio import read_data
 
 __all__ = ["Config", "ConfigError", "ModelConfig", "DistillConfig", "RewardConfig", "LRMConfig", "DataConfig",
            "TrainConfig", "EvalConfig", "StorageConfig", "RegistryConfig", "ServeConfig", "PipelineConfig",
-           "list_presets", "load_config", "config_from_dict", "dump_config", "explain", "parse_override", "to_dict"]
+           "list_presets", "load_config", "config_from_dict", "env_settings", "LOAD_ORDER", "ENV_PREFIX", "ENV_SEP", "dump_config", "explain", "parse_override", "to_dict"]
 
 
 def list_presets() -> list[str]:
@@ -75,6 +77,29 @@ def parse_override(text: str) -> dict[str, Any]:
     return value
 
 
+ENV_PREFIX, ENV_SEP = "RGLCD_", "__"
+LOAD_ORDER = ("preset", "--config file", f"{ENV_PREFIX}<SECTION>{ENV_SEP}<KEY> environment variables", "--set")
+
+
+def env_settings(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The config sections set by `RGLCD_<SECTION>__<KEY>` variables (e.g. RGLCD_REGISTRY__TRACKING_URI).
+
+    Variables without the double underscore (RGLCD_WEIGHTS_CACHE, ...) are not config; a variable that names
+    no config key is an error naming the variable."""
+    keys = {key for key, _, _ in field_help(Config)}
+    data: dict[str, Any] = {}
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or ENV_SEP not in name:
+            continue
+        dotted = ".".join(part.lower() for part in name.removeprefix(ENV_PREFIX).split(ENV_SEP))
+        if dotted not in keys:
+            raise ConfigError(f"environment variable {name}: {dotted!r} is not a config key; allowed: "
+                              f"{ENV_PREFIX}<SECTION>{ENV_SEP}<KEY> for a key of `rglcd config explain`, "
+                              f"e.g. {ENV_PREFIX}STORAGE{ENV_SEP}REMOTE")
+        data = _merge(data, parse_override(f"{dotted}={environ[name]}"))
+    return data
+
+
 def check(cfg: Config) -> Config:
     """Cross-field rules that a single field cannot express."""
     d, e = cfg.distill, cfg.eval
@@ -104,9 +129,10 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 def load_config(preset: str | None = None, path: str | Path | None = None,
                 overrides: list[str] | tuple[str, ...] = (), data: dict[str, Any] | None = None,
-                default_preset: str | None = None) -> Config:
+                default_preset: str | None = None, env: Mapping[str, str] | None = None) -> Config:
     """A preset, then a YAML/JSON file or already-parsed `data` (the same mapping of sections, e.g. the
-    pipeline's JSON parameter) over it, then `section.key=value` overrides, validated.
+    pipeline's JSON parameter) over it, then the `RGLCD_<SECTION>__<KEY>` variables of `env` (None: none),
+    then `section.key=value` overrides, validated.
 
     The preset is `preset` when given, else the file's (or data's) `preset` key, else `default_preset`;
     None or "custom" means the schema defaults.
@@ -122,6 +148,8 @@ def load_config(preset: str | None = None, path: str | Path | None = None,
         if preset is not None and preset != "custom":
             data = _merge(_preset_dict(preset), data)
             data["preset"] = preset
+    data = _merge(data, env_settings(env or {}))
+    with _naming(path):
         for text in overrides:
             data = _merge(data, parse_override(text))
         return config_from_dict(data)

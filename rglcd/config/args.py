@@ -1,7 +1,8 @@
 """The `--preset` / `--config` / `--set` arguments that every command shares (the `rglcd` CLI and the
 command lines in components/), and the one way they become a `Config`.
 
-The order is fixed: the preset, then the config file over it, then each `--set` in the order given.
+The order is fixed: the preset, then the config file over it, then the `RGLCD_<SECTION>__<KEY>` environment
+variables (a cluster's mounted settings, e.g. RGLCD_STORAGE__REMOTE), then each `--set` in the order given.
 The preset is `--preset` when given, else the file's `preset:` key, else the command's default preset
 (`DEFAULT_PRESET`, "tiny", for `rglcd`). `--preset custom` (or `preset: custom`) starts from the schema
 defaults without any preset.
@@ -9,6 +10,7 @@ defaults without any preset.
 from __future__ import annotations
 
 import argparse
+import os
 
 from rglcd.config import Config, list_presets, load_config
 
@@ -20,13 +22,14 @@ def add_config_args(parser: argparse.ArgumentParser, default_preset: str = DEFAU
     parser.add_argument("--preset", default=None, metavar="NAME",
                         help=f"named preset ({', '.join(list_presets())}, or custom: the schema defaults); "
                              f"default: the config file's `preset` key, else {default_preset}")
-    parser.add_argument("--config", metavar="FILE", help="YAML/JSON config file, applied over the preset")
+    parser.add_argument("--config", metavar="FILE", help="YAML/JSON config file, applied over the preset (then RGLCD_<SECTION>__<KEY> "
+                                                     "environment variables, then --set)")
     parser.add_argument("--set", dest="overrides", metavar="SECTION.KEY=VALUE", action="append", default=[],
                         help="override one config value, applied last (repeatable), e.g. --set train.max_steps=20")
     parser.set_defaults(default_preset=default_preset)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """Preset, then file, then --set (see the module docstring for which preset)."""
+    """Preset, then file, then RGLCD_* environment, then --set (see the module docstring for which preset)."""
     return load_config(preset=args.preset, path=args.config, overrides=args.overrides,
-                       default_preset=getattr(args, "default_preset", DEFAULT_PRESET))
+                       default_preset=getattr(args, "default_preset", DEFAULT_PRESET), env=os.environ)

@@ -119,6 +119,10 @@ class DataConfig:
                             "on a thread while the chunk before is used (0: one at a time, no thread)", ge=0)
     # Training stream order: shards are permuted per epoch, records shuffled within aligned windows.
     shuffle_buffer: int = F(1000, "records shuffled together in the training stream (1: shard order only)", gt=0)
+    # The pipeline's data check (rglcd.registry.datacheck; docs/operations.md 4.6): a run whose data.train has the
+    # version the production model was trained on ends before prep ("no new data"), unless forced.
+    skip_unchanged: bool = F(True, "pipeline runs end before prep when data.train is unchanged since the "
+                             "production model (--force trains anyway)")
 
 
 @dataclass
@@ -150,6 +154,10 @@ class TrainConfig:
     validation_prompts: int = F(4, "prompts in each validation grid", gt=0)
     max_bad_steps: int = F(5, "consecutive non-finite losses before the run stops", gt=0)
     output_dir: str = F("runs/latest", "run directory (checkpoints, metrics, report)")
+    # Warm start (docs/operations.md 4.7): the student starts from the registry's production student (pulled by
+    # its DVC pointer) instead of the teacher; the registered version records which one.
+    warm_start: Literal["none", "production"] = F("none", "initial student: none (from the teacher) or production "
+                                                  "(the production version of registry.model_name)")
 
 
 @dataclass

@@ -64,6 +64,7 @@ class ModelVersionInfo:
     created: bool = field(default=False)   # True when this call created the version
     git_commit: str | None = None          # the Git registry commit of its .dvc file (storage.git_registry)
     git_tag: str | None = None
+    source_version: str | None = None      # cheap version of data.train (rglcd.data.version) it was trained on
 
     def summary(self) -> str:
         state = "registered" if self.created else "already registered"
@@ -185,19 +186,23 @@ class _Record:
 
 
 def _record(pointer: Pointer, metrics: dict[str, Any], config_dict: dict[str, Any], data_version: Any,
-            run_id: str | None, data_pointer: Pointer | None = None) -> _Record:
+            run_id: str | None, data_pointer: Pointer | None = None, source_version: str | None = None,
+            extra: dict[str, Any] | None = None) -> _Record:
     config = redact_tree(config_dict)
     kfp = provenance.kfp_run_id(run_id)
     data, data_pointer = data_fields(data_version, data_pointer)     # the data id (docs/operations.md "One data id")
     prov = {"code_revision": provenance.code_revision(), "libraries": provenance.library_versions(),
-            "kfp_run_id": kfp, "data_version": data, "config_sha256": provenance.config_hash(config)}
+            "kfp_run_id": kfp, "data_version": data, "source_version": source_version or None,
+            "config_sha256": provenance.config_hash(config), **redact_tree(extra or {})}
     key = run_key(pointer.md5, config, kfp)
     tags = {"rglcd.run_key": key, "dvc.md5": pointer.md5, "dvc.remote": pointer.remote, "dvc.url": pointer.url,
-            "dvc.pointer": json.dumps(pointer.to_dvc()), "data_version": data or "", "code_revision":
+            "dvc.pointer": json.dumps(pointer.to_dvc()), "data_version": data or "",
+            "source_version": source_version or "", "code_revision":
             prov["code_revision"], "kfp_run_id": kfp or "", "config_sha256": prov["config_sha256"]}
     if data_pointer is not None:
         tags.update({"data.dvc.md5": data_pointer.md5, "data.dvc.pointer": json.dumps(data_pointer.to_dvc())})
     tags.update({f"lib.{k}": v for k, v in prov["libraries"].items()})
+    tags.update({k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in (extra or {}).items()})
     return _Record(pointer, _check_metrics(metrics), config, prov, {k: redact(v) for k, v in tags.items()}, key,
                    data_pointer)
 
@@ -287,7 +292,8 @@ def _record_in_git(client: Any, cfg: Any, rec: _Record, mv: Any) -> Any:
 
 def register(cfg: Any, model_pointer: Pointer | str | Path, metrics: dict[str, Any], config_dict: dict[str, Any],
              data_version: Any, run_id: str | None = None, verify_remote: bool = True,
-             training_run: str | None = None, data_pointer: Pointer | None = None) -> ModelVersionInfo:
+             training_run: str | None = None, data_pointer: Pointer | None = None,
+             source_version: str | None = None, extra_provenance: dict[str, Any] | None = None) -> ModelVersionInfo:
     """Register the weights behind `model_pointer` as a new version of `cfg.registry.model_name`.
 
     Order that loses nothing: the pointer is verified in the remote first (unless `verify_remote` is
@@ -299,9 +305,12 @@ def register(cfg: Any, model_pointer: Pointer | str | Path, metrics: dict[str, A
     `data_version`: the data id (prep's content hash), or the dataset's pointer (its id is read from its
     manifest); `data_pointer`: where the dataset is stored, when the id is given as a string.
     With `storage.git_registry`, the version's and the dataset's `.dvc` files are committed and tagged there.
+    `source_version`: the cheap version of the training source (rglcd.data.version), which the pipeline's
+    data check compares with (docs/operations.md 4.6). `extra_provenance`: more keys for provenance.json
+    (e.g. the warm start's parent version).
     """
     pointer = read_pointer(model_pointer)
-    rec = _record(pointer, metrics, config_dict, data_version, run_id, data_pointer)
+    rec = _record(pointer, metrics, config_dict, data_version, run_id, data_pointer, source_version, extra_provenance)
     client, name = _client(cfg), cfg.registry.model_name
     with _errors(cfg, f"registering {name}"):
         existing = _find_version(client, name, rec.key)
@@ -335,7 +344,8 @@ def _info(client: Any, mv: Any, created: bool = False) -> ModelVersionInfo:
         source=mv.source, pointer=Pointer.from_dvc(json.loads(pointer), f"{mv.name} v{mv.version}") if pointer else None,
         metrics=metrics, aliases=sorted(mv.aliases or []), data_version=tags.get("data_version") or None,
         code_revision=tags.get("code_revision", ""), kfp_run_id=tags.get("kfp_run_id") or None, created=created,
-        git_commit=tags.get("model.git.commit") or None, git_tag=tags.get("model.git.tag") or None)
+        git_commit=tags.get("model.git.commit") or None, git_tag=tags.get("model.git.tag") or None,
+        source_version=tags.get("source_version") or None)
 
 
 def list_versions(cfg: Any) -> list[ModelVersionInfo]:

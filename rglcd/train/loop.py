@@ -34,6 +34,7 @@ from rglcd.train.resume import resume_run
 from rglcd.train.setup import build_student, weight_dtype
 from rglcd.train.terms import StepTerms
 from rglcd.train.tracking import open_tracking
+from rglcd.train.warm import production_student
 
 Hook = Callable[..., None]
 
@@ -162,6 +163,7 @@ class Run:
     params: list
     hooks: dict[str, Hook]
     execution: dict[str, Any] = field(default_factory=dict)   # checkpointing/compile as resolved (run.json)
+    warm_start: dict[str, Any] = field(default_factory=dict)  # where the student started (rglcd.train.warm)
 
     def hook(self, name: str, **kwargs) -> None:
         if name in self.hooks:
@@ -175,8 +177,9 @@ def build_run(cfg, lrm_checkpoint: str | None, hooks: dict[str, Hook] | None) ->
     acc = make_accelerator(cfg)
     dtype = weight_dtype(cfg.train.mixed_precision, acc.device)
     teacher = load_teacher(cfg.model.teacher, cfg.model.cache_dir, cfg.model.revision, dtype=dtype, device=acc.device)
+    initial, warm = production_student(cfg)
     set_seed(cfg.train.seed)  # right before the student's new guidance projection is drawn: runs repeat exactly
-    student = build_student(teacher.unet, cfg.train, cfg.model.time_cond_proj_dim).to(acc.device)
+    student = build_student(teacher.unet, cfg.train, cfg.model.time_cond_proj_dim, initial).to(acc.device)
     target = make_target(student)
     execution = prepare_unets(cfg, teacher, student, target, acc.device)
     guidance = build_guidance(cfg, lrm_checkpoint, acc.device, dtype)
@@ -185,7 +188,7 @@ def build_run(cfg, lrm_checkpoint: str | None, hooks: dict[str, Hook] | None) ->
     student, optimizer, scheduler = acc.prepare(student, optimizer, scheduler)
     state = TrainState()
     return Run(cfg, acc, Path(cfg.train.output_dir), teacher, student, target, optimizer, scheduler, guidance,
-               state, trainable(acc.unwrap_model(student)), hooks or {}, execution)
+               state, trainable(acc.unwrap_model(student)), hooks or {}, execution, warm)
 
 
 def train(cfg, data_dir: str | None = None, lrm_checkpoint: str | None = None, resume: str | None = "auto",

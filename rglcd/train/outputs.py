@@ -44,7 +44,7 @@ class Outputs:
         self.reported: tuple[int, Path | None] | None = None   # (step, report path) of the last report written
         if self.main:
             write_run_info(run.cfg, run.out, data_info, run.accelerator.num_processes, str(run.accelerator.device),
-                           resumes=run.state.resumes, execution=run.execution)
+                           resumes=run.state.resumes, execution=run.execution, warm_start=run.warm_start)
             self.metrics = MetricsLog(self.metrics_path, run.state.step, run.out / "tensorboard")
             self.prompts = pick_prompts(load_prompts(run.cfg.data.prompts), run.cfg.train.validation_prompts)
 

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from rglcd.models import make_student
+from rglcd.train.warm import load_into
 
 # LoRA targets of diffusers' LCM-LoRA distillation script (attention, feed-forward, resnet convs, time proj).
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
@@ -22,9 +23,14 @@ def weight_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
     return DTYPES[mixed_precision] if device.type == "cuda" else torch.float32
 
 
-def build_student(teacher_unet: torch.nn.Module, train_cfg, time_cond_proj_dim: int) -> torch.nn.Module:
-    """Student from the teacher (docs/method.md 1.2); with lora_rank > 0 only LoRA weights and the w-projection train."""
+def build_student(teacher_unet: torch.nn.Module, train_cfg, time_cond_proj_dim: int,
+                  initial: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
+    """Student from the teacher (docs/method.md 1.2), or with the weights `initial` (a warm start from the
+    production student, rglcd.train.warm) in the same architecture; with lora_rank > 0 only LoRA weights
+    and the w-projection train."""
     student = make_student(teacher_unet, time_cond_proj_dim).float()
+    if initial is not None:
+        load_into(student, initial)
     if train_cfg.lora_rank > 0:
         from peft import LoraConfig  # optional heavy dependency: imported only for LoRA runs
 
