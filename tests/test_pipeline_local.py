@@ -138,7 +138,7 @@ def test_the_version_points_at_the_training_run_with_per_step_metrics(passed):
 
     cfg, run = passed
     (version,) = list_versions(cfg)
-    client = MlflowClient(cfg.registry.tracking_uri)
+    client = MlflowClient(cfg.registry.tracking_uri, cfg.registry.tracking_uri)   # tracking and registry
     training = client.get_run(version.run_id)
     assert training.data.tags["rglcd.role"] == "train" and training.data.tags["dvc.md5"] == version.pointer.md5
     for name in ("train/loss", "train/lr", "train/examples_per_s"):

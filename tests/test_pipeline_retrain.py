@@ -109,7 +109,8 @@ def test_force_retrains_unchanged_data_from_the_production_student(runs):
     assert run.artifact("train-student", "model")["metadata"]["warm_start"]["version"] == parent.version
     from mlflow import MlflowClient
 
-    tags = MlflowClient(cfg.registry.tracking_uri).get_model_version(cfg.registry.model_name, str(forced.version)).tags
+    uri = cfg.registry.tracking_uri   # the registry URI too: another test may have set a global one
+    tags = MlflowClient(uri, uri).get_model_version(cfg.registry.model_name, str(forced.version)).tags
     assert json.loads(tags["warm_start"]) == {"from": "production", "model_name": cfg.registry.model_name,
                                               "version": parent.version, "md5": parent.pointer.md5,
                                               "data_version": parent.data_version}
