@@ -18,7 +18,9 @@ def make_student(teacher_unet: torch.nn.Module, time_cond_proj_dim: int = 256) -
     # A keyword argument overrides the config even where diffusers marked the key a default (real SD
     # unet/config.json files have no time_cond_proj_dim; it is then listed in `_use_default_values`).
     student = UNet2DConditionModel.from_config(teacher_unet.config, time_cond_proj_dim=time_cond_proj_dim)
-    student = student.to(teacher_unet.device, teacher_unet.dtype)
+    # nn.Module.to, not diffusers' override: that one warns on every dtype cast ("modules that should be kept
+    # in float32: []") although this UNet has none, on every training run.
+    student = torch.nn.Module.to(student, teacher_unet.device, teacher_unet.dtype)
     missing, unexpected = student.load_state_dict(teacher_unet.state_dict(), strict=False)
     new = [k for k in missing if "cond_proj" not in k]
     if new or unexpected:
