@@ -1,6 +1,6 @@
 """The RG-LCD DAG (docs/architecture.md 4), built from one config:
 
-    configure -> prep -> (pretrain-lrm, if reward.guidance == "lrm" and no lrm.checkpoint)
+    configure -> prep (or prep partitions in a ParallelFor -> merge) -> (pretrain-lrm, if reward.guidance == "lrm" and no lrm.checkpoint)
               -> train (in the pod, or a PyTorchJob/TrainJob when pipeline.distributed is set)
               -> evaluate -> dsl.If(gate passed) -> register -> (canary rollout, if serve.canary)
 
@@ -21,7 +21,7 @@ from kfp import dsl
 from components.configure import configure
 from components.evaluate import evaluate_student
 from components.lrm import pretrain_lrm
-from components.prep import prep_data
+from components.prep import merge_prep_data, plan_prep_partitions, prep_data, prep_partition_data
 from components.register import register_model
 from components.rollout import canary_rollout
 from components.step_config import config_json_of
@@ -52,6 +52,33 @@ def _train(cfg: Config, config: Any, dataset: Any, lrm: Any, checkpoint_root: st
     return task.set_display_name("RG-LCD training").set_caching_options(False)
 
 
+def prep_step(cfg: Config, prep_config: Any, scheduled: bool) -> dsl.PipelineTask:
+    """Data prep: one task, or (data.prep_partitions > 1) a dsl.ParallelFor of partition pods and a merge
+    task. Either way the returned task has the outputs dataset, data_version and data_pointer. Prep pods
+    run on the GPU pool when latents are precomputed with pipeline.prep_gpus > 0; the merge copies latents."""
+    parts, retries = cfg.data.prep_partitions, cfg.pipeline.step_retries
+    gpus = cfg.pipeline.prep_gpus if cfg.data.precompute_latents else 0
+
+    def placed(task: dsl.PipelineTask, gpus: int) -> dsl.PipelineTask:
+        if gpus:
+            gpu_step(task, cfg, gpus, retries=retries)
+        else:
+            model_cache(cpu_step(task, cfg, retries, image=cfg.pipeline.image), cfg)
+        if cfg.data.prep_workers > 1:
+            task.set_cpu_request(str(cfg.data.prep_workers))
+        return task.set_caching_options(not scheduled)
+
+    if parts == 1:
+        return placed(prep_data(config_json=prep_config), gpus).set_display_name("data prep")
+    plan = cpu_step(plan_prep_partitions(config_json=prep_config, partitions=parts), cfg)
+    plan.set_display_name("data prep partitions").set_caching_options(not scheduled)
+    with dsl.ParallelFor(items=plan.output, name="prep-partitions") as item:
+        task = prep_partition_data(config_json=item.config_json, partition=item.partition, partitions=item.partitions)
+        placed(task, gpus).set_display_name("data prep partition")
+    merged = merge_prep_data(config_json=prep_config, partials=dsl.Collected(task.outputs["partial"]))
+    return placed(merged, 0).set_display_name("data prep merge")
+
+
 def build_pipeline(cfg: Config, *, checkpoint_root: str = CHECKPOINT_MOUNT, scheduled: bool = False) -> Callable:
     """The `@dsl.pipeline` for `cfg`. `checkpoint_root` is where training checkpoints live (the PVC
     mount in a cluster, a local folder for `kfp.local`); `scheduled` turns prep caching off."""
@@ -65,10 +92,8 @@ def build_pipeline(cfg: Config, *, checkpoint_root: str = CHECKPOINT_MOUNT, sche
         conf = configure(config_json=config_json, preset=preset, data_uri=data_uri, max_steps=max_steps)
         cpu_step(conf, cfg).set_display_name("resolve config").set_caching_options(True)
 
-        prep = prep_data(config_json=conf.outputs["prep_config"])
+        prep = prep_step(cfg, conf.outputs["prep_config"], scheduled)
         retries = cfg.pipeline.step_retries
-        model_cache(cpu_step(prep, cfg, retries, image=cfg.pipeline.image), cfg)
-        prep.set_display_name("data prep").set_caching_options(not scheduled)
 
         lrm = None
         if uses_lrm_step(cfg):

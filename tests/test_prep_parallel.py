@@ -162,3 +162,18 @@ def test_merge_refuses_partitions_out_of_order_or_altered(messy, tmp_path):
     with pytest.raises(ValueError, match=r"shards\[0\].*not allowed"):
         prep_merge(cfg, folders, tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_cli_workers_flag_and_its_bad_values(messy, tmp_path, capsys, model_cache):
+    from rglcd.cli import main
+
+    root, _, single = messy
+    sets = ["--set", f"model.cache_dir={model_cache}", "--set", "data.shard_size=3"]
+    assert main(["prep", "--source", str(root / "src"), "--out", str(tmp_path / "out"), "--workers", "2", *sets]) == 0
+    assert f"content hash {single['content_hash'][:16]}" in capsys.readouterr().out
+    assert _output(tmp_path / "out") == _output(root / "single")
+    assert main(["prep", "--source", str(root / "src"), "--out", str(tmp_path / "o2"), "--workers", "0", *sets]) == 2    # a config error
+    assert "--workers: 0; allowed" in capsys.readouterr().err
+    assert main(["prep", "--source", str(root / "src"), "--out", str(tmp_path / "o3"), *sets,
+                 "--set", "data.prep_workers=0"]) == 2
+    assert "prep_workers" in capsys.readouterr().err

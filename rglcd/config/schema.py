@@ -115,6 +115,11 @@ class DataConfig:
     num_workers: int = F(4, "data loader worker processes per training process", ge=0)
     # Training stream order: shards are permuted per epoch, records shuffled within aligned windows.
     shuffle_buffer: int = F(1000, "records shuffled together in the training stream (1: shard order only)", gt=0)
+    # Parallel prep (docs/architecture.md "Prep in parallel"): the output is the same whatever the split.
+    prep_workers: int = F(1, "processes `rglcd prep` (and each prep pod) validates and encodes with: partitions "
+                          "of the source, merged in order", ge=1)
+    prep_partitions: int = F(1, "prep pods the DAG fans out over partitions of data.train (dsl.ParallelFor) "
+                             "before one merge step; 1: a single prep step", ge=1)
 
 
 @dataclass
@@ -287,6 +292,8 @@ class PipelineConfig:
                                    "cluster default)", check=kube.dns_subdomain)
     distributed: Literal["none", "pytorchjob", "trainjob"] = F("none", "launch multi-node training as this resource")
     num_nodes: int = F(1, "training nodes when distributed", gt=0)
+    prep_gpus: int = F(0, "GPUs of each prep pod, placed on the GPU pool, when data.precompute_latents (VAE "
+                       "encoding); 0: prep runs on CPU pods", ge=0)
 
 
 @dataclass
