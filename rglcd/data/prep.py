@@ -323,14 +323,18 @@ def _partition_job(args: tuple) -> str:
 
 
 def _run_partitions(cfg, source: str, work: Path, workers: int) -> list[Path]:
-    """Prep `workers` partitions in as many processes (spawned: no forked torch state) under `work`."""
+    """Prep `workers` partitions under `work`: partition 0 in this process, the others in as many spawned
+    processes (no forked torch or CUDA state) at the same time."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     folders = [work / f"part-{i:05d}" for i in range(workers)]
     jobs = [(cfg, source, str(f), i, workers) for i, f in enumerate(folders)]
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        list(pool.map(_partition_job, jobs))
+    with ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        others = [pool.submit(_partition_job, job) for job in jobs[1:]]
+        _partition_job(jobs[0])
+        for done in others:
+            done.result()
     return folders
 
 
