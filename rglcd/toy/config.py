@@ -105,6 +105,11 @@ def quick_config() -> ToyConfig:
                      lrm_batch_size=2, eval_repeats=1, eval_steps=(1, 2), teacher_steps=50, latency_repeats=1)
 
 
+def claim_steps(toy) -> int:
+    """The student step count the claims are judged at: 4 (the paper's few-step regime) if evaluated."""
+    return 4 if 4 in toy.eval_steps else max(toy.eval_steps)
+
+
 def method_config(toy: ToyConfig, guidance: str = "direct", beta: float = 0.0,
                   world_dir: str | Path | None = None) -> Config:
     """The project's Config of one experiment row: the `tiny` preset with the toy's settings over it, read
@@ -122,7 +127,8 @@ def method_config(toy: ToyConfig, guidance: str = "direct", beta: float = 0.0,
         "lrm": {"lr": toy.lrm_lr, "batch_size": toy.lrm_batch_size, "pretrain_steps": w.lrm_pretrain_steps,
                 "pretrain_lr": w.lrm_pretrain_lr, "pretrain_batch_size": w.lrm_pretrain_batch_size},
         "eval": {"guidance": toy.eval_guidance, "teacher_guidance": w.teacher_guidance,
-                 "teacher_steps": toy.teacher_steps, "hf_cutoff": toy.hf_cutoff, "steps": list(toy.eval_steps)},
+                 "teacher_steps": toy.teacher_steps, "hf_cutoff": toy.hf_cutoff, "steps": list(toy.eval_steps),
+                 "gate_steps": claim_steps(toy)},
     }
     if world_dir is not None:
         world = Path(world_dir)

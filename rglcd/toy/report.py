@@ -14,13 +14,9 @@ import numpy as np
 import torch
 
 from rglcd.sample import save_grid
+from rglcd.toy.config import claim_steps
 
 GRID_COLUMNS = 16
-
-
-def claim_steps(toy) -> int:
-    """The student step count the claims are judged at: 4 (the paper's few-step regime) if evaluated."""
-    return 4 if 4 in toy.eval_steps else max(toy.eval_steps)
 
 
 def _row(rows: list[dict], model: str, steps: int | None = None) -> dict:
