@@ -4,8 +4,8 @@ output, and what a DVC re-push costs with the hash cache.
     .venv/bin/python benchmarks/prep.py [--images 2000] [--mib 300] [--json out.json]
 
 Prep: `builtin:photos:N` on the tiny preset, prepped with 1 and 2 worker processes (images only, then with
-latents), each timed once, images per second and the 2-worker speed-up; the outputs are compared byte for
-byte. Fan-out: the same source prepped as 3 partitions (rglcd.data.prep.prep_partition, as the DAG's pods
+latents), each timed once: wall seconds, images per second, the 2-worker speed-up, and CPU seconds of all
+processes (what the second process and the merge cost); the outputs are compared byte for byte. Fan-out: the same source prepped as 3 partitions (rglcd.data.prep.prep_partition, as the DAG's pods
 run it) and merged (prep_merge): equal to the one-process output or not. Numbers include process start-up
 (spawned workers import torch and load the tokenizer) and depend on the machine's load.
 
@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -47,14 +48,27 @@ def _timed(fn, *args, **kwargs) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its finished child processes."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _timed_cpu(fn, *args, **kwargs) -> tuple[float, float, Any]:
+    cpu = _cpu_seconds()
+    seconds, out = _timed(fn, *args, **kwargs)
+    return seconds, _cpu_seconds() - cpu, out
+
+
 def bench_prep(work: Path, images: int, cache: str, latents: bool) -> dict[str, Any]:
     cfg = load_config("tiny", overrides=[f"model.cache_dir={cache}", f"data.precompute_latents={str(latents).lower()}",
                                          "data.shard_size=100"])
     source, tag = f"builtin:photos:{images}", "latents" if latents else "images"
-    t1, manifest = _timed(prep, cfg, source, work / f"{tag}-1")
-    t2, _ = _timed(prep, cfg, source, work / f"{tag}-2", workers=2)
+    t1, cpu1, manifest = _timed_cpu(prep, cfg, source, work / f"{tag}-1")
+    t2, cpu2, _ = _timed_cpu(prep, cfg, source, work / f"{tag}-2", workers=2)
     return {f"{tag}.records": manifest["num_records"], f"{tag}.workers1_s": round(t1, 2),
-            f"{tag}.workers2_s": round(t2, 2), f"{tag}.workers1_images_per_s": round(images / t1, 1),
+            f"{tag}.workers2_s": round(t2, 2), f"{tag}.workers1_cpu_s": round(cpu1, 2),
+            f"{tag}.workers2_cpu_s": round(cpu2, 2), f"{tag}.workers1_images_per_s": round(images / t1, 1),
             f"{tag}.workers2_images_per_s": round(images / t2, 1), f"{tag}.speedup_2_workers": round(t1 / t2, 2),
             f"{tag}.outputs_identical": _files(work / f"{tag}-1") == _files(work / f"{tag}-2")}
 
