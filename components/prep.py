@@ -1,8 +1,8 @@
 """Step 1: data prep (`rglcd.data.prep`) -> a versioned Dataset of tar shards + manifest.json.
 
 One step (`prep_data`), or, with data.prep_partitions > 1, `plan_prep_partitions` (the loop's items), a
-fan-out of `prep_partition_data` pods (each preps one partition of data.train) and `merge_prep_data`, which merges them in partition order into the
-same Dataset a single step writes (docs/architecture.md "Prep in parallel").
+fan-out of `prep_partition_data` pods (each preps one partition of data.train) and `merge_prep_data`,
+which merges them in partition order into the same Dataset a single step writes (docs/architecture.md "Prep in parallel").
 """
 from typing import List, NamedTuple
 

@@ -1,6 +1,7 @@
 """The RG-LCD DAG (docs/architecture.md 4), built from one config:
 
-    configure -> prep (or prep partitions in a ParallelFor -> merge) -> (pretrain-lrm, if reward.guidance == "lrm" and no lrm.checkpoint)
+    configure -> prep (or: plan -> ParallelFor of prep partitions -> merge)
+              -> (pretrain-lrm, if reward.guidance == "lrm" and no lrm.checkpoint)
               -> train (in the pod, or a PyTorchJob/TrainJob when pipeline.distributed is set)
               -> evaluate -> dsl.If(gate passed) -> register -> (canary rollout, if serve.canary)
 

@@ -45,7 +45,8 @@ def test_partitions_fan_out_and_merge_into_the_same_outputs(tmp_path):
     assert t[loop]["inputs"]["parameters"][items]["taskOutputParameter"]["producerTask"] == "plan-prep-partitions"
     body = spec["components"][f"comp-{loop}"]["dag"]["tasks"]
     assert list(body) == ["prep-partition-data"]
-    selectors = {k: v["parameterExpressionSelector"] for k, v in body["prep-partition-data"]["inputs"]["parameters"].items()}
+    inputs = body["prep-partition-data"]["inputs"]["parameters"]
+    selectors = {k: v["parameterExpressionSelector"] for k, v in inputs.items()}
     assert selectors == {k: f"parseJson(string_value)[\"{k}\"]" for k in ("config_json", "partition", "partitions")}
     partials = t["merge-prep-data"]["inputs"]["artifacts"]["partials"]["taskOutputArtifact"]
     assert partials["producerTask"] == loop
@@ -95,4 +96,4 @@ def test_fan_out_runs_in_kfp_local_and_equals_one_process_prep(model_cache, tmp_
     assert {p.name: p.read_bytes() for p in merged.iterdir()} == \
         {p.name: p.read_bytes() for p in (tmp_path / "single").iterdir()}
     assert run.parameter("merge-prep-data", "data_version") == single["content_hash"]
-    assert json.loads(run.parameter("merge-prep-data", "data_pointer"))["outs"][0]["nfiles"] == 5   # 4 shards + manifest
+    assert json.loads(run.parameter("merge-prep-data", "data_pointer"))["outs"][0]["nfiles"] == 5   # 4 shards, manifest

@@ -89,7 +89,7 @@ class _Units:
             on_error(f"unit {unit}", EOFError("cut"))
 
 
-@pytest.mark.parametrize("parts", [1, 2, 3, 5, 9])
+@pytest.mark.parametrize("parts", [1, 2, 5, 6, 9, 14])   # <= 5: whole units; more: record ranges
 def test_every_record_and_error_is_read_by_exactly_one_partition(parts):
     source = _Units([3, 2, 0, 4, 1], [3, 4, 0, 2, 1])
     errors: list[str] = []
@@ -134,7 +134,8 @@ def _write_tar(path: Path, samples) -> None:
                 tar.addfile(info, io.BytesIO(data))
 
 
-def test_truncated_shards_with_latents_merge_to_the_one_process_output(model_cache, tmp_path):
+@pytest.mark.parametrize("parts", [2, 3])   # 2 shards: one each; 3: record ranges across the shards
+def test_truncated_shards_with_latents_merge_to_the_one_process_output(model_cache, tmp_path, parts):
     samples = [(f"s{i:03d}", {"png": _png(i % 5), "txt": f"caption {i}".encode()}) for i in range(9)]
     (tmp_path / "src").mkdir()
     _write_tar(tmp_path / "src" / "a.tar", samples[:5])
@@ -144,7 +145,7 @@ def test_truncated_shards_with_latents_merge_to_the_one_process_output(model_cac
     cfg = _cfg(model_cache, "data.precompute_latents=true")
     single = prep(cfg, str(tmp_path / "src"), tmp_path / "single")
     assert single["dropped"]["truncated"] == 1 and single["latents"]["precomputed"]
-    assert _output(_partitioned(cfg, str(tmp_path / "src"), tmp_path, 3)) == _output(tmp_path / "single")
+    assert _output(_partitioned(cfg, str(tmp_path / "src"), tmp_path, parts)) == _output(tmp_path / "single")
 
 
 def test_merge_refuses_partitions_out_of_order_or_altered(messy, tmp_path):
@@ -172,7 +173,7 @@ def test_cli_workers_flag_and_its_bad_values(messy, tmp_path, capsys, model_cach
     assert main(["prep", "--source", str(root / "src"), "--out", str(tmp_path / "out"), "--workers", "2", *sets]) == 0
     assert f"content hash {single['content_hash'][:16]}" in capsys.readouterr().out
     assert _output(tmp_path / "out") == _output(root / "single")
-    assert main(["prep", "--source", str(root / "src"), "--out", str(tmp_path / "o2"), "--workers", "0", *sets]) == 2    # a config error
+    assert main(["prep", "--source", str(root / "src"), "--out", str(tmp_path / "o2"), "--workers", "0", *sets]) == 2
     assert "--workers: 0; allowed" in capsys.readouterr().err
     assert main(["prep", "--source", str(root / "src"), "--out", str(tmp_path / "o3"), *sets,
                  "--set", "data.prep_workers=0"]) == 2

@@ -47,7 +47,8 @@ def write_partial(folder: Path, source: str, part: int, parts: int, shards: list
 def read_partial(folder: Path, part: int, parts: int) -> dict[str, Any]:
     """partial.json of partition `part` of `parts` in `folder`, checked."""
     where = str(folder / PARTIAL)
-    partial = parse_json(read_text(folder / PARTIAL, "partition summary", MAX_MANIFEST_BYTES), "partition summary", where)
+    text = read_text(folder / PARTIAL, "partition summary", MAX_MANIFEST_BYTES)
+    partial = parse_json(text, "partition summary", where)
     if not isinstance(partial, dict) or partial.get("format") != PARTIAL_FORMAT:
         raise ValueError(f"{where}: not a prep partition (format {PARTIAL_FORMAT!r} expected)")
     if (partial.get("partition"), partial.get("partitions")) != (part, parts):
@@ -59,7 +60,8 @@ def read_partial(folder: Path, part: int, parts: int) -> dict[str, Any]:
             and all(r in DROP_REASONS and isinstance(n, int) and n >= 0 for r, n in dropped.items())
             and all(isinstance(r, dict) and isinstance(r.get("key"), str) and r.get("reason") in DROP_REASONS
                     and isinstance(r.get("at"), int) for r in rejects)):
-        raise ValueError(f"{where}: fields seen, dropped {{reason: count}} or rejects [{{key, reason, at}}] are not valid")
+        raise ValueError(f"{where}: fields seen, dropped {{reason: count}} or rejects [{{key, reason, at}}] "
+                         "are not valid")
     return partial
 
 

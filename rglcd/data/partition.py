@@ -1,11 +1,14 @@
-"""Partitions of a data source for parallel prep: deterministic, disjoint ranges of its records in order.
+"""Partitions of a data source for parallel prep: deterministic, disjoint, ordered ranges of its records.
 
-Partition `part` of `parts` covers records [total * part // parts, total * (part + 1) // parts) of the
-source's record sequence (units in order, records in order inside a unit), so the concatenation of the
-partitions in order is the whole source in order whatever `parts` is (docs/architecture.md "Prep in
-parallel"). A unit that ends inside a partition is read to its end there, so that partition also sees
-records beyond a stale count and reports a truncated shard (the unit's `on_error`); the other partitions
-that share the unit stop at their range and ignore errors past it.
+The concatenation of the partitions in order is the whole source in order, whatever `parts` is
+(docs/architecture.md "Prep in parallel"). With at least `parts` units (tar shards, table chunks),
+partition `part` is the units [units * part // parts, units * (part + 1) // parts), each read whole: no
+record counts needed (counting tar shards without a manifest would read them all). With fewer units
+(an image folder, builtin photos: one unit), it is the records [total * part // parts, total * (part + 1)
+// parts) of the record sequence, from the source's `unit_counts()`. A unit that ends inside a partition
+is read to its end there, so that partition also sees records beyond a stale count and reports a
+truncated shard (the unit's `on_error`); the other partitions that share the unit stop at their range
+and ignore errors past it.
 """
 from __future__ import annotations
 
@@ -24,8 +27,10 @@ def partition_bounds(total: int, part: int, parts: int) -> tuple[int, int]:
 
 def read_partition(source: Source, part: int, parts: int, on_error: ErrorHook) -> Iterator[Record]:
     """The records of partition `part` of `parts`, in source order (parts == 1: every unit, read whole)."""
-    if parts == 1:
-        for unit in range(source.num_units()):
+    units = source.num_units()
+    if units >= parts:
+        start, stop = partition_bounds(units, part, parts)
+        for unit in range(start, stop):
             yield from source.read_unit(unit, on_error=on_error)
         return
     counts = source.unit_counts()

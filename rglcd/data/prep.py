@@ -273,7 +273,10 @@ def _prep_into(cfg, source: str, folder: Path, part: int, parts: int,
     """Validate partition `part` of `parts` of `source` into shards in `folder`."""
     tokenizer, vae = _load_teacher_parts(cfg, cfg.data.precompute_latents)
     shards, tally = ShardSet(folder, cfg.data.shard_size), Tally()
-    records = read_partition(open_checked(cfg, source), part, parts, lambda url, err: tally.drop(url, "truncated", tally.seen if partial else None))
+    def truncated(url: str, err: Exception) -> None:
+        tally.drop(url, "truncated", tally.seen if partial else None)
+
+    records = read_partition(open_checked(cfg, source), part, parts, truncated)
     _write_all(cfg, records, tokenizer, vae, shards, tally, partial)
     shards.finish()
     return shards, tally, latents_info(cfg, vae)
