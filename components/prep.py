@@ -39,8 +39,9 @@ def plan_prep_partitions(config_json: str, partitions: int) -> List[dict]:
     """The fan-out's items: {partition, partitions, config_json} for each partition.
 
     Everything the loop body reads from upstream tasks travels in its item: kfp.local 2.17 replaces any
-    task output passed into a ParallelFor by the loop item (kfp/local/orchestrator/task_spec_utils.py,
-    create_parameter_loop_iteration_task_spec), and the cluster backend reads the items the same way."""
+    task output passed into a ParallelFor by the loop item (kubeflow/pipelines
+    sdk/python/kfp/local/orchestrator/task_spec_utils.py, create_parameter_loop_iteration_task_spec), and
+    the cluster backend reads the items the same way."""
     return [{"partition": i, "partitions": partitions, "config_json": config_json} for i in range(partitions)]
 
 

@@ -7,9 +7,10 @@ push:   hash the directory (DVC md5 tree) -> upload the file objects that the re
         100 MiB, 50 MiB parts, grown to stay under S3's 10,000-part limit). Content already in the
         remote is not uploaded again. File hashes are kept in DVC's own state database (dvc_data
         `hashfile/state.py` State: an sqlite table of path -> md5 that is valid while the file's
-        inode, mtime and size are unchanged, the cache `dvc` keeps under its site cache dir), here at
-        `<storage.cache_dir>/state`: an unchanged re-push reads no file contents, and a one-file change
-        re-hashes that one file (docs/operations.md 2.5).
+        inode, mtime and size are unchanged; `dvc` opens it in dvc/repo/__init__.py under its site cache
+        dir), here at `<storage.cache_dir>/state`, attached to the object DB so that dvc_data's
+        `hashfile/build.py` (`_get_hashes`) looks every file up before hashing it: an unchanged re-push
+        reads no file contents, and a one-file change re-hashes that one file (docs/operations.md 2.5).
 pull:   read and check the pointer's `.dir` listing (paths that stay inside DEST, md5s), fetch its
         objects into the local cache (each re-hashed on arrival), copy the tree out into a staging
         folder and rename it to DEST. Only the pointer is needed: the remote comes from its meta.
