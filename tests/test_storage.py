@@ -147,6 +147,22 @@ def test_re_push_hashes_only_what_changed(where, request, tiny_cfg, model_dir, h
     assert tree_digest(model_dir.parent / "pulled") == tree_digest(model_dir)
 
 
+def test_an_unreadable_hash_cache_is_moved_aside_and_rebuilt(tiny_cfg, model_dir, hashed, caplog):
+    cfg = tiny_cfg()
+    first = push(cfg, model_dir).pointer
+    state = Path(cfg.storage.cache_dir) / "state"
+    for db in [p for p in state.rglob("*") if p.is_file()]:
+        db.write_bytes(b"not a database" * 100)
+    hashed.clear()
+    assert push(cfg, model_dir).pointer == first                  # every file hashed again, same tree
+    assert len(hashed) == len([p for p in model_dir.rglob("*") if p.is_file()])
+    assert [p.name.split("-")[0] for p in state.parent.glob("state.*")] == ["state.unreadable"]
+    assert "unreadable" in caplog.text
+    hashed.clear()
+    push(cfg, model_dir)
+    assert hashed == []                                           # the new cache works
+
+
 def test_a_stale_hash_cache_entry_is_not_trusted(tiny_cfg, model_dir, hashed):
     """The cache is keyed on inode + mtime + size: a same-size rewrite with a new mtime is hashed again."""
     cfg = tiny_cfg()

@@ -17,8 +17,10 @@ pull:   read and check the pointer's `.dir` listing (paths that stay inside DEST
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import sqlite3
 import tempfile
 import time
 from contextlib import closing
@@ -81,12 +83,30 @@ STATE_DIR = "state"   # under storage.cache_dir: DVC's hash cache (dvc_data Stat
 
 def hash_state(cfg: Any):
     """DVC's state database (file md5s keyed on inode + mtime + size) at `<storage.cache_dir>/state`.
-    The caller closes it."""
+    One that sqlite cannot read is only a cache: it is moved aside (`state.unreadable-<time>`) and a new
+    one started. The caller closes it."""
+    root = Path(os.path.expanduser(_storage(cfg).cache_dir)).resolve() / STATE_DIR
+    try:
+        return _open_state(root)
+    except sqlite3.DatabaseError as err:
+        aside = root.with_name(f"{STATE_DIR}.unreadable-{time.time_ns()}")
+        root.rename(aside)
+        logging.getLogger(__name__).warning("hash cache %s is unreadable (%s); moved to %s, hashing anew",
+                                            root, err, aside.name)
+        return _open_state(root)
+
+
+def _open_state(root: Path):
     from dvc_data.hashfile.state import State
 
-    root = Path(os.path.expanduser(_storage(cfg).cache_dir)).resolve() / STATE_DIR
     root.mkdir(parents=True, exist_ok=True)
-    return State(root_dir=None, tmp_dir=str(root))
+    state = State(root_dir=None, tmp_dir=str(root))
+    try:
+        state.hashes.is_empty()   # reads the database: fails here, not in the middle of a push
+    except sqlite3.DatabaseError:
+        state.close()
+        raise
+    return state
 
 
 def _check_dir(path: Path) -> None:
