@@ -25,12 +25,13 @@ from typing import Any
 from rglcd.data.manifest import DROP_REASONS, MAX_MANIFEST_BYTES, MAX_REJECTS, check_manifest
 from rglcd.data.tally import Tally
 from rglcd.data.sources import LATENT_KEY, iter_tar
-from rglcd.safeio import parse_json, read_text, short
+from rglcd.safeio import decode_text, parse_json, read_text, short
 
 PARTIAL = "partial.json"
 PARTIAL_FORMAT = "rglcd-prep-partition/1"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _IMAGE_KEYS = ("jpg", "png", "webp")
+MAX_KEY_CHARS = 4096   # a source spec or a record key (file path, table row) in a partition
 
 
 def write_partial(folder: Path, source: str, part: int, parts: int, shards: list[dict], tally: Tally,
@@ -57,12 +58,17 @@ def read_partial(folder: Path, part: int, parts: int) -> dict[str, Any]:
     check_manifest({**partial, "format": "rglcd-shards/1"}, where)   # shards, counts, latents
     dropped, rejects = partial.get("dropped"), partial.get("rejects")
     if not (isinstance(partial.get("seen"), int) and isinstance(dropped, dict) and isinstance(rejects, list)
+            and _short_text(partial.get("source"))
             and all(r in DROP_REASONS and isinstance(n, int) and n >= 0 for r, n in dropped.items())
-            and all(isinstance(r, dict) and isinstance(r.get("key"), str) and r.get("reason") in DROP_REASONS
+            and all(isinstance(r, dict) and _short_text(r.get("key")) and r.get("reason") in DROP_REASONS
                     and isinstance(r.get("at"), int) for r in rejects)):
-        raise ValueError(f"{where}: fields seen, dropped {{reason: count}} or rejects [{{key, reason, at}}] "
-                         "are not valid")
+        raise ValueError(f"{where}: fields source, seen, dropped {{reason: count}} or rejects "
+                         "[{key, reason, at}] are not valid")
     return partial
+
+
+def _short_text(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= MAX_KEY_CHARS
 
 
 def merge_into(folders: list[Path], shards: Any) -> tuple[Tally, dict[str, Any], str]:
@@ -91,7 +97,7 @@ def _copy_partition(folder: Path, partial: dict[str, Any], shards: Any, digests:
     for shard in partial["shards"]:
         for sample in iter_tar(str(folder / shard["name"])):   # a cut partition shard is an error
             read += 1
-            meta, fields = _check_sample(sample, f"{folder.name}/{shard['name']}")
+            meta, fields = _check_sample(sample, str(folder / shard["name"]))
             if meta["pixel_sha256"] in digests:
                 duplicates.append({"key": meta["key"], "reason": "duplicate", "at": meta["at"]})
                 continue
@@ -109,13 +115,13 @@ def _check_sample(sample: dict, where: str) -> tuple[dict[str, Any], dict[str, b
     allowed = {"txt", "json", LATENT_KEY, *_IMAGE_KEYS}
     fields = {k: v for k, v in sample.items() if k not in ("__key__", "json")}
     try:
-        meta = json.loads(sample.get("json", b"").decode())
-    except (UnicodeDecodeError, ValueError):
+        meta = parse_json(decode_text(sample.get("json", b""), "sample json", where), "sample json", where)
+    except ValueError:
         meta = None
     ok = (isinstance(meta, dict) and set(sample) - {"__key__"} <= allowed and "txt" in fields
           and sum(k in fields for k in _IMAGE_KEYS) == 1
           and isinstance(meta.get("pixel_sha256"), str) and _SHA256.fullmatch(meta["pixel_sha256"])
-          and all(isinstance(meta.get(k), int) for k in ("at", "width", "height")) and isinstance(meta.get("key"), str))
+          and all(isinstance(meta.get(k), int) for k in ("at", "width", "height")) and _short_text(meta.get("key")))
     if not ok:
         raise ValueError(f"{where}: sample {short(sample.get('__key__'), 40)} is not a prep partition sample "
                          f"(fields {short(sorted(sample), 120)})")

@@ -316,6 +316,9 @@ def prep_merge(cfg, partitions: list[str | Path], out_dir: str | Path, overwrite
     with work_area(out) as work:
         shards = ShardSet(work, cfg.data.shard_size)
         tally, latents, source = merge_into([Path(p) for p in partitions], shards)
+        if shards.count == 0:
+            raise ValueError(f"partitions {partitions[0]}...: no valid records among {tally.seen} seen "
+                             f"(dropped: {dict(tally.dropped) or 'none'})")
         return _install(cfg, source, out, work, owned, overwrite, shards, tally, latents)
 
 
