@@ -112,7 +112,8 @@ def build_pipeline(cfg: Config, *, checkpoint_root: str = CHECKPOINT_MOUNT, sche
             reg = register_model(config_json=conf.outputs["config"], model=train.outputs["model"],
                                  model_pointer=train.outputs["model_pointer"],
                                  metrics_json=ev.outputs["metrics_json"],
-                                 data_version=prep.outputs["data_version"], run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+                                 data_version=prep.outputs["data_version"], data_pointer=prep.outputs["data_pointer"],
+                                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
             mlflow_credentials(cpu_step(reg, cfg, retries), cfg)
             reg.set_display_name("registration").set_caching_options(False)
             if cfg.serve.canary:   # the new version takes serve.canary_percent of the InferenceService's traffic

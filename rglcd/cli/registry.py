@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--model-dir", metavar="DIR", help="push this directory first (storage.*), then register")
     parser.add_argument("--metrics", metavar="FILE", required=True,
                         help="JSON/YAML mapping of metric name -> number (nested mappings join with '.')")
-    parser.add_argument("--data-version", help="data version: a string or a data pointer file (its md5 is used)")
+    parser.add_argument("--data-version", help="data id: a string (prep's content hash), or the dataset's pointer file (the id is read from its manifest in the remote; the pointer is recorded as where it is stored)")
     parser.add_argument("--run-id", help="KFP run id (default: $KFP_RUN_ID)")
     parser.add_argument("--training-run", metavar="MLFLOW_RUN_ID",
                         help="the MLflow run that trained the weights: it becomes the version's run (default: the "

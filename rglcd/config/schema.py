@@ -5,6 +5,7 @@ Defaults are those of docs/method.md 8; every value is recorded with the run. Ba
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -113,6 +114,9 @@ class DataConfig:
     # Precompute VAE latents during prep (training then skips the VAE encoder).
     precompute_latents: bool = F(False, "store VAE latent moments in the shards")
     num_workers: int = F(4, "data loader worker processes per training process", ge=0)
+    # Each loader worker reads only its own records (by byte range where shards have offsets), in chunks.
+    read_ahead: int = F(16, "records a loader worker reads together (ranged requests sent at once) and decodes "
+                            "on a thread while the chunk before is used (0: one at a time, no thread)", ge=0)
     # Training stream order: shards are permuted per epoch, records shuffled within aligned windows.
     shuffle_buffer: int = F(1000, "records shuffled together in the training stream (1: shard order only)", gt=0)
     # Parallel prep (docs/architecture.md "Prep in parallel"): the output is the same whatever the split.
@@ -201,7 +205,14 @@ class StorageConfig:
     remote: str = F("./.rglcd/remote", "DVC remote: local dir or s3://bucket/prefix")
     endpoint_url: str | None = F(None, "S3 endpoint URL (MinIO, Ceph); None: AWS")
     region: str | None = F(None, "S3 region")
-    cache_dir: str = F("./.rglcd/dvc-cache", "local DVC cache")
+    cache_dir: str = F("./.rglcd/dvc-cache", "local DVC cache (also where dvc:// data sources are downloaded)")
+    # A Git repository as data and model registry (rglcd.storage.gitreg; docs/operations.md "A Git registry").
+    git_registry: str | None = F(None, "Git repository (a bare repository path or a Git URL) where every registered "
+                                 "model version and its dataset get a .dvc file, committed and tagged, so dvc get/"
+                                 "import/ls reach them; None: no Git registry")
+    git_branch: str = F("main", "branch of storage.git_registry the .dvc files are committed to",
+                        check=lambda v: None if v and re.match(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$", v)
+                        and ".." not in v else "a Git branch name (letters, digits, . _ - /)")
 
 
 @dataclass

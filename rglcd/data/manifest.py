@@ -1,9 +1,11 @@
 """`manifest.json`: what `rglcd prep` wrote, and the only place that says whether shards hold latents.
 
-Fields: format, source, num_records, shards [{name, count, sha256}], seen, dropped {reason: count},
+Fields: format, source, num_records, shards [{name, count, sha256, offsets}], seen, dropped {reason: count},
 rejects [{key, reason}] (the first MAX_REJECTS dropped records: which file or row, and why),
 content_hash (sha256 over the shards' hashes: the data version), latents {precomputed, resolution,
 vae, shape, dtype, crop}, filters {min_image_size, max_caption_tokens, max_image_pixels, tokenizer, dedup}.
+A shard's `offsets` (count + 1 byte offsets, rglcd.data.tarindex) let training read each record by a ranged
+read; manifests written before them have none, and their shards are read whole (rglcd.data.sources).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import re
 from typing import Any
 
 from rglcd.data.io import TooLarge, read_bytes
+from rglcd.data.tarindex import check_offsets
 from rglcd.safeio import decode_text, parse_json, short
 
 MANIFEST = "manifest.json"
@@ -70,6 +73,10 @@ def check_manifest(manifest: Any, url: str) -> None:
                 and isinstance(shard.get("count"), int) and shard["count"] >= 0):
             raise ValueError(f"{url}: shards[{i}] {short(shard, 80)} is not allowed; allowed: "
                              "{name: <file name>.tar, count: integer >= 0, sha256}")
+        problem = check_offsets(shard["offsets"], shard["count"]) if "offsets" in shard else None
+        if problem is not None:
+            raise ValueError(f"{url}: shards[{i}] ({short(shard['name'], 40)}) offsets: {problem}; the offsets must "
+                             "be the ones `rglcd prep` wrote (re-run prep, or delete the field to read whole shards)")
     counted = sum(s["count"] for s in manifest["shards"])
     if counted != manifest["num_records"]:
         raise ValueError(f"{url}: shard counts add up to {counted}, num_records says {manifest['num_records']}")

@@ -30,6 +30,7 @@ from rglcd.data.merge import merge_into, write_partial
 from rglcd.data.partition import read_partition
 from rglcd.data.sources import LATENT_KEY, Record, Source, open_source
 from rglcd.data.tally import Tally
+from rglcd.data.tarindex import record_offsets
 from rglcd.outdir import claim, install, journal, work_area
 from rglcd.urls import redact_urls
 
@@ -131,6 +132,7 @@ class ShardSet:
             self._writer = self._file = None
             shard = self.shards[-1]
             shard["sha256"] = hashlib.sha256((self.folder / shard["name"]).read_bytes()).hexdigest()
+            shard["offsets"] = record_offsets(self.folder / shard["name"])  # ranged reads in training
 
     def finish(self) -> list[dict[str, Any]]:
         self._close()
@@ -248,7 +250,7 @@ def prep(cfg, source: str, out_dir: str | Path, overwrite: bool = False, workers
     same as with one process. Returns the manifest (also written as out_dir/manifest.json).
     Raises ValueError when no record is valid; then nothing in `out_dir` has changed."""
     out = Path(out_dir).expanduser().resolve()
-    open_checked(cfg, source)
+    open_checked(cfg, source)   # a dvc:// source is fetched into the cache here, once, before any worker
     owned = _owned(out)
     claim(out, owned, set(), overwrite)
     with work_area(out) as work:
@@ -262,7 +264,7 @@ def prep(cfg, source: str, out_dir: str | Path, overwrite: bool = False, workers
 
 def open_checked(cfg, source: str) -> Source:
     """The source, refused when it already holds latents (prep reads image data sets)."""
-    src = open_source(source, cfg.data.remote_images)
+    src = open_source(source, cfg.data.remote_images, cfg.storage.cache_dir)
     if getattr(src, "latents", False):
         raise ValueError(f"{source}: already holds precomputed latents; prep reads image data sets")
     return src

@@ -4,10 +4,17 @@ Every source is a list of *units* (a shard, a block of table rows, ...) with kno
 unit by unit from any offset. That is all the deterministic training stream (`rglcd.data.stream`)
 needs to place each process at an exact position, and all `rglcd prep` needs to ingest anything.
 Records carry raw bytes (or a path/URL); decoding happens only in the process that uses the record.
+
+A source with `random_access` also reads one record by its place, `read_record(unit, j)`, so each
+(rank, loader worker) reads only the records it uses (docs/architecture.md 2.6.1): prep shards whose
+manifest has byte offsets (one ranged read per record), tables, folders and the built-in photos. Tar
+shards without offsets (plain webdataset shards, manifests from before offsets) are read whole, unit by
+unit: every (rank, worker) then reads all their bytes each epoch and decodes only its own records.
 """
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import re
@@ -19,10 +26,12 @@ import numpy as np
 import numpy.lib.format as npformat
 from PIL import Image
 
+from rglcd.data.dvcsource import is_dvc_url, materialize
 from rglcd.data.images import IMAGE_EXTENSIONS
-from rglcd.data.io import is_remote, list_tars, open_binary
+from rglcd.data.io import file_size, is_remote, list_tars, open_binary, read_ranges
 from rglcd.data.manifest import read_manifest
 from rglcd.data.refs import OUTSIDE, resolve_local, resolve_ref
+from rglcd.data.tarindex import parse_records
 from rglcd.safeio import read_text, short
 from rglcd.urls import redact_urls
 
@@ -32,6 +41,8 @@ CAPTION_COLUMNS = ("caption", "text", "prompt")
 TABLE_UNIT = 1000  # rows per unit of a table
 LATENT_KEY = "latent_moments.npy"
 MAX_CAPTION_BYTES = 1 << 16  # a caption file larger than this is not a caption
+
+DVC_CACHE = "~/.cache/rglcd/dvc"  # where dvc:// sources go when the caller names no cache (storage.cache_dir)
 
 ErrorHook = Callable[[str, Exception], None]
 
@@ -55,10 +66,24 @@ class Source(Protocol):
     def read_unit(self, unit: int, skip: int = 0, on_error: ErrorHook | None = None) -> Iterator[Record]: ...
 
 
+class RandomAccessSource(Source, Protocol):
+    random_access: bool    # read_record works (else the stream reads whole units)
+
+    def read_record(self, unit: int, j: int) -> Record: ...
+
+
+def read_records(source: RandomAccessSource, places: list[tuple[int, int]]) -> list[Record]:
+    """The records at (unit, j) places, read together when the source can (`read_records`: ranged reads sent
+    at once), else one by one."""
+    many = getattr(source, "read_records", None)
+    return many(places) if many is not None else [source.read_record(u, j) for u, j in places]
+
+
 # ---------------------------------------------------------------- tar shards
 
-def iter_tar(url: str, on_error: ErrorHook | None = None) -> Iterator[dict]:
-    """Samples {"__key__", ext: bytes} of one tar (webdataset layout: files grouped by key).
+def iter_tar(url: str, on_error: ErrorHook | None = None, data: bytes | None = None) -> Iterator[dict]:
+    """Samples {"__key__", ext: bytes} of one tar (webdataset layout: files grouped by key); with `data`,
+    of those bytes of it (a ranged read of whole records).
 
     A truncated or unreadable tar stops the iteration; `on_error(url, err)` decides what happens
     (default: raise a ValueError naming the shard). A file cut short by the error is never yielded.
@@ -73,7 +98,7 @@ def iter_tar(url: str, on_error: ErrorHook | None = None) -> Iterator[dict]:
 
     current: dict | None = None
     try:
-        with open_binary(url) as stream:
+        with (open_binary(url) if data is None else io.BytesIO(data)) as stream:
             for item in tar_file_iterator(stream, handler=stop):
                 key, ext = base_plus_ext(item["fname"])
                 if key is None:
@@ -134,15 +159,24 @@ def sample_to_record(sample: dict, index: int) -> Record:
 
 
 class ShardSource:
-    """Tar shards. Counts come from the manifest, or from one scan of the shards when there is none."""
+    """Tar shards. Counts come from the manifest, or from one scan of the shards when there is none.
+
+    With per-record byte `offsets` (from a prep manifest, already checked by `check_manifest`) a record
+    is one ranged read (`read_record`); each shard's size is checked against its offsets before its
+    first one, and each read must hold exactly the record expected there."""
 
     def __init__(self, urls: list[str], counts: list[int] | None = None, latents: bool = False,
-                 keyed_by_index: bool = False, name: str = "shards", manifest: dict | None = None):
+                 keyed_by_index: bool = False, name: str = "shards", manifest: dict | None = None,
+                 offsets: list[list[int]] | None = None):
         if not urls:
             raise FileNotFoundError(f"{name}: no .tar shards found")
         self.urls, self.latents, self.keyed_by_index, self.name = urls, latents, keyed_by_index, name
         self.manifest = manifest  # the prep manifest the shards came with, if any
         self._counts = counts
+        self.offsets = offsets if keyed_by_index and counts is not None else None
+        self.random_access = self.offsets is not None
+        self._sized: set[int] = set()  # units whose file size was checked against their offsets
+        self._first = [0, *itertools.accumulate(counts or [])]  # global index of each unit's first record
 
     def num_units(self) -> int:
         return len(self.urls)
@@ -159,6 +193,43 @@ class ShardSource:
             if j >= skip:
                 yield sample_to_record(sample, self._index(unit, sample["__key__"]) if self.keyed_by_index
                                        else offset + j)
+
+    def read_record(self, unit: int, j: int) -> Record:
+        """Record j of shard `unit`, by one ranged read of its bytes."""
+        return self.read_records([(unit, j)])[0]
+
+    def read_records(self, places: list[tuple[int, int]]) -> list[Record]:
+        """The records at (unit, j) places: one ranged read each, sent together (rglcd.data.io.read_ranges)."""
+        ranges = [(self.urls[u], self._checked_offsets(u)[j], self.offsets[u][j + 1]) for u, j in places]
+        datas = read_ranges(*map(list, zip(*ranges))) if ranges else []
+        return [self._record_in(u, j, start, end, data) for (u, j), (_, start, end), data in zip(places, ranges, datas)]
+
+    def _record_in(self, unit: int, j: int, start: int, end: int, data: bytes) -> Record:
+        """Record j of shard `unit` from the bytes [start, end) read for it, which must hold it alone."""
+        url = self.urls[unit]
+        where = f"shard {url}: bytes {start}-{end} (record {j})"
+        try:
+            samples = parse_records(data)
+            samples = list(iter_tar(url, data=data)) if samples is None else samples
+        except ValueError as err:
+            raise ValueError(f"{where} are not whole records ({err}); the manifest's offsets do not match the "
+                             "shard (shards changed after their manifest was written?)") from None
+        expected = self._first[unit] + j
+        if len(samples) != 1 or self._index(unit, samples[0]["__key__"]) != expected:
+            found = ", ".join(short(s["__key__"], 40) for s in samples[:3]) or "none"
+            raise ValueError(f"{where} hold record(s) {found}, expected record {expected:09d} alone; the manifest's "
+                             "offsets do not match the shard (shards changed after their manifest was written?)")
+        return sample_to_record(samples[0], expected)
+
+    def _checked_offsets(self, unit: int) -> list[int]:
+        offsets = self.offsets[unit]
+        if unit not in self._sized:
+            size = file_size(self.urls[unit])
+            if offsets[-1] > size:
+                raise ValueError(f"shard {self.urls[unit]}: the manifest's offsets end at byte {offsets[-1]}, the file "
+                                 f"holds {size} bytes (shards changed after their manifest was written?)")
+            self._sized.add(unit)
+        return offsets
 
     def _index(self, unit: int, key: str) -> int:
         if not key.isdigit():
@@ -207,6 +278,11 @@ class TableSource:
         start = unit * TABLE_UNIT + skip
         for i in range(start, min((unit + 1) * TABLE_UNIT, len(self.images))):
             yield self._record(i)
+
+    random_access = True  # rows are in memory; an image is read only by the process that uses it
+
+    def read_record(self, unit: int, j: int) -> Record:
+        return self._record(unit * TABLE_UNIT + j)
 
     def _record(self, i: int) -> Record:
         ref, caption = self.refs[i], self.captions[i]
@@ -265,6 +341,11 @@ class FolderSource:
         for i in range(skip, len(self.files)):
             yield self._record(i)
 
+    random_access = True  # a record is its file and caption, read only by the process that uses it
+
+    def read_record(self, unit: int, j: int) -> Record:
+        return self._record(j)
+
     def _record(self, i: int) -> Record:
         """A file and its caption, when both resolve (symlinks followed) inside the folder."""
         file, txt = self.files[i], self.files[i].with_suffix(".txt")
@@ -300,18 +381,27 @@ class BuiltinPhotos:
         return [self.n]
 
     def read_unit(self, unit: int, skip: int = 0, on_error: ErrorHook | None = None) -> Iterator[Record]:
+        for i in range(skip, self.n):
+            yield self.read_record(unit, i)
+
+    random_access = True
+
+    def read_record(self, unit: int, j: int) -> Record:
         from rglcd.data.builtin import photo_record
 
-        for i in range(skip, self.n):
-            image, caption = photo_record(i)
-            yield Record(i, caption, image, key=f"{self.name} #{i}")
+        image, caption = photo_record(j)
+        return Record(j, caption, image, key=f"{self.name} #{j}")
 
 
 # ---------------------------------------------------------------- choosing a source
 
-def open_source(spec: str, remote_images: tuple[str, ...] | list[str] = ()) -> Source:
+def open_source(spec: str, remote_images: tuple[str, ...] | list[str] = (), cache_dir: str | None = None) -> Source:
     """A data spec -> its source. Shards hold latents only when their manifest says so (never guessed).
-    `remote_images`: URL prefixes a table's rows may fetch images from (data.remote_images)."""
+    `remote_images`: URL prefixes a table's rows may fetch images from (data.remote_images).
+    `dvc://REPO[@REV]/PATH` is downloaded once into `cache_dir` (storage.cache_dir; rglcd.data.dvcsource),
+    then opened as the local spec it is."""
+    if is_dvc_url(spec):
+        return open_source(str(materialize(spec, cache_dir or DVC_CACHE)), remote_images)
     if spec.startswith("builtin:"):
         return BuiltinPhotos(spec)
     if spec.lower().endswith(TABLE_SUFFIXES):
@@ -320,13 +410,15 @@ def open_source(spec: str, remote_images: tuple[str, ...] | list[str] = ()) -> S
         manifest = read_manifest(spec)
         if manifest is not None:
             root = spec.rstrip("/")
-            return ShardSource([f"{root}/{s['name']}" for s in manifest["shards"]],
-                               [int(s["count"]) for s in manifest["shards"]],
+            shards = manifest["shards"]
+            offsets = [s["offsets"] for s in shards] if all("offsets" in s for s in shards) else None
+            return ShardSource([f"{root}/{s['name']}" for s in shards], [int(s["count"]) for s in shards],
                                latents=bool(manifest["latents"].get("precomputed")), keyed_by_index=True, name=spec,
-                               manifest=manifest)
+                               manifest=manifest, offsets=offsets)
         if not is_remote(spec) and Path(spec).expanduser().is_dir() and not list_tars(spec):
             return FolderSource(spec)
     if not is_remote(spec) and "{" not in spec and not Path(spec).expanduser().exists():
         raise FileNotFoundError(f"data source {spec!r} does not exist (allowed: a prep output dir, .tar shards, "
-                                f"a table ({', '.join(TABLE_SUFFIXES)}), an image folder, builtin:photos[:N])")
+                                f"a table ({', '.join(TABLE_SUFFIXES)}), an image folder, builtin:photos[:N], "
+                                f"dvc://REPO[@REV]/PATH)")
     return ShardSource(list_tars(spec), name=spec)

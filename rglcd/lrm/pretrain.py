@@ -155,6 +155,7 @@ def pretrain_lrm_from_data(cfg, data: str | Path, out_dir: str | Path, *,
     from rglcd.data import StreamSpec, make_loader, open_source
 
     spec = StreamSpec(batch_size=cfg.lrm.pretrain_batch_size, resolution=cfg.model.resolution, seed=cfg.train.seed,
-                      shuffle_buffer=cfg.data.shuffle_buffer, max_pixels=cfg.data.max_image_pixels)
+                      shuffle_buffer=cfg.data.shuffle_buffer, max_pixels=cfg.data.max_image_pixels,
+                      read_ahead=cfg.data.read_ahead)
     loader = make_loader(open_source(str(data), cfg.data.remote_images), spec, num_workers=cfg.data.num_workers)
     return pretrain_lrm(cfg, loader, out_dir, device=device)

@@ -29,8 +29,10 @@ from typing import Any, Iterator
 import yaml
 
 from rglcd import provenance
+from rglcd.registry.dataid import data_fields
 from rglcd.registry.provenance import flatten, run_key
 from rglcd.storage import Pointer, read_pointer, redact, verify
+from rglcd.storage.gitreg import record_dataset, record_model
 from rglcd.urls import redact_urls
 
 POINTER_DIR = "dvc-pointer"
@@ -60,6 +62,8 @@ class ModelVersionInfo:
     code_revision: str
     kfp_run_id: str | None
     created: bool = field(default=False)   # True when this call created the version
+    git_commit: str | None = None          # the Git registry commit of its .dvc file (storage.git_registry)
+    git_tag: str | None = None
 
     def summary(self) -> str:
         state = "registered" if self.created else "already registered"
@@ -177,21 +181,25 @@ class _Record:
     provenance: dict[str, Any]
     tags: dict[str, str]
     key: str
+    data_pointer: Pointer | None = None      # where the dataset is stored (its DVC md5: an address, not its id)
 
 
 def _record(pointer: Pointer, metrics: dict[str, Any], config_dict: dict[str, Any], data_version: Any,
-            run_id: str | None) -> _Record:
+            run_id: str | None, data_pointer: Pointer | None = None) -> _Record:
     config = redact_tree(config_dict)
     kfp = provenance.kfp_run_id(run_id)
-    data = data_version.md5 if isinstance(data_version, Pointer) else (str(data_version) if data_version else None)
+    data, data_pointer = data_fields(data_version, data_pointer)     # the data id (docs/operations.md "One data id")
     prov = {"code_revision": provenance.code_revision(), "libraries": provenance.library_versions(),
             "kfp_run_id": kfp, "data_version": data, "config_sha256": provenance.config_hash(config)}
     key = run_key(pointer.md5, config, kfp)
     tags = {"rglcd.run_key": key, "dvc.md5": pointer.md5, "dvc.remote": pointer.remote, "dvc.url": pointer.url,
             "dvc.pointer": json.dumps(pointer.to_dvc()), "data_version": data or "", "code_revision":
             prov["code_revision"], "kfp_run_id": kfp or "", "config_sha256": prov["config_sha256"]}
+    if data_pointer is not None:
+        tags.update({"data.dvc.md5": data_pointer.md5, "data.dvc.pointer": json.dumps(data_pointer.to_dvc())})
     tags.update({f"lib.{k}": v for k, v in prov["libraries"].items()})
-    return _Record(pointer, _check_metrics(metrics), config, prov, {k: redact(v) for k, v in tags.items()}, key)
+    return _Record(pointer, _check_metrics(metrics), config, prov, {k: redact(v) for k, v in tags.items()}, key,
+                   data_pointer)
 
 
 def find_training_run(client: Any, exp_id: str, kfp_run_id: str | None) -> str | None:
@@ -262,9 +270,24 @@ def _settle(client: Any, name: str, key: str, mine: Any, run_id: str | None) -> 
     return winner
 
 
+def _record_in_git(client: Any, cfg: Any, rec: _Record, mv: Any) -> Any:
+    """With `storage.git_registry`: commit and tag the dataset's and the version's `.dvc` files there and
+    record the Git revisions as version tags (rglcd.storage.gitreg). Idempotent, so a registration that
+    failed here is completed by running it again. Returns the model version, re-read when tagged."""
+    if not cfg.storage.git_registry or (mv.tags or {}).get("model.git.commit"):
+        return mv
+    tags = {}
+    if rec.data_pointer is not None and rec.provenance["data_version"]:
+        tags.update(record_dataset(cfg, rec.data_pointer, rec.provenance["data_version"]).tags("data"))
+    tags.update(record_model(cfg, rec.pointer, int(mv.version)).tags("model"))
+    for key, value in tags.items():
+        client.set_model_version_tag(mv.name, mv.version, key, redact(value))
+    return client.get_model_version(mv.name, mv.version)
+
+
 def register(cfg: Any, model_pointer: Pointer | str | Path, metrics: dict[str, Any], config_dict: dict[str, Any],
              data_version: Any, run_id: str | None = None, verify_remote: bool = True,
-             training_run: str | None = None) -> ModelVersionInfo:
+             training_run: str | None = None, data_pointer: Pointer | None = None) -> ModelVersionInfo:
     """Register the weights behind `model_pointer` as a new version of `cfg.registry.model_name`.
 
     Order that loses nothing: the pointer is verified in the remote first (unless `verify_remote` is
@@ -273,14 +296,17 @@ def register(cfg: Any, model_pointer: Pointer | str | Path, metrics: dict[str, A
     so do concurrent calls with one key: one run, one version, the alias set by the one that created it.
     `run_id`: the KFP run id (default: $KFP_RUN_ID). `training_run`: the MLflow run that trained the weights
     (default: the tracked training run of the same KFP run, if any; else a registration run is created).
+    `data_version`: the data id (prep's content hash), or the dataset's pointer (its id is read from its
+    manifest); `data_pointer`: where the dataset is stored, when the id is given as a string.
+    With `storage.git_registry`, the version's and the dataset's `.dvc` files are committed and tagged there.
     """
     pointer = read_pointer(model_pointer)
-    rec = _record(pointer, metrics, config_dict, data_version, run_id)
+    rec = _record(pointer, metrics, config_dict, data_version, run_id, data_pointer)
     client, name = _client(cfg), cfg.registry.model_name
     with _errors(cfg, f"registering {name}"):
         existing = _find_version(client, name, rec.key)
         if existing is not None:
-            return _info(client, client.get_model_version(name, existing.version))
+            return _info(client, _record_in_git(client, cfg, rec, client.get_model_version(name, existing.version)))
         if verify_remote:
             verify(pointer)
         exp_id = _experiment_id(client, cfg)
@@ -293,6 +319,7 @@ def register(cfg: Any, model_pointer: Pointer | str | Path, metrics: dict[str, A
         winner = _settle(client, name, rec.key, mv, None if rid == training_run else rid)
         if int(winner.version) != int(mv.version):
             return _info(client, client.get_model_version(name, winner.version))
+        mv = _record_in_git(client, cfg, rec, mv)
         if cfg.registry.alias:
             client.set_registered_model_alias(name, cfg.registry.alias, mv.version)
         return _info(client, client.get_model_version(name, mv.version), created=True)
@@ -307,7 +334,8 @@ def _info(client: Any, mv: Any, created: bool = False) -> ModelVersionInfo:
         name=mv.name, version=int(mv.version), run_id=mv.run_id or "", run_key=tags.get("rglcd.run_key", ""),
         source=mv.source, pointer=Pointer.from_dvc(json.loads(pointer), f"{mv.name} v{mv.version}") if pointer else None,
         metrics=metrics, aliases=sorted(mv.aliases or []), data_version=tags.get("data_version") or None,
-        code_revision=tags.get("code_revision", ""), kfp_run_id=tags.get("kfp_run_id") or None, created=created)
+        code_revision=tags.get("code_revision", ""), kfp_run_id=tags.get("kfp_run_id") or None, created=created,
+        git_commit=tags.get("model.git.commit") or None, git_tag=tags.get("model.git.tag") or None)
 
 
 def list_versions(cfg: Any) -> list[ModelVersionInfo]:

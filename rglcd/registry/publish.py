@@ -17,7 +17,7 @@ class Published:
 
 def publish(cfg: Any, model_dir: str | Path, metrics: dict[str, Any], config_dict: dict[str, Any],
             data_version: Any, run_id: str | None = None, jobs: int | None = None,
-            callback: Any = None, training_run: str | None = None) -> Published:
+            callback: Any = None, training_run: str | None = None, data_pointer: Any = None) -> Published:
     """Push `model_dir` to `cfg.storage`'s remote (verified there), then register its pointer.
 
     A StorageError from the push leaves the registry untouched; calling again after the outage
@@ -25,5 +25,5 @@ def publish(cfg: Any, model_dir: str | Path, metrics: dict[str, Any], config_dic
     """
     pushed = push(cfg, model_dir, jobs=jobs, callback=callback)      # verifies every object in the remote
     info = register(cfg, pushed.pointer, metrics, config_dict, data_version, run_id, verify_remote=False,
-                    training_run=training_run)
+                    training_run=training_run, data_pointer=data_pointer)
     return Published(pushed, info)

@@ -14,7 +14,7 @@ import json
 import re
 
 from rglcd.storage.pointer import Pointer
-from rglcd.storage.remote import RemoteSpec, StorageError
+from rglcd.storage.remote import RemoteSpec, StorageError, make_remote, open_remote, remote_errors
 
 MAX_LISTING_BYTES = 256 << 20       # a .dir of ~1.5 million entries
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
@@ -77,3 +77,19 @@ def check_relpath(relpath: object, pointer: Pointer, spec: RemoteSpec) -> None:
         shown = relpath[:200] if isinstance(relpath, str) else f"<{type(relpath).__name__}>"
         raise StorageError(f"pull: object {where(pointer, spec)} lists the path {shown!r}, which would be written "
                            "outside the destination or is not a plain relative path; nothing was written")
+
+
+def read_member(pointer: Pointer, relpath: str, max_bytes: int, spec: RemoteSpec | None = None) -> bytes:
+    """One small file of a pushed directory (e.g. a dataset's manifest.json), read from the remote alone:
+    the listing and the file's object, each checked against its md5; nothing else is fetched."""
+    spec = spec or make_remote(pointer.remote, pointer.endpoint_url, pointer.region, field="pointer meta.rglcd.remote")
+    with remote_errors(spec, f"reading {relpath} of {pointer.md5}"):
+        odb = open_remote(spec)
+        md5 = dict(check_listing(read_listing(odb, pointer, spec), pointer, spec)).get(relpath)
+        if md5 is None:
+            raise StorageError(f"{where(pointer, spec)} has no file {relpath!r}")
+        with odb.fs.open(odb.oid_to_path(md5), "rb") as f:
+            raw = f.read(max_bytes + 1)
+    if len(raw) > max_bytes or hashlib.md5(raw).hexdigest() != md5:
+        raise StorageError(f"{relpath} of {where(pointer, spec)} is over {max_bytes} bytes or corrupt (md5 differs)")
+    return raw

@@ -10,7 +10,7 @@ push:   hash the directory (DVC md5 tree) -> upload the file objects that the re
         inode, mtime and size are unchanged; `dvc` opens it in dvc/repo/__init__.py under its site cache
         dir), here at `<storage.cache_dir>/state`, attached to the object DB so that dvc_data's
         `hashfile/build.py` (`_get_hashes`) looks every file up before hashing it: an unchanged re-push
-        reads no file contents, and a one-file change re-hashes that one file (docs/operations.md 2.5).
+        reads no file contents, and a one-file change re-hashes that one file (docs/operations.md 2.8).
 pull:   read and check the pointer's `.dir` listing (paths that stay inside DEST, md5s), fetch its
         objects into the local cache (each re-hashed on arrival), copy the tree out into a staging
         folder and rename it to DEST. Only the pointer is needed: the remote comes from its meta.

@@ -59,7 +59,7 @@ def make_accelerator(cfg):
 
 def open_training_data(cfg, spec: str):
     """The source, and the data description recorded with the run; refuses latents that do not fit."""
-    source = open_source(spec, cfg.data.remote_images)
+    source = open_source(spec, cfg.data.remote_images, cfg.storage.cache_dir)
     manifest = getattr(source, "manifest", None) or {}
     latents = manifest.get("latents", {})
     if latents.get("precomputed") and latents.get("resolution") != cfg.model.resolution:
@@ -74,7 +74,7 @@ def stream_for(cfg, source, accelerator, start_batch: int):
     spec = StreamSpec(batch_size=cfg.train.batch_size, resolution=cfg.model.resolution, seed=cfg.train.seed,
                       rank=accelerator.process_index, world_size=accelerator.num_processes,
                       shuffle_buffer=cfg.data.shuffle_buffer, start_batch=start_batch,
-                      max_pixels=cfg.data.max_image_pixels)
+                      max_pixels=cfg.data.max_image_pixels, read_ahead=cfg.data.read_ahead)
     return iter(make_loader(source, spec, cfg.data.num_workers))
 
 

@@ -29,7 +29,7 @@ RESUMABLE = (
     "preset",                                  # a name; the values it set are compared one by one
     "train.max_steps", "train.checkpoint_every", "train.keep_checkpoints", "train.validation_every",
     "train.validation_prompts", "train.max_bad_steps", "train.output_dir", "train.lora_save_adapter",
-    "data.num_workers",                        # the stream's order does not depend on it (rglcd.data.stream)
+    "data.num_workers", "data.read_ahead",     # the stream's order does not depend on them (rglcd.data.stream)
     "data.prompts",                            # validation grids only
     "data.train",                              # compared through the data version instead (below)
     "data.min_image_size", "data.max_caption_tokens", "data.shard_size", "data.precompute_latents",  # prep only
