@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from components.artifacts import plain
 from rglcd.config import Config
 from rglcd.storage import Pointer, pull, push
 
@@ -26,3 +27,16 @@ def pull_artifact(cfg: Config, pointer: dict[str, Any] | str, dest: str) -> str:
     result = pull(Pointer.from_dvc(data, source="DVC pointer parameter"), dest, cfg.storage.cache_dir)
     print(result.summary())
     return dest
+
+
+def publish_dataset(cfg: Config, dataset: Any, manifest: dict[str, Any], source_version: str = ""
+                    ) -> tuple[str, str]:
+    """Push a prep output (the KFP Dataset `dataset`, written with `manifest`), record its pointer, counts
+    and the data check's `source_version` in the artifact's metadata; returns (data version, pointer JSON),
+    the prep steps' outputs."""
+    pointer = push_artifact(cfg, dataset.path)
+    dataset.metadata.update(plain({"dvc": pointer, "data_version": manifest["content_hash"],
+                                   "num_records": manifest["num_records"], "dropped": manifest.get("dropped", {}),
+                                   "source": manifest.get("source", cfg.data.train),
+                                   "source_version": source_version}))
+    return manifest["content_hash"], json.dumps(pointer)

@@ -1,7 +1,8 @@
 """The RG-LCD DAG (docs/architecture.md 4), built from one config:
 
     configure -> check data -> dsl.If(new data or forced):
-              prep -> (pretrain-lrm, if reward.guidance == "lrm" and no lrm.checkpoint)
+              prep (or: plan -> ParallelFor of prep partitions -> merge)
+              -> (pretrain-lrm, if reward.guidance == "lrm" and no lrm.checkpoint)
               -> train (in the pod, or a PyTorchJob/TrainJob when pipeline.distributed is set)
               -> evaluate -> dsl.If(gate passed) -> register -> (canary rollout, if serve.canary)
 
@@ -27,7 +28,7 @@ from components.check_data import check_data
 from components.configure import configure
 from components.evaluate import evaluate_student
 from components.lrm import pretrain_lrm
-from components.prep import prep_data
+from components.prep import merge_prep_data, plan_prep_partitions, prep_data, prep_partition_data
 from components.register import register_model
 from components.rollout import canary_rollout
 from components.step_config import config_json_of
@@ -65,6 +66,40 @@ def _check_data(cfg: Config, config: Any, force: Any) -> dsl.PipelineTask:
     return task.set_display_name("data check").set_caching_options(False)
 
 
+def prep_step(cfg: Config, prep_config: Any, source_version: Any) -> dsl.PipelineTask:
+    """Data prep: one task, or (data.prep_partitions > 1) a dsl.ParallelFor of partition pods and a merge
+    task. Either way the returned task has the outputs dataset, data_version and data_pointer. Prep pods
+    run on the GPU pool when latents are precomputed with pipeline.prep_gpus > 0; the merge copies latents.
+    `source_version` (the data check's) is an input of every prep task, so the cache key follows the data.
+    Each partition gets it through its loop item: kfp.local replaces upstream outputs passed into a
+    ParallelFor by the item (components/prep.py `plan_prep_partitions`)."""
+    parts, retries = cfg.data.prep_partitions, cfg.pipeline.step_retries
+    gpus = cfg.pipeline.prep_gpus if cfg.data.precompute_latents else 0
+
+    def placed(task: dsl.PipelineTask, gpus: int) -> dsl.PipelineTask:
+        if gpus:
+            gpu_step(task, cfg, gpus, retries=retries)
+        else:
+            model_cache(cpu_step(task, cfg, retries, image=cfg.pipeline.image), cfg)
+        if cfg.data.prep_workers > 1:
+            task.set_cpu_request(str(cfg.data.prep_workers))
+        return task.set_caching_options(True)
+
+    if parts == 1:
+        return placed(prep_data(config_json=prep_config, source_version=source_version), gpus).set_display_name(
+            "data prep")
+    plan = cpu_step(plan_prep_partitions(config_json=prep_config, partitions=parts, source_version=source_version),
+                    cfg)
+    plan.set_display_name("data prep partitions").set_caching_options(True)
+    with dsl.ParallelFor(items=plan.output, name="prep-partitions") as item:
+        task = prep_partition_data(config_json=item.config_json, partition=item.partition, partitions=item.partitions,
+                                   source_version=item.source_version)
+        placed(task, gpus).set_display_name("data prep partition")
+    merged = merge_prep_data(config_json=prep_config, partials=dsl.Collected(task.outputs["partial"]),
+                             source_version=source_version)
+    return placed(merged, 0).set_display_name("data prep merge")
+
+
 def build_pipeline(cfg: Config, *, checkpoint_root: str = CHECKPOINT_MOUNT) -> Callable:
     """The `@dsl.pipeline` for `cfg`. `checkpoint_root` is where training checkpoints live (the PVC
     mount in a cluster, a local folder for `kfp.local`)."""
@@ -86,10 +121,8 @@ def build_pipeline(cfg: Config, *, checkpoint_root: str = CHECKPOINT_MOUNT) -> C
 def _train_and_register(cfg: Config, conf: dsl.PipelineTask, source_version: Any, checkpoint_root: str) -> None:
     """Everything after the data check: prep (keyed by the source version), training, evaluation, registration."""
     one_gpu = min(cfg.pipeline.gpus, 1)
-    prep = prep_data(config_json=conf.outputs["prep_config"], source_version=source_version)
+    prep = prep_step(cfg, conf.outputs["prep_config"], source_version)
     retries = cfg.pipeline.step_retries
-    model_cache(cpu_step(prep, cfg, retries, image=cfg.pipeline.image), cfg)
-    prep.set_display_name("data prep").set_caching_options(True)
 
     lrm = None
     if uses_lrm_step(cfg):

@@ -36,3 +36,15 @@ def test_perf_gathers_latency_and_every_train_variant_on_tiny_cpu(tmp_path, caps
         assert result["summary"][f"sampling speed-up, {steps} step(s)"] == lat["speedup"][steps] == pytest.approx(
             lat["teacher"]["seconds_per_image"] / lat["student"][steps]["seconds_per_image"])
     assert "# summary: tiny on" in capsys.readouterr().out
+
+
+def test_prep_benchmark_counts_what_each_re_push_hashes(tmp_path):
+    import prep as prep_bench   # benchmarks/prep.py
+
+    result = prep_bench.bench_repush(tmp_path, mib=3)
+    files = prep_bench.REPUSH_FILES
+    assert [result[f"repush.{n}_files_hashed"] for n in ("first", "unchanged_no_cache", "unchanged",
+                                                         "one_file_changed")] == [files, files, 0, 1]
+    assert result["repush.unchanged_bytes_hashed"] == 0
+    assert result["repush.one_file_changed_bytes_hashed"] == 3 * 2**20 // files
+    assert result["repush.first_over_first"] == 1.0

@@ -338,3 +338,23 @@ def test_fuzz_prep_writes_only_its_output_folder(sandbox, model_cache, tmp_path)
                 assert source in str(err) and "no valid records" in str(err) or "table" in str(err), str(err)
         runs += 1
     check(("in", "out"))
+
+
+@pytest.mark.parametrize("target", ["partial.json", "shard-000000.tar"])
+def test_fuzz_prep_partitions_merged(sandbox, model_cache, tmp_path, target):
+    """A parallel prep's partition (another pod's output): mutated partial.json or partition shard. The merge
+    writes a prep output or raises a short error naming the partition, and writes only its --out folder."""
+    from rglcd.data.prep import prep_merge, prep_partition
+
+    inputs, check = sandbox
+    cfg = load_config("tiny", overrides=[f"model.cache_dir={model_cache}", "data.min_image_size=8"])
+    part, out = inputs / "part", tmp_path / "out"
+    prep_partition(cfg, "builtin:photos:3", part, 0, 1)
+    seed = (part / target).read_bytes()
+
+    def one(data: bytes) -> None:
+        (part / target).write_bytes(data)
+        named(lambda: prep_merge(cfg, [part], out), str(part), (ValueError, FileNotFoundError))
+
+    assert fuzz([seed], one, seed=11) >= MIN_CASES
+    check(("in", "out"))

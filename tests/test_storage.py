@@ -109,6 +109,76 @@ def test_one_changed_file_uploads_one_object(s3_remote, tiny_cfg, model_dir):
     assert after.objects_uploaded == 1 and after.bytes_uploaded == len('{"changed": true}')
 
 
+@pytest.fixture
+def hashed(monkeypatch) -> list[str]:
+    """The files whose contents DVC hashes (dvc_data's file_md5, the only place file bytes are hashed;
+    the `.dir` listing it digests in memory is left out)."""
+    import dvc_data.hashfile.hash as dvc_hash
+
+    paths: list[str] = []
+    real = dvc_hash.file_md5
+
+    def counting(path, *args, **kwargs):
+        if not str(path).startswith("memory://"):
+            paths.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(dvc_hash, "file_md5", counting)
+    return paths
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_re_push_hashes_only_what_changed(where, request, tiny_cfg, model_dir, hashed):
+    cfg = tiny_cfg(*request.getfixturevalue("s3_remote").overrides) if where == "s3" else tiny_cfg()
+    files = sorted(p for p in model_dir.rglob("*") if p.is_file())
+    first = push(cfg, model_dir)
+    assert sorted(hashed) == sorted(str(p) for p in files)        # every file hashed once
+    assert (Path(cfg.storage.cache_dir) / "state").is_dir()       # DVC's state database, kept
+    hashed.clear()
+    again = push(cfg, model_dir)
+    assert hashed == [] and again.pointer == first.pointer        # unchanged: no file contents read
+    changed = model_dir / "scheduler" / "scheduler_config.json"
+    changed.write_text('{"changed": true}')
+    after = push(cfg, model_dir)
+    assert hashed == [str(changed)] and after.objects_uploaded == 1
+    assert after.pointer.md5 != first.pointer.md5
+    hashed.clear()
+    pull(after.pointer, model_dir.parent / "pulled", cache_dir=model_dir.parent / "pull-cache")
+    assert tree_digest(model_dir.parent / "pulled") == tree_digest(model_dir)
+
+
+def test_an_unreadable_hash_cache_is_moved_aside_and_rebuilt(tiny_cfg, model_dir, hashed, caplog):
+    cfg = tiny_cfg()
+    first = push(cfg, model_dir).pointer
+    state = Path(cfg.storage.cache_dir) / "state"
+    for db in [p for p in state.rglob("*") if p.is_file()]:
+        db.write_bytes(b"not a database" * 100)
+    hashed.clear()
+    assert push(cfg, model_dir).pointer == first                  # every file hashed again, same tree
+    assert len(hashed) == len([p for p in model_dir.rglob("*") if p.is_file()])
+    assert [p.name.split("-")[0] for p in state.parent.glob("state.*")] == ["state.unreadable"]
+    assert "unreadable" in caplog.text
+    hashed.clear()
+    push(cfg, model_dir)
+    assert hashed == []                                           # the new cache works
+
+
+def test_a_stale_hash_cache_entry_is_not_trusted(tiny_cfg, model_dir, hashed):
+    """The cache is keyed on inode + mtime + size: a same-size rewrite with a new mtime is hashed again."""
+    cfg = tiny_cfg()
+    target = model_dir / "scheduler" / "scheduler_config.json"
+    push(cfg, model_dir)
+    old = target.read_bytes()
+    hashed.clear()
+    target.write_bytes(bytes(reversed(old)))                       # same size, other bytes
+    stat = target.stat()
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    pointer = push(cfg, model_dir).pointer
+    assert hashed == [str(target)]
+    assert pointer.md5 == push(tiny_cfg("storage.cache_dir=" + str(model_dir.parent / "other-cache")),
+                               model_dir).pointer.md5              # the same tree as hashing from scratch
+
+
 def test_pull_on_a_fresh_machine_from_the_pointer_alone(s3_remote, tiny_cfg, model_dir, tmp_path, monkeypatch):
     write_pointer(push(tiny_cfg(*s3_remote.overrides), model_dir).pointer, tmp_path / "student.json")
     fresh = tmp_path / "fresh-machine"

@@ -439,10 +439,9 @@ def test_non_utf8_captions_are_dropped_and_counted(model_cache, tmp_path):
 
 
 def test_rejects_are_listed_per_record_and_capped(model_cache, tmp_path, monkeypatch):
-    import importlib
+    from rglcd.data import tally   # prep's counts, and the cap on the rejects it lists
 
-    prep_module = importlib.import_module("rglcd.data.prep")  # rglcd.data.prep is also the function's name
-    monkeypatch.setattr(prep_module, "MAX_REJECTS", 2)
+    monkeypatch.setattr(tally, "MAX_REJECTS", 2)
     src = tmp_path / "src"
     _src(src, 1)
     for i in range(4):

@@ -123,6 +123,11 @@ class DataConfig:
     # version the production model was trained on ends before prep ("no new data"), unless forced.
     skip_unchanged: bool = F(True, "pipeline runs end before prep when data.train is unchanged since the "
                              "production model (--force trains anyway)")
+    # Parallel prep (docs/architecture.md "Prep in parallel"): the output is the same whatever the split.
+    prep_workers: int = F(1, "processes `rglcd prep` (and each prep pod) validates and encodes with: partitions "
+                          "of the source, merged in order", ge=1)
+    prep_partitions: int = F(1, "prep pods the DAG fans out over partitions of data.train (dsl.ParallelFor) "
+                             "before one merge step; 1: a single prep step", ge=1)
 
 
 @dataclass
@@ -306,6 +311,8 @@ class PipelineConfig:
                                    "cluster default)", check=kube.dns_subdomain)
     distributed: Literal["none", "pytorchjob", "trainjob"] = F("none", "launch multi-node training as this resource")
     num_nodes: int = F(1, "training nodes when distributed", gt=0)
+    prep_gpus: int = F(0, "GPUs of each prep pod, placed on the GPU pool, when data.precompute_latents (VAE "
+                       "encoding); 0: prep runs on CPU pods", ge=0)
 
 
 @dataclass

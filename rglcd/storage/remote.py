@@ -15,7 +15,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 from rglcd.urls import redact_urls
@@ -98,8 +98,9 @@ def make_remote(url: str, endpoint_url: str | None = None, region: str | None = 
     return RemoteSpec(url, endpoint_url, region)
 
 
-def open_remote(spec: RemoteSpec, create: bool = False):
-    """The remote's object DB (`dvc_data` HashFileDB at <remote>/files/md5), on a fresh S3 client."""
+def open_remote(spec: RemoteSpec, create: bool = False, state: Any = None):
+    """The remote's object DB (`dvc_data` HashFileDB at <remote>/files/md5), on a fresh S3 client.
+    `state`: a dvc_data State whose cached md5s `build()` uses for the files it stages for this remote."""
     from dvc_data.hashfile.db import get_odb
 
     if spec.is_s3:
@@ -117,7 +118,7 @@ def open_remote(spec: RemoteSpec, create: bool = False):
         fs, root = LocalFileSystem(), spec.url
         if not create and not os.path.isdir(root):
             raise StorageError(f"local remote {root!r} does not exist")
-    return get_odb(fs, fs.join(root, "files", "md5"), hash_name="md5")
+    return get_odb(fs, fs.join(root, "files", "md5"), hash_name="md5", **({"state": state} if state is not None else {}))
 
 
 def open_cache(cache_dir: str | Path):

@@ -5,16 +5,25 @@ push:   hash the directory (DVC md5 tree) -> upload the file objects that the re
         check that every object is present -> return the pointer. Uploads stream straight from the
         directory (no local cache copy); S3 uploads of large files are multipart (s3fs: files from
         100 MiB, 50 MiB parts, grown to stay under S3's 10,000-part limit). Content already in the
-        remote is not uploaded again.
+        remote is not uploaded again. File hashes are kept in DVC's own state database (dvc_data
+        `hashfile/state.py` State: an sqlite table of path -> md5 that is valid while the file's
+        inode, mtime and size are unchanged; `dvc` opens it in dvc/repo/__init__.py under its site cache
+        dir), here at `<storage.cache_dir>/state`, attached to the object DB so that dvc_data's
+        `hashfile/build.py` (`_get_hashes`) looks every file up before hashing it: an unchanged re-push
+        reads no file contents, and a one-file change re-hashes that one file (docs/operations.md 2.8).
 pull:   read and check the pointer's `.dir` listing (paths that stay inside DEST, md5s), fetch its
         objects into the local cache (each re-hashed on arrival), copy the tree out into a staging
         folder and rename it to DEST. Only the pointer is needed: the remote comes from its meta.
 """
 from __future__ import annotations
 
+import logging
+import os
 import shutil
+import sqlite3
 import tempfile
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +78,37 @@ def remote_from_pointer(pointer: Pointer, url: str | None = None, endpoint_url: 
                        field="remote" if url else "pointer meta.rglcd.remote")
 
 
+STATE_DIR = "state"   # under storage.cache_dir: DVC's hash cache (dvc_data State)
+
+
+def hash_state(cfg: Any):
+    """DVC's state database (file md5s keyed on inode + mtime + size) at `<storage.cache_dir>/state`.
+    One that sqlite cannot read is only a cache: it is moved aside (`state.unreadable-<time>`) and a new
+    one started. The caller closes it."""
+    root = Path(os.path.expanduser(_storage(cfg).cache_dir)).resolve() / STATE_DIR
+    try:
+        return _open_state(root)
+    except sqlite3.DatabaseError as err:
+        aside = root.with_name(f"{STATE_DIR}.unreadable-{time.time_ns()}")
+        root.rename(aside)
+        logging.getLogger(__name__).warning("hash cache %s is unreadable (%s); moved to %s, hashing anew",
+                                            root, err, aside.name)
+        return _open_state(root)
+
+
+def _open_state(root: Path):
+    from dvc_data.hashfile.state import State
+
+    root.mkdir(parents=True, exist_ok=True)
+    state = State(root_dir=None, tmp_dir=str(root))
+    try:
+        state.hashes.is_empty()   # reads the database: fails here, not in the middle of a push
+    except sqlite3.DatabaseError:
+        state.close()
+        raise
+    return state
+
+
 def _check_dir(path: Path) -> None:
     if not path.is_dir():
         raise StorageError(f"push: {str(path)!r} is not a directory; push versions artifact directories")
@@ -95,9 +135,10 @@ def push(cfg: Any, path: str | Path, jobs: int | None = None, callback: Any = No
     start, path = time.perf_counter(), Path(path).resolve()
     _check_dir(path)
     spec = remote_from_config(cfg)
-    with remote_errors(spec, f"push of {path.name!r}") as errors:
-        odb = open_remote(spec, create=True)
-        staging, meta, tree = build(odb, str(path), LocalFileSystem(), "md5")   # md5 of every file + tree
+    state = hash_state(cfg)
+    with remote_errors(spec, f"push of {path.name!r}") as errors, closing(state):
+        odb = open_remote(spec, create=True, state=state)   # build() hashes through odb.state
+        staging, meta, tree = build(odb, str(path), LocalFileSystem(), "md5")   # md5 of new/changed files + tree
         sizes = {hi.value: m.size or 0 for _, m, hi in tree}                      # oid -> bytes
         # shallow=False: check every file object, not only the .dir (the default would upload a lone
         # .dir and skip its files, and would not repair a remote that lost a file).
