@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# rglcd CPU image (configure, registration, the training-job launcher, the scheduled `rglcd pipeline submit`):
+# rglcd CPU image (configure, the canary rollout, the scheduled `rglcd pipeline submit`):
 # Python 3.11 slim with clients only - kfp, kubernetes, boto3, DVC's S3 remote, mlflow-skinny - from
 # images/cpu.lock (hashes). No torch and no model libraries: these steps never load a model. Build from the
 # repository root:  make images

@@ -10,7 +10,7 @@ Dockerfiles install with `pip install --require-hashes --no-deps -r <lock>`.
 
 Inputs: the training image (GPU steps and data prep) gets images/requirements.txt plus torch/torchvision from
 PyPI, whose Linux wheels bring their own CUDA libraries (nvidia-*-cu13), so the base needs no CUDA runtime.
-The CPU image (configure, registration, the training-job launcher, the scheduled submitter) gets only the
+The CPU image (configure, the canary rollout, the scheduled submitter) gets only the
 clients in images/requirements-client.txt: no torch, no model libraries.
 """
 from __future__ import annotations

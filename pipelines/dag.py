@@ -62,7 +62,8 @@ def _train(cfg: Config, config: Any, dataset: Any, lrm: Any, checkpoint_root: st
 def _check_data(cfg: Config, config: Any, force: Any) -> dsl.PipelineTask:
     """The data check: a CPU step that reads the source's listing and the registry, never cached."""
     task = check_data(config_json=config, force=force)
-    mlflow_credentials(cpu_step(task, cfg, cfg.pipeline.step_retries), cfg)
+    # the training image: the check reads sources through rglcd.data and the registry (both import torch)
+    mlflow_credentials(cpu_step(task, cfg, cfg.pipeline.step_retries, image=cfg.pipeline.image), cfg)
     return task.set_display_name("data check").set_caching_options(False)
 
 
@@ -142,7 +143,8 @@ def _train_and_register(cfg: Config, conf: dsl.PipelineTask, source_version: Any
                              metrics_json=ev.outputs["metrics_json"],
                              data_version=prep.outputs["data_version"], source_version=source_version,
                              data_pointer=prep.outputs["data_pointer"], run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
-        mlflow_credentials(cpu_step(reg, cfg, retries), cfg)
+        # the training image: registration saves the MLflow pyfunc model (rglcd.registry.pyfunc imports torch)
+        mlflow_credentials(cpu_step(reg, cfg, retries, image=cfg.pipeline.image), cfg)
         reg.set_display_name("registration").set_caching_options(False)
         if cfg.serve.canary:   # the new version takes serve.canary_percent of the InferenceService's traffic
             can = canary_rollout(config_json=conf.outputs["config"], version=reg.outputs["version"])

@@ -108,8 +108,10 @@ def gpu_step(task: PipelineTask, cfg: Config, gpus: int, training: bool = False,
 
 def launcher_step(task: PipelineTask, cfg: Config) -> PipelineTask:
     """The multi-node training step: a CPU pod that runs the job for as long as training may take, with the
-    launcher's token (only this task gets it), its own name and uid for the job's owner reference."""
-    cpu_step(task, cfg)
+    launcher's token (only this task gets it), its own name and uid for the job's owner reference. It runs
+    on the training image: when the job is done it publishes the model (components.publish reads the run's
+    metrics through rglcd.train, which imports torch)."""
+    cpu_step(task, cfg, image=cfg.pipeline.image)
     kubernetes.set_timeout(task, seconds=cfg.pipeline.train_timeout + 1200)
     if cfg.pipeline.launcher_token_secret:
         kubernetes.use_secret_as_volume(task, secret_name=cfg.pipeline.launcher_token_secret,

@@ -5,10 +5,15 @@
     cuda     the current GPU;  cuda:N  GPU number N
 
 A CUDA device asked for on a machine without one is refused with a message, never silently replaced.
+torch is imported when a device is resolved, not with this module: the CLI imports it for --device's help,
+and the clients-only CPU image (no torch) runs `rglcd pipeline submit`.
 """
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 ALLOWED = "auto, cpu, cuda, cuda:N"
 DEVICE_HELP = ("torch device: auto (cuda if a GPU is visible, else cpu), cpu, cuda or cuda:N "
@@ -17,6 +22,8 @@ DEVICE_HELP = ("torch device: auto (cuda if a GPU is visible, else cpu), cpu, cu
 
 def resolve_device(name: str | torch.device | None = "auto", what: str = "--device") -> torch.device:
     """`name` -> torch.device by the convention above; `what` (a flag or config key) names it in errors."""
+    import torch
+
     if name is None or name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -30,7 +37,7 @@ def resolve_device(name: str | torch.device | None = "auto", what: str = "--devi
     return device
 
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = ("fp32", "fp16", "bf16")          # model dtypes by name (torch.float32, torch.float16, torch.bfloat16)
 
 
 def device_and_dtype(device: str | None = "auto", precision: str = "auto",
@@ -43,4 +50,6 @@ def device_and_dtype(device: str | None = "auto", precision: str = "auto",
     if precision not in DTYPES:
         where = f"{what}.precision" if what != "device" else "precision"
         raise ValueError(f"{where}: {precision!r} is not allowed; allowed: auto, {', '.join(DTYPES)}")
-    return resolved, DTYPES[precision]
+    import torch
+
+    return resolved, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]

@@ -1,5 +1,6 @@
 """The compiled pipeline: every variant's PipelineSpec/PlatformSpec carries the GPU, pool, Secret, /dev/shm,
 PVC, retry, caching and gating settings the config asks for; the config parameter round-trips."""
+import ast
 import json
 import subprocess
 import sys
@@ -15,6 +16,9 @@ from rglcd.cli import main
 from rglcd.config import ConfigError, load_config
 
 POOL = "pipeline.node_selector={cloud.google.com/gke-accelerator: nvidia-h100-80gb}"
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def compiled(tmp_path, preset, *overrides, **kwargs):
@@ -97,8 +101,8 @@ def test_gpu_steps_request_the_pool(gpu_lrm):
     for task in ("configure", "prep-data", "register-model"):
         assert "accelerator" not in container(spec, task)["resources"]
         assert "nodeSelector" not in platform[f"exec-{task}"] and "tolerations" not in platform[f"exec-{task}"]
-        image = "ghcr.io/rglcd/rglcd-train:0.1.0" if task == "prep-data" else "ghcr.io/rglcd/rglcd-cpu:0.1.0"
-        assert container(spec, task)["image"] == image        # prep needs torch; the CPU image has clients only
+        image = "ghcr.io/rglcd/rglcd-cpu:0.1.0" if task == "configure" else "ghcr.io/rglcd/rglcd-train:0.1.0"
+        assert container(spec, task)["image"] == image        # prep and registration need torch: not the CPU image
 
 
 def test_secret_pvc_retries_and_caching(gpu_lrm):
@@ -195,7 +199,7 @@ def test_the_data_check_is_a_cpu_step_before_any_gpu_step(tmp_path):
     spec, platform = compiled(tmp_path, "sd21-base-hpsv21", POOL)
     t = tasks(spec)
     assert "accelerator" not in container(spec, "check-data")["resources"]
-    assert container(spec, "check-data")["image"] == "ghcr.io/rglcd/rglcd-cpu:0.1.0"
+    assert container(spec, "check-data")["image"] == "ghcr.io/rglcd/rglcd-train:0.1.0"   # reads rglcd.data (torch)
     assert "nodeSelector" not in platform["exec-check-data"]
     inside = spec["components"]["comp-condition-1"]["dag"]["tasks"]
     gpu = [n for n in t if n.startswith(("train", "evaluate", "pretrain")) and
@@ -208,7 +212,7 @@ def test_multi_node_training_goes_through_the_launcher(tmp_path):
     t = tasks(spec)
     assert "train-student" not in t and "launch-training" in t
     assert "accelerator" not in container(spec, "launch-training")["resources"]     # GPUs are on the job's pods
-    assert container(spec, "launch-training")["image"] == "ghcr.io/rglcd/rglcd-cpu:0.1.0"
+    assert container(spec, "launch-training")["image"] == "ghcr.io/rglcd/rglcd-train:0.1.0"  # publishes the model
     mounts = {m["constant"]: m["mountPath"] for m in platform["exec-launch-training"]["pvcMount"]}
     assert mounts["rglcd-checkpoints"] == "/checkpoints"
     assert t["launch-training"]["retryPolicy"]["maxRetryCount"] == 3
@@ -458,3 +462,45 @@ def test_pretrain_lrm_component_records_the_prep_data_version(tmp_path, monkeypa
     assert {k: lrm.metadata[k] for k in ("steps", "first_loss", "last_loss")} == {"steps": 3, "first_loss": 2.0,
                                                                                    "last_loss": 1.0}
     assert "losses" not in lrm.metadata and json.loads(out.lrm_pointer)["outs"][0]["md5"]
+
+
+# ---------------------------------------------------------------- what each image can run
+
+def _body_imports(source: str) -> list[str]:
+    """The project modules an embedded component's source imports (its function body included)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                 [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+        found += [n for n in names if n.split(".")[0] in ("rglcd", "components", "pipelines")]
+    return found
+
+
+@pytest.mark.parametrize("overrides", [(), ("pipeline.distributed=pytorchjob", "pipeline.num_nodes=2"),
+                                       ("serve.canary=true", "data.prep_partitions=2")])
+def test_steps_on_the_cpu_image_import_nothing_that_needs_torch(tmp_path, overrides):
+    """The CPU image has clients only (images/requirements-client.txt: no torch). Every task placed on it must
+    import, in its component body, only modules that load without torch; the rest runs on the training image."""
+    spec, _ = compiled(tmp_path, "sd21-base-hpsv21-lrm", *overrides)
+    cpu_image = load_config("sd21-base-hpsv21-lrm").pipeline.cpu_image
+    modules = {}
+    for name, ex in spec["deploymentSpec"]["executors"].items():
+        if ex["container"]["image"] == cpu_image:
+            modules[name] = _body_imports(ex["container"]["command"][-1])
+    assert "exec-configure" in modules and modules["exec-configure"]          # the check reads real bodies
+    probe = ("import importlib, json, sys\nsys.modules['torch'] = None   # `import torch` raises ImportError\n"
+             "bad = {}\nfor task, mods in json.loads(sys.argv[1]).items():\n    for m in mods:\n"
+             "        try:\n            importlib.import_module(m)\n"
+             "        except ImportError as err:\n            bad[f'{task}: {m}'] = str(err)\nprint(json.dumps(bad))")
+    out = subprocess.run([sys.executable, "-c", probe, json.dumps(modules)], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == {}
+
+
+def test_the_cli_compiles_and_submits_without_torch(tmp_path):
+    """The scheduled submitter (`rglcd pipeline submit` in the CronJob) runs on the CPU image, which has no torch."""
+    probe = ("import sys\nsys.modules['torch'] = None\nfrom rglcd.cli import main\n"
+             f"sys.exit(main(['pipeline', 'compile', '--preset', 'sd21-base-hpsv21', '--out', {str(tmp_path / 'p.yaml')!r}]))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "p.yaml").is_file()
