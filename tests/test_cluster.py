@@ -24,7 +24,7 @@ from kubernetes import client, config as kube_config
 from components.launcher import api as la
 from components.launcher import objects as lo
 from k8s import checks
-from k8s.cluster import ControlPlane, missing
+from k8s.cluster import ControlPlane, require_binaries
 
 pytestmark = pytest.mark.cluster
 OVERLAY = "standalone"
@@ -36,11 +36,7 @@ GPUS_PER_NODE = 8
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    problem = missing()
-    if problem:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(problem)
-        pytest.skip(problem)
+    require_binaries()
     cp = ControlPlane(tmp_path_factory.mktemp("k8s"))
     try:
         cp.start(crds=checks.CRD_DIR)

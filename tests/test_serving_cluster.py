@@ -134,13 +134,9 @@ def test_canary_step_is_in_the_dag_only_when_switched_on(tmp_path):
 def cluster(tmp_path_factory):
     from kubernetes import config as kube_config
 
-    from k8s.cluster import ControlPlane, missing
+    from k8s.cluster import ControlPlane, require_binaries
 
-    problem = missing()
-    if problem:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(problem)
-        pytest.skip(problem)
+    require_binaries()
     cp = ControlPlane(tmp_path_factory.mktemp("k8s"))
     try:
         cp.start(crds=checks.CRD_DIR)

@@ -29,6 +29,7 @@ the checked-out branch of a working copy would leave its files behind the branch
 from __future__ import annotations
 
 import os
+import random
 import re
 import tempfile
 import time
@@ -131,7 +132,9 @@ def record(repo: str, branch: str, pointer: Pointer, path: str, tag: str, messag
                                        f"{redact_urls(str(err))[:200]})") from None
         if done is not None:
             return GitRecord(repo, done, tag, path)
-        time.sleep(min(0.05 * 2 ** attempt, 1.0))       # the branch moved: another record won; again on top of it
+        # the branch moved (another record won): again on top of it, after a jittered backoff so that records
+        # that collided do not retry in lockstep and collide again
+        time.sleep(min(0.05 * 2 ** attempt, 1.0) * random.uniform(0.5, 1.5))
     raise GitRegistryError(f"git registry {where}: branch {branch} kept moving; {tag} not recorded after "
                            f"{ATTEMPTS} attempts")
 
@@ -257,8 +260,6 @@ def registry_url(path_or_url: str) -> str:
     if "://" in path_or_url or re.match(r"^[\w.-]+@[\w.-]+:", path_or_url):
         return path_or_url
     return os.path.abspath(os.path.expanduser(path_or_url))
-
-
 
 
 def record_model(cfg: Any, pointer: Pointer, version: int) -> GitRecord | None:

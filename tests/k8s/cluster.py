@@ -36,6 +36,17 @@ def missing() -> str | None:
     return MISSING_HINT if absent or etcd else None
 
 
+def require_binaries() -> None:
+    """Skip the calling test (fail it under CI=true, where the binaries must be there) when `missing()`."""
+    import pytest
+
+    problem = missing()
+    if problem:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(problem)
+        pytest.skip(problem)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
