@@ -35,7 +35,7 @@ REWARDS: dict[str, RewardEntry] = {
     "imagereward": RewardEntry("rglcd.rewards.imagereward:load_imagereward", "image"),
     "lrm": RewardEntry("rglcd.lrm.model:load_lrm_reward", "latent"),
     # The toy world's classifier expert; weights: a toy world directory (`rglcd toy run` builds one).
-    "toy": RewardEntry("rglcd.toy.classifier:load_toy_reward", "image"),
+    "toy": RewardEntry("rglcd.toy.reward:load_toy_reward", "image"),
 }
 
 

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from rglcd.toy.classifier import ToyClassifier, ToyReward
+from rglcd.toy.classifier import ToyClassifier
+from rglcd.toy.reward import ToyReward
 from rglcd.toy.config import ToyConfig, WorldConfig, method_config, quick_config
 from rglcd.toy.data import COLOURS, NUM_CLASSES, all_labels, caption, labels_of, make_dataset, parse_caption, prompt_set
 from rglcd.toy.report import evaluate_claims

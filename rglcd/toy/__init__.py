@@ -4,7 +4,8 @@ Coloured shapes with captions, a tiny VAE and text-conditioned teacher trained o
 reward, and the project's own LCD/RG-LCD step, LRM, samplers and metrics run on top:
 `rglcd toy run [--quick]` writes benchmarks/toy/RESULTS.md and results.json.
 """
-from rglcd.toy.classifier import ToyClassifier, ToyReward
+from rglcd.toy.classifier import ToyClassifier
+from rglcd.toy.reward import ToyReward
 from rglcd.toy.config import ToyConfig, WorldConfig, method_config, quick_config
 from rglcd.toy.data import ToyData, caption, make_dataset, parse_caption, prompt_set
 from rglcd.toy.runner import Experiment, experiments, run_toy, train_student

@@ -18,7 +18,9 @@ from rglcd.config import Config, load_config
 
 PredictionType = Literal["epsilon", "v_prediction"]
 
-WORLD_FORMAT = 1   # bump when world-building code changes what a cached world holds
+WORLD_FORMAT = 2   # bump when code outside WORLD_CODE changes what a cached world holds
+# The modules that build a world: their source is part of the cache key, so editing them rebuilds it.
+WORLD_CODE = ("rglcd/toy/data.py", "rglcd/toy/classifier.py", "rglcd/toy/world.py", "rglcd/models/tiny.py")
 TOY_PRESET = "tiny"   # the method config every row starts from (the tiny factory's model sizes)
 TOY_REWARD = "toy"    # the toy expert's name in the reward registry (rglcd.plugins)
 
@@ -39,7 +41,7 @@ class WorldConfig:
     # teacher's 50-step DDIM+CFG samples reach `teacher_target_accuracy` (held-out judge: colour, shape and
     # position all right, one sample per caption), checked every `teacher_check_every` steps.
     teacher_max_steps: int = 3000
-    teacher_check_every: int = 500
+    teacher_check_every: int = 250
     teacher_target_accuracy: float = 0.9
     teacher_batch_size: int = 32
     teacher_lr: float = 1e-3
@@ -66,9 +68,19 @@ class WorldConfig:
                              f"allowed: {', '.join(allowed)}")
 
     def key(self) -> str:
-        """Cache key: hash of every field and the world format."""
-        text = json.dumps({"format": WORLD_FORMAT, **dataclasses.asdict(self)}, sort_keys=True)
+        """Cache key: hash of every field, the world format and the source of the WORLD_CODE modules."""
+        text = json.dumps({"format": WORLD_FORMAT, "code": world_code_digest(), **dataclasses.asdict(self)},
+                          sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def world_code_digest() -> str:
+    """sha256 of the WORLD_CODE modules' source, as installed next to this file."""
+    root = Path(__file__).resolve().parents[2]
+    digest = hashlib.sha256()
+    for name in WORLD_CODE:
+        digest.update(name.encode() + b"\0" + (root / name).read_bytes())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -116,7 +128,7 @@ def method_config(toy: ToyConfig, guidance: str = "direct", beta: float = 0.0,
     and validated as any config file is (`rglcd.config.load_config`).
 
     beta 0 is plain LCD (reward.name none); otherwise the expert is the registered reward "toy"
-    (`rglcd.toy.classifier.load_toy_reward`). With `world_dir` (a built world) the teacher, the expert's
+    (`rglcd.toy.reward.load_toy_reward`). With `world_dir` (a built world) the teacher, the expert's
     weights and the pretrained LRM point into it, as a run on any other teacher and reward would.
     """
     w = toy.world

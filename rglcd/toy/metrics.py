@@ -18,7 +18,8 @@ import torch
 from rglcd.evaluate.fid import frechet, gaussian
 from rglcd.evaluate.generate import quantize, seeded_generators
 from rglcd.evaluate.spectrum import high_frequency_ratio
-from rglcd.toy.classifier import ToyClassifier, ToyReward, features
+from rglcd.toy.classifier import ToyClassifier, features
+from rglcd.toy.reward import ToyReward
 from rglcd.toy.data import labels_of
 from rglcd.toy.world import judge_accuracy
 
