@@ -95,7 +95,7 @@ def make_data(root: Path, records: int, size: int, shard_size: int, cache_dir: s
     for i in range(records):
         Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:06d}.png")
         (folder / f"{i:06d}.txt").write_text(f"noise picture number {i}")
-    cfg = load_config("tiny", overrides=[f"model.cache_dir={cache_dir}", f"data.shard_size={shard_size}",
+    cfg = load_config("tiny-random", overrides=[f"model.cache_dir={cache_dir}", f"data.shard_size={shard_size}",
                                          f"data.min_image_size={min(size, 32)}"])
     manifest = prep(cfg, str(folder), root / "new")
     shutil.copytree(root / "new", root / "old")

@@ -61,7 +61,7 @@ def _timed_cpu(fn, *args, **kwargs) -> tuple[float, float, Any]:
 
 
 def bench_prep(work: Path, images: int, cache: str, latents: bool) -> dict[str, Any]:
-    cfg = load_config("tiny", overrides=[f"model.cache_dir={cache}", f"data.precompute_latents={str(latents).lower()}",
+    cfg = load_config("tiny-random", overrides=[f"model.cache_dir={cache}", f"data.precompute_latents={str(latents).lower()}",
                                          "data.shard_size=100"])
     source, tag = f"builtin:photos:{images}", "latents" if latents else "images"
     t1, cpu1, manifest = _timed_cpu(prep, cfg, source, work / f"{tag}-1")
@@ -74,7 +74,7 @@ def bench_prep(work: Path, images: int, cache: str, latents: bool) -> dict[str, 
 
 
 def bench_fan_out(work: Path, images: int, cache: str, parts: int = 3) -> dict[str, Any]:
-    cfg = load_config("tiny", overrides=[f"model.cache_dir={cache}", "data.shard_size=100"])
+    cfg = load_config("tiny-random", overrides=[f"model.cache_dir={cache}", "data.shard_size=100"])
     source = f"builtin:photos:{images}"
     folders = [work / f"part-{i}" for i in range(parts)]
     t_parts = sum(_timed(prep_partition, cfg, source, f, i, parts)[0] for i, f in enumerate(folders))

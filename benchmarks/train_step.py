@@ -276,7 +276,7 @@ def config_for(args):
 
     if args.size == "tiny":
         overrides = ["reward.name=hpsv2.1", "reward.weights=tiny", f"train.batch_size={args.batch or 4}"]
-        cfg = load_config("tiny", overrides=overrides + [f"model.cache_dir={args.cache_dir}"])
+        cfg = load_config("tiny-random", overrides=overrides + [f"model.cache_dir={args.cache_dir}"])
     else:
         overrides = [f"train.mixed_precision={args.precision}"] + ([f"train.batch_size={args.batch}"] if args.batch else [])
         cfg = load_config("sd21-base-hpsv21-lrm", overrides=overrides)
