@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/data_read.py [--records 512] [--json out.json]
 
 Prepares a small data set (`--records` noise images of `--image-size` px with captions, through the real
-`rglcd prep` with the tiny preset's tokenizer, `--shard-size` records a shard), then reads one epoch of the
+`rglcd prep` with the tiny-random preset's tokenizer, `--shard-size` records a shard), then reads one epoch of the
 training stream as every (rank, worker) of P processes x W loader workers does, for P in 1, 2, 4 and W in
 1, 2. Ranks and workers are simulated in this process (`TrainStream.batches(worker, workers)` with the
 StreamSpec's rank/world_size: the exact records a real run's (rank, worker) reads); each reads its

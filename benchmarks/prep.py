@@ -3,7 +3,7 @@ output, and what a DVC re-push costs with the hash cache.
 
     .venv/bin/python benchmarks/prep.py [--images 2000] [--mib 300] [--json out.json]
 
-Prep: `builtin:photos:N` on the tiny preset, prepped with 1 and 2 worker processes (images only, then with
+Prep: `builtin:photos:N` on the tiny-random preset, prepped with 1 and 2 worker processes (images only, then with
 latents), each timed once: wall seconds, images per second, the 2-worker speed-up, and CPU seconds of all
 processes (what the second process and the merge cost); the outputs are compared byte for byte.
 Fan-out: the same source prepped as 3 partitions (rglcd.data.prep.prep_partition, as the DAG's pods run it) and merged (prep_merge): equal to the one-process output or not. Numbers include process start-up

@@ -1,6 +1,6 @@
 """Cost of one RG-LCD training step, per variant, as ratios to the plain LCD step measured in the same run.
 
-    python benchmarks/train_step.py                                   # tiny preset, CPU
+    python benchmarks/train_step.py                                   # tiny-random preset, CPU
     python benchmarks/train_step.py --device cuda --size sd21-base    # SD 2.1-base shapes, random weights
 
 Variants (each runs the real loop step, `rglcd.train.loop.train_step`: forward, backward, clip, AdamW,
