@@ -272,7 +272,7 @@ def test_gate_reads_thresholds_from_config():
     from rglcd.config import load_config
     from rglcd.evaluate import gate
 
-    cfg = load_config("tiny", overrides=["eval.gate_min_hps_margin=2.0", "eval.gate_max_hf_ratio=1.05"])
+    cfg = load_config("tiny-random", overrides=["eval.gate_min_hps_margin=2.0", "eval.gate_max_hf_ratio=1.05"])
     decision = gate(_metrics(), cfg.eval)
     assert decision.failed_rules == ["hps_margin", "hf_ratio"]
     assert "+1.0000 < +2.0000" in decision.reasons["hps_margin"]
@@ -320,7 +320,7 @@ def student_dir(tmp_path_factory, model_cache):
     from rglcd.export import export_student
     from rglcd.models import load_teacher, make_student
 
-    cfg = load_config("tiny", overrides=[f"model.cache_dir={model_cache}"])
+    cfg = load_config("tiny-random", overrides=[f"model.cache_dir={model_cache}"])
     teacher = load_teacher(cfg.model.teacher, model_cache)
     return export_student(make_student(teacher.unet, cfg.model.time_cond_proj_dim), teacher,
                           tmp_path_factory.mktemp("export") / "student", cfg, cfg.model.teacher)
