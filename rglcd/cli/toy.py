@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 
 from rglcd.cli._common import add_device_arg
 from rglcd.devices import resolve_device
@@ -29,34 +27,12 @@ def _run(args: argparse.Namespace) -> None:
     import torch
 
     from rglcd.toy import ToyConfig, quick_config, run_toy
+    from rglcd.toy.sources import progress_to_stderr
 
     if args.threads < 1:
         raise ValueError(f"--threads: {args.threads} is not allowed; allowed: >= 1")
     torch.set_num_threads(args.threads)
-    _progress_to_stderr()
+    progress_to_stderr()
     toy = quick_config() if args.quick else ToyConfig()
     out = args.out or ("runs/toy-quick" if args.quick else "benchmarks/toy")
     run_toy(toy, out, args.cache_dir, str(resolve_device(args.device)), say=lambda msg: print(msg, flush=True))
-
-
-class _CurrentStderr(logging.StreamHandler):
-    """A handler that writes to whatever `sys.stderr` is when a record comes, not the stream it was made with
-    (so a caller that swaps stderr, e.g. `--json` or a test, never gets a write to a closed stream)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value) -> None:
-        pass
-
-
-def _progress_to_stderr() -> None:
-    """The toy world's progress lines (loggers under rglcd.toy) on stderr; the root logger is left alone."""
-    logger = logging.getLogger("rglcd.toy")
-    logger.setLevel(logging.INFO)
-    if not any(isinstance(h, _CurrentStderr) for h in logger.handlers):
-        handler = _CurrentStderr()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)

@@ -15,7 +15,9 @@ later run on the machine, shares one build.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
@@ -40,12 +42,40 @@ def _count(spec: str, name: str, most: int, default: int | None = None) -> int:
     return int(parts[2])
 
 
-def world_dir(cache_dir: str | Path) -> Path:
-    """The default world's directory under <cache_dir>/toy, built first if missing (minutes, once)."""
-    from rglcd.toy.world import ensure_world
+class _CurrentStderr(logging.StreamHandler):
+    """A handler that writes to whatever `sys.stderr` is when a record comes, not the stream it was made with
+    (so a caller that swaps stderr, e.g. `--json` or a test, never gets a write to a closed stream)."""
 
-    return ensure_world(WorldConfig(), Path(os.path.expanduser(str(cache_dir))) / "toy", "cpu",
-                        method_config(ToyConfig()))
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def progress_to_stderr() -> None:
+    """The toy world's progress lines (loggers under rglcd.toy) on stderr; the root logger is left alone."""
+    logger = logging.getLogger("rglcd.toy")
+    logger.setLevel(logging.INFO)
+    if not any(isinstance(h, _CurrentStderr) for h in logger.handlers):
+        handler = _CurrentStderr()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+
+
+def world_dir(cache_dir: str | Path) -> Path:
+    """The default world's directory under <cache_dir>/toy, built first if missing (minutes, once; its
+    progress goes to stderr, as the first pipeline step that needs it would otherwise sit silent)."""
+    from rglcd.toy.world import ensure_world, world_path
+
+    cfg, root = WorldConfig(), Path(os.path.expanduser(str(cache_dir))) / "toy"
+    if not (world_path(cfg, root) / "world.json").is_file():
+        progress_to_stderr()
+        logging.getLogger("rglcd.toy").info("rglcd: training the toy world once into %s (about 10 minutes on "
+                                            "2 CPU cores; every later run reuses it)", world_path(cfg, root))
+    return ensure_world(cfg, root, "cpu", method_config(ToyConfig()))
 
 
 def model_dir(ref: str, cache_dir: str) -> Path:
