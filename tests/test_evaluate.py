@@ -375,7 +375,8 @@ def test_html_embeds_every_image_and_the_metrics():
     columns = [("teacher", _images(2, 32)), ("student 1-step", _images(2, 32) * 0.5), ("student 4-step", _images(2, 32))]
     metrics = {"summary": {"reward": 0.75, "hps": 27.5, "fid": float("inf")},
                "gate": {"passed": False, "failed_rules": ["hf_ratio"], "reward": "toy",
-                        "reasons": {"hf_ratio": "FAIL: high-frequency ratio 2.0 > 1.5"}}, "latency": {"speedup": {"4": 12.5}}}
+                        "reasons": {"hf_ratio": "FAIL: high-frequency ratio 2.0 > 1.5"}},
+               "latency": {"speedup": {"4": 12.5}}}
     page = _Page()
     page.feed(render_html(finite(metrics), prompts, columns))
     assert len(page.images) == 6

@@ -183,8 +183,8 @@ class EvalConfig:
     batch_size: int = F(8, "images per generation batch", gt=0)
     seed: int = F(0, "sampling seed", ge=0)
     # Registration gate (rglcd.evaluate.gate): the reward it compares (one of eval.rewards; docs/method.md 6.6).
-    gate_reward: str = F("hpsv2.1", "registered image reward the gate compares, student vs teacher (one of eval.rewards)",
-                         choices=partial(reward_names, "image"))
+    gate_reward: str = F("hpsv2.1", "registered image reward the gate compares, student vs teacher "
+                         "(one of eval.rewards)", choices=partial(reward_names, "image"))
     gate_min_reward_margin: float = F(0.0, "student's eval.gate_reward at eval.gate_steps minus the teacher's "
                                       "must be >= this")
     gate_max_fid_regression: float = F(5.0, "FID may exceed production's by at most this", ge=0)
