@@ -332,18 +332,26 @@ def _load(path: Path, cfg: WorldConfig, info: dict[str, Any], device: torch.devi
                  classifiers["judge"], path / "lrm", info)
 
 
-def load_or_build_world(cfg: WorldConfig, cache_dir: str | Path, device: str | torch.device, method_cfg) -> World:
-    """The cached world for `cfg` (built once, `rglcd.fsutil.build_once`)."""
-    device = torch.device(device)
-    key = f"world-{cfg.key()}"
-    final = Path(os.path.expanduser(str(cache_dir))) / key
+def world_path(cfg: WorldConfig, cache_dir: str | Path) -> Path:
+    """Where the world of `cfg` lives (or will) under `cache_dir`: world-<key>."""
+    return Path(os.path.expanduser(str(cache_dir))) / f"world-{cfg.key()}"
+
+
+def ensure_world(cfg: WorldConfig, cache_dir: str | Path, device: str | torch.device, method_cfg) -> Path:
+    """The world directory of `cfg`, built once (`rglcd.fsutil.build_once`: one build per key, even when
+    several processes ask at the same time)."""
+    final = world_path(cfg, cache_dir)
     # the teacher is recorded at its published path, not the temporary build folder
     method_cfg = replace(method_cfg, model=replace(method_cfg.model, teacher=str(final / "teacher")))
 
     def build(tmp: Path) -> None:
-        info = build_world(cfg, tmp, device, method_cfg)
+        info = build_world(cfg, tmp, torch.device(device), method_cfg)
         (tmp / "world.json").write_text(json.dumps(info, indent=2))
 
-    build_once(final.parent, key, build, ready=lambda path: (path / "world.json").is_file())
-    info = json.loads((final / "world.json").read_text())
-    return _load(final, cfg, info, device)
+    return build_once(final.parent, final.name, build, ready=lambda path: (path / "world.json").is_file())
+
+
+def load_or_build_world(cfg: WorldConfig, cache_dir: str | Path, device: str | torch.device, method_cfg) -> World:
+    """The cached world for `cfg`, loaded onto `device` (built first if missing)."""
+    path = ensure_world(cfg, cache_dir, device, method_cfg)
+    return _load(path, cfg, json.loads((path / "world.json").read_text()), torch.device(device))
