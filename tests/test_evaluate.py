@@ -503,6 +503,30 @@ def test_rglcd_evaluate_end_to_end_on_tiny(student_dir, tiny_cfg, tmp_path, caps
     assert os.path.getsize(out / "report.html") < 2_000_000
 
 
+@pytest.mark.slow
+def test_evaluate_gates_on_a_reward_other_than_hps(student_dir, tiny_cfg, tmp_path):
+    """eval.rewards without HPSv2.1 (as the toy world's ["toy"]): the gate and the summary use eval.gate_reward,
+    no HPS key appears, and metrics.json and the page name the reward."""
+    from rglcd.evaluate import evaluate
+
+    cfg = tiny_cfg("eval.steps=[1, 4]", "eval.num_prompts=2", "eval.fid_reference=null", "eval.latency_repeats=1",
+                   "eval.rewards=[clipscore]", "eval.gate_reward=clipscore", "eval.reward_weights={clipscore: tiny}",
+                   "eval.gate_min_reward_margin=1000", "eval.grid_prompts=1")
+    result = evaluate(cfg, student_dir, tmp_path / "eval")
+    metrics = json.loads(result.metrics_path.read_text())
+    s = metrics["summary"]
+    assert not {"hps", "teacher_hps", "hps_margin"} & set(s) and "hpsv2.1" not in metrics["prompt_set"]["rewards"]
+    assert (s["reward"], s["teacher_reward"]) == (s["clipscore_student_4"], s["clipscore_teacher"])
+    assert s["reward_margin"] == pytest.approx(s["reward"] - s["teacher_reward"])
+    assert (metrics["gate"]["reward"], metrics["gate"]["reward_source"]) == ("clipscore", "prompt_set")
+    reason = result.gate.reasons["reward_margin"]
+    assert result.gate.failed_rules == ["reward_margin"] and reason.startswith("FAIL: clipscore ")
+    assert f"{s['reward_margin']:+.4f} < +1000.0000" in reason
+    page = _Page()
+    page.feed(result.html_path.read_text())
+    assert {"reward (clipscore)", "teacher_reward (clipscore)", "reward_margin (clipscore)", reason} <= set(page.cells)
+
+
 def test_a_set_continued_after_reused_images_equals_one_drawn_whole(tmp_path):
     from rglcd.evaluate.generate import generate_set, reuse_images
 

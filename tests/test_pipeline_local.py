@@ -64,8 +64,10 @@ def test_every_step_ran_and_left_its_artifacts(passed):
     assert train_metrics["metadata"]["step"] == 4
     assert Path(train_metrics["uri"]).read_text().count("\n") == 4      # the metrics JSONL, one line per step
     assert run.parameter("evaluate-student", "Output") is True
-    assert json.loads(run.parameter("evaluate-student", "metrics_json"))["hps"] == run.parameter("evaluate-student",
-                                                                                                  "hps")
+    numbers = json.loads(run.parameter("evaluate-student", "metrics_json"))
+    assert numbers["hps"] == run.parameter("evaluate-student", "hps")
+    assert numbers["reward"] == run.parameter("evaluate-student", "reward") == numbers["hps"]   # gate reward hpsv2.1
+    assert run.gate_reward() == f"hpsv2.1 {numbers['reward']:.4f} (teacher {numbers['teacher_reward']:.4f})"
 
 
 def test_dvc_remote_holds_the_model(passed, tmp_path):
@@ -103,6 +105,7 @@ def test_gate_failure_registers_nothing_and_reuses_cached_steps(shut, capsys):
                              if line.startswith("pipeline run:"))))
     assert run.parameter("evaluate-student", "Output") is False
     assert "reward_margin" in run.parameter("evaluate-student", "failed_rules")
+    assert "(JSON; hpsv2.1 " in out and "(teacher " in out     # the run's summary names the gate reward
     assert "register-model" not in run.tasks and list_versions(cfg) == []
     # same data and data-shaping config as the first run: prep and LRM pretraining were cache hits
     assert {"prep-data", "pretrain-lrm"}.isdisjoint(run.tasks)
