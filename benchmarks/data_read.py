@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/data_read.py [--records 512] [--json out.json]
 
 Prepares a small data set (`--records` noise images of `--image-size` px with captions, through the real
-`rglcd prep` with the tiny preset's tokenizer, `--shard-size` records a shard), then reads one epoch of the
+`rglcd prep` with the tiny-random preset's tokenizer, `--shard-size` records a shard), then reads one epoch of the
 training stream as every (rank, worker) of P processes x W loader workers does, for P in 1, 2, 4 and W in
 1, 2. Ranks and workers are simulated in this process (`TrainStream.batches(worker, workers)` with the
 StreamSpec's rank/world_size: the exact records a real run's (rank, worker) reads); each reads its
@@ -95,7 +95,7 @@ def make_data(root: Path, records: int, size: int, shard_size: int, cache_dir: s
     for i in range(records):
         Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:06d}.png")
         (folder / f"{i:06d}.txt").write_text(f"noise picture number {i}")
-    cfg = load_config("tiny", overrides=[f"model.cache_dir={cache_dir}", f"data.shard_size={shard_size}",
+    cfg = load_config("tiny-random", overrides=[f"model.cache_dir={cache_dir}", f"data.shard_size={shard_size}",
                                          f"data.min_image_size={min(size, 32)}"])
     manifest = prep(cfg, str(folder), root / "new")
     shutil.copytree(root / "new", root / "old")

@@ -1,6 +1,6 @@
 """Every performance figure in one run: sampling latency ratios, then training-step ratios.
 
-    python benchmarks/perf.py                                # tiny preset on CPU
+    python benchmarks/perf.py                                # tiny-random preset on CPU
     python benchmarks/perf.py --device cuda --json perf.json # SD 2.1-base shapes, random weights, on a GPU
 
 Runs `benchmarks/latency.py` (student LCM 1/2/4/8 steps vs teacher 50-step DDIM + CFG; text encode and

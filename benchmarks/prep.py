@@ -3,7 +3,7 @@ output, and what a DVC re-push costs with the hash cache.
 
     .venv/bin/python benchmarks/prep.py [--images 2000] [--mib 300] [--json out.json]
 
-Prep: `builtin:photos:N` on the tiny preset, prepped with 1 and 2 worker processes (images only, then with
+Prep: `builtin:photos:N` on the tiny-random preset, prepped with 1 and 2 worker processes (images only, then with
 latents), each timed once: wall seconds, images per second, the 2-worker speed-up, and CPU seconds of all
 processes (what the second process and the merge cost); the outputs are compared byte for byte.
 Fan-out: the same source prepped as 3 partitions (rglcd.data.prep.prep_partition, as the DAG's pods run it) and merged (prep_merge): equal to the one-process output or not. Numbers include process start-up
@@ -61,7 +61,7 @@ def _timed_cpu(fn, *args, **kwargs) -> tuple[float, float, Any]:
 
 
 def bench_prep(work: Path, images: int, cache: str, latents: bool) -> dict[str, Any]:
-    cfg = load_config("tiny", overrides=[f"model.cache_dir={cache}", f"data.precompute_latents={str(latents).lower()}",
+    cfg = load_config("tiny-random", overrides=[f"model.cache_dir={cache}", f"data.precompute_latents={str(latents).lower()}",
                                          "data.shard_size=100"])
     source, tag = f"builtin:photos:{images}", "latents" if latents else "images"
     t1, cpu1, manifest = _timed_cpu(prep, cfg, source, work / f"{tag}-1")
@@ -74,7 +74,7 @@ def bench_prep(work: Path, images: int, cache: str, latents: bool) -> dict[str, 
 
 
 def bench_fan_out(work: Path, images: int, cache: str, parts: int = 3) -> dict[str, Any]:
-    cfg = load_config("tiny", overrides=[f"model.cache_dir={cache}", "data.shard_size=100"])
+    cfg = load_config("tiny-random", overrides=[f"model.cache_dir={cache}", "data.shard_size=100"])
     source = f"builtin:photos:{images}"
     folders = [work / f"part-{i}" for i in range(parts)]
     t_parts = sum(_timed(prep_partition, cfg, source, f, i, parts)[0] for i, f in enumerate(folders))

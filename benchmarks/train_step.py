@@ -1,6 +1,6 @@
 """Cost of one RG-LCD training step, per variant, as ratios to the plain LCD step measured in the same run.
 
-    python benchmarks/train_step.py                                   # tiny preset, CPU
+    python benchmarks/train_step.py                                   # tiny-random preset, CPU
     python benchmarks/train_step.py --device cuda --size sd21-base    # SD 2.1-base shapes, random weights
 
 Variants (each runs the real loop step, `rglcd.train.loop.train_step`: forward, backward, clip, AdamW,
@@ -276,7 +276,7 @@ def config_for(args):
 
     if args.size == "tiny":
         overrides = ["reward.name=hpsv2.1", "reward.weights=tiny", f"train.batch_size={args.batch or 4}"]
-        cfg = load_config("tiny", overrides=overrides + [f"model.cache_dir={args.cache_dir}"])
+        cfg = load_config("tiny-random", overrides=overrides + [f"model.cache_dir={args.cache_dir}"])
     else:
         overrides = [f"train.mixed_precision={args.precision}"] + ([f"train.batch_size={args.batch}"] if args.batch else [])
         cfg = load_config("sd21-base-hpsv21-lrm", overrides=overrides)

@@ -1,4 +1,5 @@
-"""Named factories that a config refers to by name: the reward models of `reward.name` and `eval.rewards`.
+"""Named factories that a config refers to by name: the reward models of `reward.name` and `eval.rewards`,
+and the source schemes of references ("toy:teacher", "toy:shapes", ...).
 
     register_reward("my-rm", "my_package.rewards:load_my_rm", input_kind="image")
     load_reward("my-rm", weights)          # rglcd.rewards: imports my_package.rewards only now
@@ -7,6 +8,11 @@ An entry is "module:function", imported only when its name is loaded, so a confi
 without importing its packages (open_clip, transformers, ImageReward). The built-in entries are below;
 an experiment or an installed extension adds its own with `register_reward` before its config is
 loaded. Importing this module imports nothing else (the config checks names against it).
+
+A source scheme makes references "<scheme>:<rest>" resolvable where the project reads a reference of one
+kind (a model, a training set, prompts, an FID reference folder), the way "toy:" serves the toy world:
+
+    register_source("model", "my", "my_package.models:resolve_my")   # model.teacher: "my:base"
 """
 from __future__ import annotations
 
@@ -67,4 +73,47 @@ def reward_factory(name: str) -> Callable[..., Any]:
     if name not in REWARDS:
         raise ValueError(f"reward {name!r} is not known; allowed: {', '.join(REWARDS)}")
     module, _, function = REWARDS[name].target.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+# ---------------------------------------------------------------- source schemes
+
+# kind -> what its function is called with and returns, and where the project reads that kind:
+SOURCE_KINDS = {
+    "model": "f(ref, cache_dir) -> local directory (model.teacher, lrm.checkpoint, every model reference)",
+    "data": "f(spec) -> a rglcd.data.sources.Source (data.train)",
+    "version": "f(spec) -> sha256 hex of the data a data.train spec names (the data check)",
+    "prompts": "f(spec) -> list of prompts (data.prompts, eval.prompts, eval.fid_prompts)",
+    "reference": "f(spec, cache_dir) -> local folder of images (eval.fid_reference)",
+}
+_TOY = "rglcd.toy.sources"
+SOURCES: dict[str, dict[str, str]] = {
+    # The toy world (docs/method.md 11.6): the `tiny` preset's teacher, data, prompts and FID reference.
+    "model": {"toy": f"{_TOY}:model_dir"},
+    "data": {"toy": f"{_TOY}:data_source"},
+    "version": {"toy": f"{_TOY}:data_version"},
+    "prompts": {"toy": f"{_TOY}:prompts"},
+    "reference": {"toy": f"{_TOY}:reference_dir"},
+}
+
+
+def register_source(kind: str, scheme: str, target: str) -> None:
+    """Make references "<scheme>:..." of `kind` resolve through `target` ("module:function")."""
+    if kind not in SOURCE_KINDS:
+        raise ValueError(f"source kind {kind!r} is not allowed; allowed: {', '.join(SOURCE_KINDS)}")
+    if not re.match(r"^[a-z][a-z0-9+-]*$", scheme) or not _TARGET.match(target):
+        raise ValueError(f"source {scheme!r} -> {target!r} is not allowed; allowed: a lower-case scheme and "
+                         "'module:function'")
+    if SOURCES[kind].get(scheme, target) != target:
+        raise ValueError(f"{kind} source {scheme!r} is already registered as {SOURCES[kind][scheme]}")
+    SOURCES[kind][scheme] = target
+
+
+def source_handler(kind: str, ref: str) -> Callable[..., Any] | None:
+    """The function registered for `ref`'s scheme under `kind` (its module imported now), or None."""
+    scheme, sep, _ = str(ref).partition(":")
+    target = SOURCES[kind].get(scheme) if sep else None
+    if target is None:
+        return None
+    module, _, function = target.partition(":")
     return getattr(importlib.import_module(module), function)

@@ -1,9 +1,12 @@
-"""Shared fixtures: offline hub, tiny teachers built once per session, tiny configs."""
+"""Shared fixtures: offline hub, tiny teachers built once per session, tiny-random configs."""
 from __future__ import annotations
 
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"          # a hub call must fail fast, never hang (docs/architecture.md 7.5)
+# Every command without --preset (in this process, CLI subprocesses, kfp.local steps) runs on the random-init
+# test preset, not on `tiny`, the toy world that takes minutes to build (docs/operations.md 4.8).
+os.environ["RGLCD_PRESET"] = "tiny-random"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 # OpenMP threads spin while waiting by default; with subprocesses (kfp.local, 2-process DDP) sharing
@@ -35,7 +38,7 @@ def tiny_teacher_dir(model_cache):
 
 @pytest.fixture
 def tiny_cfg(model_cache, tmp_path):
-    """Factory: the tiny preset with the session cache and a per-test output dir, plus overrides."""
+    """Factory: the tiny-random preset with the session cache and a per-test output dir, plus overrides."""
     from rglcd.config import load_config
 
     def make(*overrides: str):
@@ -43,7 +46,7 @@ def tiny_cfg(model_cache, tmp_path):
                 f"storage.remote={tmp_path / 'remote'}", f"storage.cache_dir={tmp_path / 'dvc-cache'}",
                 f"registry.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
                 "registry.track_training=false"]   # tests of tracking turn it on (and use the mlflow_db fixture)
-        return load_config("tiny", overrides=base + list(overrides))
+        return load_config("tiny-random", overrides=base + list(overrides))
     return make
 
 

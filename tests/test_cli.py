@@ -46,12 +46,12 @@ def test_config_show_applies_preset_and_overrides(capsys):
 
 
 def test_config_show_applies_an_explicit_preset_under_a_file(capsys, tmp_path):
-    """`--preset tiny --config f.yaml` (f.yaml without a preset key) is tiny + f.yaml, not the SD 2.1 defaults."""
+    """`--preset tiny-random --config f.yaml` (f.yaml without a preset key) is tiny-random + f.yaml, not the SD 2.1 defaults."""
     path = tmp_path / "f.yaml"
     path.write_text("train: {max_steps: 7}\n")
-    assert main(["config", "show", "--preset", "tiny", "--config", str(path), "--format", "json"]) == 0
+    assert main(["config", "show", "--preset", "tiny-random", "--config", str(path), "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert (data["preset"], data["model"]["teacher"], data["train"]["max_steps"]) == ("tiny", "tiny:epsilon", 7)
+    assert (data["preset"], data["model"]["teacher"], data["train"]["max_steps"]) == ("tiny-random", "tiny:epsilon", 7)
 
 
 def test_config_error_exits_2_with_message(capsys):

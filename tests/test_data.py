@@ -18,7 +18,7 @@ from rglcd.data.stream import global_records
 
 
 def _cfg(model_cache, *overrides):
-    return load_config("tiny", overrides=[f"model.cache_dir={model_cache}", "data.shard_size=8", *overrides])
+    return load_config("tiny-random", overrides=[f"model.cache_dir={model_cache}", "data.shard_size=8", *overrides])
 
 
 def _png(array: np.ndarray, fmt: str = "PNG") -> bytes:

@@ -27,7 +27,7 @@ def data(model_cache, tmp_path_factory):
     """builtin:photos:20 prepped into 3 shards (8, 8, 4) with offsets, and the same shards with a manifest
     from before offsets (`old`)."""
     root = tmp_path_factory.mktemp("read")
-    cfg = load_config("tiny", overrides=[f"model.cache_dir={model_cache}", "data.shard_size=8"])
+    cfg = load_config("tiny-random", overrides=[f"model.cache_dir={model_cache}", "data.shard_size=8"])
     manifest = prep(cfg, "builtin:photos:20", root / "new")
     shutil.copytree(root / "new", root / "old")
     old = json.loads((root / "old" / "manifest.json").read_text())

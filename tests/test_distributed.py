@@ -96,7 +96,7 @@ def _worker() -> None:
     from rglcd.config import load_config
     from rglcd.train import train
 
-    cfg = load_config("tiny", overrides=[*COMMON, "train.batch_size=2", f"train.output_dir={args.out}",
+    cfg = load_config("tiny-random", overrides=[*COMMON, "train.batch_size=2", f"train.output_dir={args.out}",
                                          f"model.cache_dir={args.cache}"])
     train(cfg, DATA, hooks=grad_saver(Path(args.out) / "grad.pt"))
 

@@ -276,7 +276,7 @@ def test_gate_reads_thresholds_from_config():
     from rglcd.config import load_config
     from rglcd.evaluate import gate
 
-    cfg = load_config("tiny", overrides=["eval.gate_min_reward_margin=2.0", "eval.gate_max_hf_ratio=1.05"])
+    cfg = load_config("tiny-random", overrides=["eval.gate_min_reward_margin=2.0", "eval.gate_max_hf_ratio=1.05"])
     decision = gate(_metrics(), cfg.eval)
     assert decision.failed_rules == ["reward_margin", "hf_ratio"]
     assert decision.reasons["reward_margin"] == "FAIL: hpsv2.1 27.0000 - teacher 26.0000 = +1.0000 < +2.0000"
@@ -292,8 +292,8 @@ def test_gate_on_a_reward_other_than_hps(student, margin, passed, reason):
     from rglcd.config import load_config
     from rglcd.evaluate import gate
 
-    cfg = load_config("tiny", overrides=["eval.rewards=[toy]", "eval.gate_reward=toy",
-                                         f"eval.gate_min_reward_margin={margin}"])
+    cfg = load_config("tiny-random", overrides=["eval.rewards=[toy]", "eval.gate_reward=toy",
+                                                f"eval.gate_min_reward_margin={margin}"])
     metrics = {"summary": {"reward": student, "teacher_reward": 0.7011, "reward_margin": student - 0.7011,
                            "hf_ratio": 1.0}}
     decision = gate(metrics, cfg.eval)
@@ -319,7 +319,7 @@ def test_summary_of_a_reward_other_than_hps():
     from rglcd.config import load_config
     from rglcd.evaluate.core import gate_reward_means, summary
 
-    cfg = load_config("tiny", overrides=["eval.steps=[1, 4]", "eval.rewards=[toy]", "eval.gate_reward=toy"])
+    cfg = load_config("tiny-random", overrides=["eval.steps=[1, 4]", "eval.rewards=[toy]", "eval.gate_reward=toy"])
     means = {"teacher": {"toy": 0.70, "hf_share": 0.2}, "student-1": {"toy": 0.55, "hf_share": 0.26},
              "student-4": {"toy": 0.75, "hf_share": 0.22}}
     s = summary(cfg, _prompt_set(means), None, None, _LATENCY)
@@ -336,7 +336,7 @@ def test_summary_of_hps_keeps_the_hps_keys():
     from rglcd.config import load_config
     from rglcd.evaluate.core import gate_reward_means, summary
 
-    cfg = load_config("tiny", overrides=["eval.steps=[1, 4]", "eval.rewards=[hpsv2.1, clipscore]"])
+    cfg = load_config("tiny-random", overrides=["eval.steps=[1, 4]", "eval.rewards=[hpsv2.1, clipscore]"])
     means = {"teacher": {"hpsv2.1": 26.0, "clipscore": 0.30}, "student-1": {"hpsv2.1": 24.0, "clipscore": 0.28},
              "student-4": {"hpsv2.1": 26.5, "clipscore": 0.29}}
     bench = {"models": {"teacher": {"mean": 27.0}, "student-1": {"mean": 25.0}, "student-4": {"mean": 27.25}}}
@@ -346,8 +346,8 @@ def test_summary_of_hps_keeps_the_hps_keys():
     assert gate_reward_means(cfg, _prompt_set(means), bench)[2] == "hps_benchmark"
     s = summary(cfg, _prompt_set(means), None, None, _LATENCY)
     assert (s["reward"], s["hps"], s["reward_margin"]) == (26.5, 26.5, 0.5)
-    clip = load_config("tiny", overrides=["eval.steps=[1, 4]", "eval.rewards=[hpsv2.1, clipscore]",
-                                          "eval.gate_reward=clipscore"])
+    clip = load_config("tiny-random", overrides=["eval.steps=[1, 4]", "eval.rewards=[hpsv2.1, clipscore]",
+                                                 "eval.gate_reward=clipscore"])
     s = summary(clip, _prompt_set(means), bench, None, _LATENCY)
     assert (s["reward"], s["teacher_reward"]) == (0.29, 0.30) and s["reward_margin"] == pytest.approx(-0.01)
     assert (s["hps"], s["teacher_hps"]) == (27.25, 27.0)
@@ -398,7 +398,7 @@ def student_dir(tmp_path_factory, model_cache):
     from rglcd.export import export_student
     from rglcd.models import load_teacher, make_student
 
-    cfg = load_config("tiny", overrides=[f"model.cache_dir={model_cache}"])
+    cfg = load_config("tiny-random", overrides=[f"model.cache_dir={model_cache}"])
     teacher = load_teacher(cfg.model.teacher, model_cache)
     return export_student(make_student(teacher.unet, cfg.model.time_cond_proj_dim), teacher,
                           tmp_path_factory.mktemp("export") / "student", cfg, cfg.model.teacher)

@@ -180,7 +180,7 @@ def test_every_cache_user_leaves_nothing_behind_when_its_build_fails(tmp_path, m
         "tiny-pickscore": (pickscore, "write_clip_tokenizer", lambda: pickscore.tiny_pickscore_dir(str(cache))),
         "s3-copy": (sources, "_download_prefix", lambda: sources.resolve_s3("s3://bucket/models/teacher", str(cache))),
         "toy-world": (world, "build_world", lambda: world.load_or_build_world(WorldConfig(), cache, "cpu",
-                                                                              load_config("tiny"))),
+                                                                              load_config("tiny-random"))),
     }
     module, name, call = calls[user]
     monkeypatch.setattr(module, name, _half_then_fail)

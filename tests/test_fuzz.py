@@ -143,7 +143,7 @@ class _Payload:
 
 # ---------------------------------------------------------------- config, metrics, prompt and pointer files
 
-CONFIG_SEEDS = [b"preset: tiny\ntrain: {lr: 1.0e-4, max_steps: 3}\neval: {steps: [1, 4]}\n",
+CONFIG_SEEDS = [b"preset: tiny-random\ntrain: {lr: 1.0e-4, max_steps: 3}\neval: {steps: [1, 4]}\n",
                 json.dumps({"train": {"lr": 1e-07}, "pipeline": {"shm_size": "1Gi"}}).encode(),
                 b"base: &b {lr: 0.1}\ntrain: {<<: *b, seed: 3}\n",
                 f"train: !!python/object/apply:os.system ['touch {MARKER}']\n".encode()]
@@ -319,7 +319,7 @@ def test_fuzz_prep_writes_only_its_output_folder(sandbox, model_cache, tmp_path)
     """End to end: prep on a folder and a table of mutated images and captions; it keeps or drops each
     record (or says no record is valid, naming the source) and writes nothing but its --out folder."""
     inputs, check = sandbox
-    cfg = load_config("tiny", overrides=[f"model.cache_dir={model_cache}", "data.min_image_size=8"])
+    cfg = load_config("tiny-random", overrides=[f"model.cache_dir={model_cache}", "data.min_image_size=8"])
     folder, out = inputs / "imgs", tmp_path / "out"
     folder.mkdir()
     seeds = [_png(1, 16), _jpeg(2), b"a cat", "café".encode()]
@@ -347,7 +347,7 @@ def test_fuzz_prep_partitions_merged(sandbox, model_cache, tmp_path, target):
     from rglcd.data.prep import prep_merge, prep_partition
 
     inputs, check = sandbox
-    cfg = load_config("tiny", overrides=[f"model.cache_dir={model_cache}", "data.min_image_size=8"])
+    cfg = load_config("tiny-random", overrides=[f"model.cache_dir={model_cache}", "data.min_image_size=8"])
     part, out = inputs / "part", tmp_path / "out"
     prep_partition(cfg, "builtin:photos:3", part, 0, 1)
     seed = (part / target).read_bytes()

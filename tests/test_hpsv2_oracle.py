@@ -123,7 +123,7 @@ def _evaluation_scores(checkpoint: Path, cache_dir: str) -> dict[str, float]:
     from rglcd.config import load_config
     from rglcd.evaluate.core import Scorers
 
-    cfg = load_config("tiny", overrides=[f"model.cache_dir={cache_dir}", "eval.rewards=[hpsv2.1]",
+    cfg = load_config("tiny-random", overrides=[f"model.cache_dir={cache_dir}", "eval.rewards=[hpsv2.1]",
                                          f"eval.reward_weights={{hpsv2.1: '{checkpoint}'}}", "eval.clip_model=null"])
     scorers = Scorers(cfg, torch.device("cpu"))
     out = {n: scorers(_tensor(a), [PROMPTS[n]], only=("hpsv2.1",))["hpsv2.1"].item() for n, a in _images().items()}

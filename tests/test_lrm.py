@@ -23,7 +23,7 @@ CAPTIONS = ["a red sports car", "a cat sleeping on a sofa", "mountains at sunset
 def cfg(model_cache):
     from rglcd.config import load_config
 
-    return load_config("tiny", overrides=[f"model.cache_dir={model_cache}"])
+    return load_config("tiny-random", overrides=[f"model.cache_dir={model_cache}"])
 
 
 @pytest.fixture(scope="module")
@@ -351,7 +351,7 @@ def test_cli_and_pipeline_step_stream_the_data_the_same_way(tmp_path, monkeypatc
 
     monkeypatch.setattr(rglcd.data, "make_loader", make_loader)
     monkeypatch.setattr(rglcd.lrm.pretrain, "pretrain_lrm", fake_pretrain)
-    argv = ["pretrain-lrm", "--data", "builtin:photos:4", "--out", str(tmp_path / "lrm"), "--preset", "tiny",
+    argv = ["pretrain-lrm", "--data", "builtin:photos:4", "--out", str(tmp_path / "lrm"), "--preset", "tiny-random",
             "--set", "data.shuffle_buffer=3", "--set", "lrm.pretrain_batch_size=2", "--set", "train.seed=5",
             "--device", "cpu"]
     assert main(argv) == 0

@@ -187,9 +187,9 @@ def test_direct_reward_has_no_lrm_step(tmp_path):
     assert "pretrain-lrm" not in tasks(spec)
 
 
-def test_tiny_preset_runs_on_cpu(tmp_path):
-    spec, platform = compiled(tmp_path, "tiny")
-    assert "pretrain-lrm" in tasks(spec)   # the tiny preset is LRM-guided: every step runs
+def test_tiny_random_preset_runs_on_cpu(tmp_path):
+    spec, platform = compiled(tmp_path, "tiny-random")
+    assert "pretrain-lrm" in tasks(spec)   # the tiny-random preset is LRM-guided: every step runs
     for name, ex in spec["deploymentSpec"]["executors"].items():
         assert "accelerator" not in ex["container"].get("resources", {}), name
     assert all("tolerations" not in ex for ex in platform.values())
@@ -241,9 +241,9 @@ def test_default_config_parameter_round_trips(tmp_path):
 
 
 def test_resolve_config_overrides_and_errors():
-    full = config_json_of(load_config("tiny"))
+    full = config_json_of(load_config("tiny-random"))
     cfg = resolve_config(full, data_uri="s3://bucket/shards", max_steps=7)
-    assert (cfg.data.train, cfg.train.max_steps, cfg.preset) == ("s3://bucket/shards", 7, "tiny")
+    assert (cfg.data.train, cfg.train.max_steps, cfg.preset) == ("s3://bucket/shards", 7, "tiny-random")
     cfg = resolve_config('{"train": {"lr": 2e-5}}', preset="sd21-768-hpsv21")   # a preset plus a few keys
     assert (cfg.model.resolution, cfg.train.lr, cfg.preset) == (768, 2e-5, "sd21-768-hpsv21")
     with pytest.raises(ConfigError, match="conflicts with config_json"):
@@ -261,7 +261,7 @@ def test_resolve_config_overrides_and_errors():
 def test_configure_component_slices_the_config():
     from components.configure import configure
 
-    full = config_json_of(load_config("tiny"))
+    full = config_json_of(load_config("tiny-random"))
     out = configure.python_func(config_json=full, preset="", data_uri="", max_steps=5)
     assert json.loads(out.config)["train"]["max_steps"] == 5
     assert set(json.loads(out.prep_config)) == set(PREP_SECTIONS)
@@ -275,10 +275,10 @@ def test_configure_component_slices_the_config():
 
 def test_cluster_checks():
     with pytest.raises(ConfigError, match="pipeline.s3_secret"):
-        check_cluster_config(load_config("tiny", overrides=["storage.remote=s3://b/p", "pipeline.s3_secret=null"]))
-    warnings = check_cluster_config(load_config("tiny"))
+        check_cluster_config(load_config("tiny-random", overrides=["storage.remote=s3://b/p", "pipeline.s3_secret=null"]))
+    warnings = check_cluster_config(load_config("tiny-random"))
     assert any("storage.remote" in w for w in warnings) and any("registry.tracking_uri" in w for w in warnings)
-    ok = load_config("tiny", overrides=["storage.remote=s3://b/p", "registry.tracking_uri=http://mlflow:5000"])
+    ok = load_config("tiny-random", overrides=["storage.remote=s3://b/p", "registry.tracking_uri=http://mlflow:5000"])
     assert check_cluster_config(ok) == []
 
 
@@ -308,12 +308,12 @@ def test_run_requires_local_flag(capsys):
 def test_pod_model_cache_and_local_settings(monkeypatch, tmp_path):
     from pipelines.local import local_config
 
-    text = config_json_of(load_config("tiny"))
+    text = config_json_of(load_config("tiny-random"))
     assert load_step_config(text).model.cache_dir == "~/.cache/rglcd"
     monkeypatch.setenv("RGLCD_MODEL_CACHE_DIR", "/cache/rglcd")        # set on pods that mount the PVC
     assert load_step_config(text).model.cache_dir == "/cache/rglcd"
     monkeypatch.chdir(tmp_path)
-    cfg = local_config(load_config("tiny"))
+    cfg = local_config(load_config("tiny-random"))
     assert (cfg.pipeline.retries, cfg.pipeline.model_cache_pvc) == (0, None)
     assert cfg.storage.remote == str(tmp_path / ".rglcd" / "remote")
     assert cfg.registry.tracking_uri == f"sqlite:///{tmp_path / '.rglcd' / 'mlflow.db'}"
@@ -329,7 +329,7 @@ def test_launch_training_stages_inputs_reattaches_and_publishes(tmp_path, monkey
     from components.train import launch_training
     from rglcd.storage import Pointer, verify
 
-    cfg = load_config("tiny", overrides=["pipeline.distributed=pytorchjob", f"storage.remote={tmp_path / 'remote'}"])
+    cfg = load_config("tiny-random", overrides=["pipeline.distributed=pytorchjob", f"storage.remote={tmp_path / 'remote'}"])
     calls, existing = [], set()
     ckpt = tmp_path / "checkpoints"
     monkeypatch.setattr(podspec, "CHECKPOINT_MOUNT", str(ckpt))
@@ -442,7 +442,7 @@ def test_pretrain_lrm_component_records_the_prep_data_version(tmp_path, monkeypa
     from components.lrm import pretrain_lrm
     from rglcd.data.prep import prep
 
-    cfg = load_config("tiny", overrides=[f"storage.remote={tmp_path / 'remote'}"])
+    cfg = load_config("tiny-random", overrides=[f"storage.remote={tmp_path / 'remote'}"])
     prepared = tmp_path / "prepared"
     manifest = prep(cfg, "builtin:photos:4", prepared)
     pointer = push_artifact(cfg, str(prepared))

@@ -33,7 +33,7 @@ def work(tmp_path_factory, model_cache):
 @pytest.fixture(scope="module")
 def passed(work):
     root, common = work
-    cfg = load_config("tiny", overrides=[*common, *OPEN, f"registry.tracking_uri=sqlite:///{root / 'open.db'}"])
+    cfg = load_config("tiny-random", overrides=[*common, *OPEN, f"registry.tracking_uri=sqlite:///{root / 'open.db'}"])
     return cfg, run_local(cfg, root / "work")
 
 
@@ -42,8 +42,8 @@ def shut(work, passed):
     """The second run, through the CLI, in the same workdir (after `passed`, so the cache is warm)."""
     root, common = work
     sets = [a for o in [*common, *SHUT, f"registry.tracking_uri=sqlite:///{root / 'shut.db'}"] for a in ("--set", o)]
-    argv = ["pipeline", "run", "--local", "--preset", "tiny", "--workdir", str(root / "work"), *sets]
-    return argv, load_config("tiny", overrides=sets[1::2])
+    argv = ["pipeline", "run", "--local", "--preset", "tiny-random", "--workdir", str(root / "work"), *sets]
+    return argv, load_config("tiny-random", overrides=sets[1::2])
 
 
 def test_every_step_ran_and_left_its_artifacts(passed):

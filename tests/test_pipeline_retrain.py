@@ -40,7 +40,7 @@ def runs(tmp_path_factory, model_cache):
     add_images(data, 0, 6)
     sets = [f"model.cache_dir={model_cache}", f"storage.remote={root / 'remote'}", f"storage.cache_dir={root / 'dvc'}",
             f"registry.tracking_uri=sqlite:///{root / 'mlflow.db'}", f"data.train={data}", *FAST]
-    cfg = load_config("tiny", overrides=sets)
+    cfg = load_config("tiny-random", overrides=sets)
     work, out, seconds = root / "work", {}, {}
 
     def timed(name, fn):
@@ -54,7 +54,7 @@ def runs(tmp_path_factory, model_cache):
     add_images(data, 6, 3)
     timed("added", lambda: run_local(cfg, work))
     promote(cfg, out["added"].registered["version"], "production")
-    argv = ["pipeline", "run", "--local", "--preset", "tiny", "--workdir", str(work), "--force", "--json",
+    argv = ["pipeline", "run", "--local", "--preset", "tiny-random", "--workdir", str(work), "--force", "--json",
             *[a for s in [*sets, "train.warm_start=production"] for a in ("--set", s)]]
     timed("forced", lambda: main(argv))
     print("local run seconds:", json.dumps({k: round(v, 1) for k, v in seconds.items()}))

@@ -31,7 +31,7 @@ def free_port() -> int:
 
 
 def test_submit_creates_experiment_and_run_and_waits(kfp_api, capsys):
-    rc = main(["pipeline", "submit", "--preset", "tiny", "--host", kfp_api.url, *CLUSTER, "--data", "s3://d/shards",
+    rc = main(["pipeline", "submit", "--preset", "tiny-random", "--host", kfp_api.url, *CLUSTER, "--data", "s3://d/shards",
                "--max-steps", "12", "--experiment", "nightly", "--run-name", "r1", "--poll", "0.01"])
     out = capsys.readouterr().out
     assert rc == 0, out
@@ -43,7 +43,7 @@ def test_submit_creates_experiment_and_run_and_waits(kfp_api, capsys):
     params = run["runtime_config"]["parameters"]
     assert (params["data_uri"], params["max_steps"], params["preset"]) == ("s3://d/shards", 12, "")
     sent = load_step_config(params["config_json"])
-    assert sent == load_config("tiny", overrides=CLUSTER[1::2])
+    assert sent == load_config("tiny-random", overrides=CLUSTER[1::2])
     spec = run["pipeline_spec"]     # the compiled package, inline: PipelineSpec + kubernetes PlatformSpec
     assert "train-student" in spec["pipeline_spec"]["components"]["comp-condition-1"]["dag"]["tasks"]
     assert "exec-train-student" in spec["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
@@ -76,7 +76,7 @@ def test_multi_user_cluster_gets_the_namespace(capsys):
 
 
 def test_schedule_creates_a_recurring_run(kfp_api, capsys):
-    assert main(["pipeline", "schedule", "--preset", "tiny", "--host", kfp_api.url, *CLUSTER,
+    assert main(["pipeline", "schedule", "--preset", "tiny-random", "--host", kfp_api.url, *CLUSTER,
                  "--cron", "0 30 2 * * MON-FRI", "--name", "weekday-retrain", "--max-steps", "40"]) == 0
     (rec,) = kfp_api.posted("/recurringruns")
     assert rec["trigger"]["cron_schedule"]["cron"] == "0 30 2 * * MON-FRI"
@@ -232,10 +232,10 @@ def test_recurring_run_carries_the_clusters_remote_and_registry(kfp_api, monkeyp
     """Scheduling with the overlay's settings file (ConfigMap rglcd-settings) and an RGLCD_* variable: the request
     sent to the KFP API holds the cluster's DVC remote and MLflow server, not the preset's laptop defaults."""
     monkeypatch.setenv("RGLCD_REGISTRY__TRACKING_URI", "http://mlflow.team-a:5000")
-    assert main(["pipeline", "schedule", "--preset", "tiny", "--config", str(OVERLAY_SETTINGS), "--host", kfp_api.url,
+    assert main(["pipeline", "schedule", "--preset", "tiny-random", "--config", str(OVERLAY_SETTINGS), "--host", kfp_api.url,
                  "--cron", "0 0 3 * * SUN", "--force"]) == 0
     (rec,) = kfp_api.posted("/recurringruns")
-    laptop = load_config("tiny")
+    laptop = load_config("tiny-random")
     settings = yaml.safe_load(OVERLAY_SETTINGS.read_text())
     for cfg in sent_config(rec):
         assert cfg.storage.remote == settings["storage"]["remote"] != laptop.storage.remote
@@ -250,7 +250,7 @@ def test_the_cronjob_runs_the_same_submit_with_the_mounted_settings(kfp_api, mon
     pipeline.yaml, sends a run with the cluster's remote and registry, like `rglcd pipeline schedule` does."""
     (cron,) = [d for d in yaml.safe_load_all((ROOT / "manifests/base/cronjob.yaml").read_text())]
     (container,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
-    literals = {"RGLCD_PRESET": "tiny", "KFP_HOST": kfp_api.url}
+    literals = {"RGLCD_PRESET": "tiny-random", "KFP_HOST": kfp_api.url}
     args = [a.replace("/etc/rglcd/pipeline.yaml", str(OVERLAY_SETTINGS)) for a in container["args"]]
     args = [literals.get(a[2:-1], a) if a.startswith("$(") else a for a in args]
     assert container["command"][:3] == ["rglcd", "pipeline", "submit"]

@@ -83,7 +83,7 @@ def test_prep_gpus_apply_only_to_latent_precompute(tmp_path):
 def test_fan_out_runs_in_kfp_local_and_equals_one_process_prep(model_cache, tmp_path, monkeypatch):
     from kfp import local
 
-    cfg = local_config(load_config("tiny", overrides=[
+    cfg = local_config(load_config("tiny-random", overrides=[
         f"model.cache_dir={model_cache}", f"storage.remote={tmp_path / 'remote'}",
         f"storage.cache_dir={tmp_path / 'dvc-cache'}", "data.train=builtin:photos:14", "data.shard_size=4",
         "data.prep_partitions=3"]))

@@ -20,7 +20,7 @@ from rglcd.data.sources import Record
 
 
 def _cfg(model_cache, *overrides):
-    return load_config("tiny", overrides=[f"model.cache_dir={model_cache}", "data.shard_size=3", *overrides])
+    return load_config("tiny-random", overrides=[f"model.cache_dir={model_cache}", "data.shard_size=3", *overrides])
 
 
 def _png(seed: int, size: int = 48) -> bytes:

@@ -18,7 +18,7 @@ def test_training_evaluation_and_export_record_the_same_block(tmp_path, monkeypa
     from rglcd.train.runinfo import write_run_info
 
     monkeypatch.setenv(provenance.REVISION_ENV, "rev-123")
-    cfg = load_config("tiny")
+    cfg = load_config("tiny-random")
     run = write_run_info(cfg, tmp_path / "run", {"num_records": 3}, 2, "cpu")
     assert json.loads((tmp_path / "run" / "run.json").read_text()) == run
     evaluation = _run_info(cfg, tmp_path / "no-export", "tiny:epsilon", torch.device("cpu"), torch.float32)

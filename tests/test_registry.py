@@ -293,7 +293,7 @@ def _register_at_barrier(barrier, overrides: list[str], pointer_file: str, out_f
     """Child process: build the config, wait for the others, register, write the answer."""
     from rglcd.config import load_config
 
-    cfg = load_config("tiny", overrides=overrides)
+    cfg = load_config("tiny-random", overrides=overrides)
     barrier.wait(timeout=120)
     info = register(cfg, pointer_file, METRICS, to_dict(cfg), "d1", run_id="kfp-same")
     Path(out_file).write_text(json.dumps({"version": info.version, "created": info.created, "run_id": info.run_id}))

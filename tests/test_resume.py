@@ -191,7 +191,7 @@ def test_cli_resume_auto_refuses_a_new_lr_and_never_runs_a_planted_pickle(tiny_c
     cfg, out = _two_checkpoints(tiny_cfg)
     marker = tmp_path / "PWNED"
     _plant_pickle(out / "checkpoints" / "step-00000002" / "custom_checkpoint_0.pkl", marker)
-    base = ["train", "--preset", "tiny", "--data", DATA, "--resume", "auto", "--output-dir", str(out),
+    base = ["train", "--preset", "tiny-random", "--data", DATA, "--resume", "auto", "--output-dir", str(out),
             "--set", f"model.cache_dir={model_cache}", *[a for o in FAST for a in ("--set", o)]]
     with pytest.warns(UserWarning, match="ignoring files its manifest does not list"):
         assert main([*base, "--set", "train.lr=0.5", "--set", "train.max_steps=3"]) == 1

@@ -48,10 +48,10 @@ def test_a_registered_reward_is_loaded_by_name_and_allowed_in_configs(monkeypatc
 
     monkeypatch.setattr(plugins, "REWARDS", dict(plugins.REWARDS))       # this test's registrations only
     with pytest.raises(ConfigError, match="reward.name: 'ones' is not allowed; allowed: none, hpsv2.1"):
-        load_config("tiny", overrides=["reward.name=ones"])
+        load_config("tiny-random", overrides=["reward.name=ones"])
     plugins.register_reward("ones", "tests.test_rewards:_ones_reward")
     plugins.register_reward("ones", "tests.test_rewards:_ones_reward")      # the same entry again: no-op
-    cfg = load_config("tiny", overrides=["reward.name=ones", "eval.rewards=[ones, lrm]"])
+    cfg = load_config("tiny-random", overrides=["reward.name=ones", "eval.rewards=[ones, lrm]"])
     rm = load_reward(cfg.reward.name, "w", device="cpu")
     assert rm.weights == "w" and rm.score(torch.zeros(2, 3, 8, 8), ["a", "b"]).tolist() == [1.0, 1.0]
     with pytest.raises(ValueError, match="'ones' is already registered as tests.test_rewards:_ones_reward"):
@@ -60,7 +60,7 @@ def test_a_registered_reward_is_loaded_by_name_and_allowed_in_configs(monkeypatc
         plugins.register_reward("x", "no colon")
     plugins.register_reward("latent-only", "m:f", input_kind="latent")
     with pytest.raises(ConfigError, match="reward.name: 'latent-only' is not allowed"):   # not an image expert
-        load_config("tiny", overrides=["reward.name=latent-only"])
+        load_config("tiny-random", overrides=["reward.name=latent-only"])
 
 
 class _Ones(torch.nn.Module):

@@ -99,7 +99,7 @@ def test_export_records_config_and_refuses_to_clobber(exported, tiny_cfg, tmp_pa
     cfg = tiny_cfg("distill.timestep_scaling=5.0")
     out = export_student(student, teacher, tmp_path / "m", cfg=cfg, teacher_ref="tiny:epsilon")
     manifest = read_manifest(out)
-    assert manifest["config"]["distill"]["timestep_scaling"] == 5.0 and manifest["config"]["preset"] == "tiny"
+    assert manifest["config"]["distill"]["timestep_scaling"] == 5.0 and manifest["config"]["preset"] == "tiny-random"
     assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["timestep_scaling"] == 5.0
     with pytest.raises(FileExistsError, match="already exists"):
         export_student(student, teacher, out, cfg=cfg)

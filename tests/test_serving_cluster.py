@@ -120,7 +120,7 @@ def test_canary_step_is_in_the_dag_only_when_switched_on(tmp_path):
     from pipelines.compile import compile_pipeline
 
     def gate_tasks(*overrides):
-        spec = yaml.safe_load_all(compile_pipeline(load_config("tiny", overrides=list(overrides)),
+        spec = yaml.safe_load_all(compile_pipeline(load_config("tiny-random", overrides=list(overrides)),
                                                    tmp_path / "p.yaml").read_text())
         return list(next(spec)["components"]["comp-condition-2"]["dag"]["tasks"])   # 1: the data check's
 
@@ -227,7 +227,7 @@ def test_canary_then_promote_moves_traffic_and_alias_together(cluster, applied, 
     assert "production" in get_version(cfg, version=second.version).aliases
     assert "all traffic to models:/rglcd-student/2" in capsys.readouterr().out
 
-    missing = load_config("tiny", overrides=[f"registry.tracking_uri={cfg.registry.tracking_uri}",
+    missing = load_config("tiny-random", overrides=[f"registry.tracking_uri={cfg.registry.tracking_uri}",
                                              "serve.inference_service=nope"])
     with pytest.raises(RolloutError, match="404"):
         rollout(api, missing, first.version, 10)

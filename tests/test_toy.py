@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rglcd.toy.classifier import ToyClassifier
-from rglcd.toy.reward import ToyReward
+from rglcd.toy.reward import TEMPERATURE, ToyReward
 from rglcd.toy.config import ToyConfig, WorldConfig, method_config, quick_config
 from rglcd.toy.data import COLOURS, NUM_CLASSES, all_labels, caption, labels_of, make_dataset, parse_caption, prompt_set
 from rglcd.toy.report import evaluate_claims
@@ -53,7 +53,7 @@ def test_dataset_is_seeded_balanced_and_shows_what_the_caption_says():
         make_dataset(0, seed=0)
 
 
-def test_toy_reward_is_the_mean_attribute_probability_with_gradients_to_the_images_only():
+def test_toy_reward_is_the_mean_tempered_attribute_probability_with_gradients_to_the_images_only():
     torch.manual_seed(0)
     reward = ToyReward(ToyClassifier(width=8, feature_dim=16))
     images = torch.rand(3, 3, 32, 32, requires_grad=True)
@@ -61,8 +61,13 @@ def test_toy_reward_is_the_mean_attribute_probability_with_gradients_to_the_imag
     r = reward.score(images, prompts)
     logits = reward.classifier(images.detach())
     labels = labels_of(prompts)
-    by_hand = torch.stack([logits[i].softmax(1)[torch.arange(3), labels[:, i]] for i in range(3)], 1).mean(1)
-    torch.testing.assert_close(r.detach(), by_hand)
+
+    def by_hand(t):
+        return torch.stack([(logits[i] / t).softmax(1)[torch.arange(3), labels[:, i]] for i in range(3)], 1).mean(1)
+    torch.testing.assert_close(r.detach(), by_hand(TEMPERATURE))
+    untempered = ToyReward(reward.classifier, temperature=1.0).score(images.detach(), prompts)
+    torch.testing.assert_close(untempered, by_hand(1.0))
+    by_hand = by_hand(TEMPERATURE)
     assert r.shape == (3,) and ((0 < r) & (r < 1)).all()
     r.sum().backward()
     assert images.grad is not None and images.grad.abs().sum() > 0
@@ -110,11 +115,11 @@ def test_lrm_pretraining_batches_have_distinct_captions_matching_their_latents()
         next(lrm_batches(moments, data.labels, steps=1, batch_size=49, seed=0))
 
 
-def _rows(lcd, direct, lrm, teacher=(0.9, 2.0)):
+def _rows(lcd, direct, lrm, teacher=(0.9, 2.0), reward_std=0.01):
     """Rows at 4 steps: lcd = (reward, acc, fd, hf); direct / lrm: {beta: (reward, acc, fd, hf)}."""
     def row(model, guidance, beta, v):
         return {"model": model, "guidance": guidance, "beta": beta, "steps": 4, "reward": v[0], "accuracy": v[1],
-                "fd": v[2], "hf_ratio": v[3], "speedup": 12.0}
+                "fd": v[2], "hf_ratio": v[3], "speedup": 12.0, "reward_std": reward_std}
     rows = [{"model": "teacher", "guidance": "-", "beta": None, "steps": 50, "reward": 0.5,
              "accuracy": teacher[0], "fd": teacher[1], "hf_ratio": 1.0}, row("lcd", "none", 0.0, lcd)]
     rows += [row(f"rg-direct-b{b:g}", "direct", b, v) for b, v in direct.items()]
@@ -136,11 +141,18 @@ def test_claim_verdicts_follow_the_numbers():
     verdicts = {c["claim"]: c["holds"] for c in evaluate_claims(rows, toy)}
     assert verdicts == {
         "Few-step LCM approaches the 50-step teacher": False,           # accuracy 0.5 < 0.9 * 0.9
-        "The reward rises with RG-LCD": False,                          # direct reward fell
+        "The reward rises with RG-LCD, well beyond seed-to-seed noise": False,    # direct reward fell
         "Direct reward optimisation with a large beta raises high-frequency energy (reward hacking)": False,
         "The LRM variant raises high-frequency energy less at similar reward": False,   # 1.5 > 1.05 (clamped end)
         "The LRM variant has a better FD than direct optimisation at similar reward": False,
     }
+
+    # a gain that is real but within 3 seed standard deviations does not count
+    rows = _rows(lcd=(0.5, 0.85, 3.0, 1.0), direct={1.0: (0.6, 0.8, 3.5, 1.2)}, lrm={10.0: (0.7, 0.8, 4.0, 1.1)},
+                 reward_std=0.04)
+    gain = {c["claim"]: c for c in evaluate_claims(rows, toy)}["The reward rises with RG-LCD, well beyond seed-to-seed noise"]
+    assert gain["evidence"]["rg-direct-b1"]["gain_over_spread"] == pytest.approx(2.5) and not gain["holds"]
+    assert gain["evidence"]["rg-lrm-b10"]["gain_over_spread"] == pytest.approx(5.0)
 
 
 def test_world_key_and_method_config():
@@ -153,7 +165,7 @@ def test_world_key_and_method_config():
     assert (lrm.reward.name, lrm.reward.guidance, lrm.lrm.batch_size) == ("toy", "lrm", toy.lrm_batch_size)
     assert (lcd.distill.w_min, lcd.distill.w_max, lcd.train.lr) == (toy.w_min, toy.w_max, toy.lr)
     assert lcd.model.resolution == 32 and lcd.distill.num_ddim_timesteps == 50
-    assert (lcd.preset, lcd.reward.weights, lcd.lrm.checkpoint, lcd.model.teacher) == ("tiny", None, None, "tiny:epsilon")
+    assert (lcd.preset, lcd.reward.weights, lcd.lrm.checkpoint, lcd.model.teacher) == ("tiny", None, None, "toy:teacher")
     row = method_config(toy, "lrm", 5.0, world_dir="/w/world-abc")        # a built world: every source points into it
     assert (row.model.teacher, row.reward.weights, row.lrm.checkpoint) == (
         "/w/world-abc/teacher", "/w/world-abc", "/w/world-abc/lrm")
@@ -178,6 +190,12 @@ def test_quick_run_end_to_end_and_the_world_cache_is_reused(tmp_path, monkeypatc
             assert math.isfinite(r[key]), (r["model"], key)
         assert 0 <= r["reward"] <= 1 and 0 <= r["accuracy"] <= 1
     assert results["rows"][1]["hf_ratio"] == pytest.approx(1.0)          # the teacher against itself
+    for r in results["rows"]:                                              # mean and spread over the seeds
+        per_seed = [s for s in results["seed_rows"] if (s["model"], s["steps"]) == (r["model"], r["steps"])]
+        assert [s["seed"] for s in per_seed] == list(toy.seeds) and r["reward_by_seed"] == [s["reward"] for s in per_seed]
+        assert r["reward"] == pytest.approx(sum(r["reward_by_seed"]) / 2)
+        assert r["reward_std"] == pytest.approx(abs(r["reward_by_seed"][0] - r["reward_by_seed"][1]) / math.sqrt(2))
+    assert [(t["name"], t["seed"]) for t in results["training"]] == [(n, s) for n in names for s in toy.seeds]
     assert all(r["latency_ms"] > 0 for r in results["rows"][1:])
     assert [c["claim"] for c in results["claims"]][0] == "Few-step LCM approaches the 50-step teacher"
     assert all(isinstance(c["holds"], bool) for c in results["claims"])
@@ -237,6 +255,109 @@ def test_published_results_are_what_the_default_config_and_report_code_make():
     toy = ToyConfig(world=world, **{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
     assert toy == ToyConfig(), "the published table was made with other defaults: rerun `rglcd toy run`"
     assert results["world"]["key"] == world.key()
+    assert results["expert"]["temperature"] == TEMPERATURE
     assert [c["holds"] for c in evaluate_claims(results["rows"], toy)] == [c["holds"] for c in results["claims"]]
     assert (folder / "RESULTS.md").read_text() == markdown(results)
     assert (folder / "samples.png").stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------- the toy world as sources (the tiny preset)
+
+def test_toy_shapes_source_serves_the_worlds_training_images_and_captions():
+    import numpy as np
+
+    from rglcd.data.sources import open_source
+    from rglcd.data.version import source_version
+
+    source = open_source("toy:shapes:5")
+    records = list(source.read_unit(0))
+    data = make_dataset(WorldConfig().train_images, WorldConfig().seed)
+    assert source.unit_counts() == [5] and [r.index for r in records] == list(range(5))
+    assert [r.caption for r in records] == data.captions[:5]
+    pixels = np.asarray(records[3].image, dtype=np.float32) / 255                      # (32, 32, 3), 8 bits
+    np.testing.assert_allclose(pixels, data.images[3].permute(1, 2, 0).numpy(), atol=0.5 / 255 + 1e-6)
+    assert source.read_record(0, 4).caption == records[4].caption and records[4].key == "toy:shapes:5 #4"
+    assert open_source("toy:shapes").unit_counts() == [WorldConfig().train_images]
+    assert source_version("toy:shapes:5") == source_version("toy:shapes:5") != source_version("toy:shapes:6")
+    for bad in ("toy:shapes:0", "toy:shapes:x", f"toy:shapes:{WorldConfig().train_images + 1}", "toy:shape"):
+        with pytest.raises(ValueError, match="allowed: toy:shapes or toy:shapes:N"):
+            open_source(bad)
+
+
+def test_toy_prompts_and_reference_folder(tmp_path):
+    from PIL import Image
+
+    from rglcd.data.prompts import load_prompts
+    from rglcd.evaluate.reference import resolve_reference
+
+    captions = load_prompts("toy:captions")
+    assert sorted(captions) == sorted(prompt_set(1)) and captions == load_prompts("toy:captions")   # a fixed order
+    assert len({labels_of([c])[0, 0].item() for c in captions[:4]}) > 1                # the first ones differ
+    assert sorted(load_prompts("toy:captions:3")) == sorted(prompt_set(3))
+    with pytest.raises(ValueError, match=r"eval.prompts: 'toy:captions:0' is not allowed"):
+        load_prompts("toy:captions:0", field="eval.prompts")
+    folder = resolve_reference("toy:reference:4", tmp_path)
+    files = sorted(folder.iterdir())
+    assert [f.name for f in files] == [f"{i:05d}.png" for i in range(4)]
+    assert resolve_reference("toy:reference:4", tmp_path) == folder                      # built once
+    held_out = make_dataset(WorldConfig().reference_images, WorldConfig().seed + 1)
+    first = torch.from_numpy(__import__("numpy").asarray(Image.open(files[0]))).permute(2, 0, 1) / 255
+    torch.testing.assert_close(first, held_out.images[0], atol=0.5 / 255 + 1e-6, rtol=0)
+    with pytest.raises(ValueError, match="eval.fid_reference: 'toy:reference:9999' is not allowed"):
+        resolve_reference("toy:reference:9999", tmp_path)
+
+
+def test_toy_model_references_resolve_into_the_world_built_once(tmp_path, monkeypatch):
+    from rglcd.models.sources import ModelSourceError, resolve
+    from rglcd.toy import world as world_mod
+
+    built = []
+
+    def fake_build(cfg, out, device, method_cfg):          # the build's artifacts, without minutes of training
+        built.append(out)
+        (out / "teacher").mkdir()
+        (out / "lrm").mkdir()
+        return {"key": cfg.key()}
+    monkeypatch.setattr(world_mod, "build_world", fake_build)
+    world = tmp_path / "toy" / f"world-{WorldConfig().key()}"
+    assert resolve("toy:teacher", str(tmp_path)) == world / "teacher"
+    assert resolve("toy:lrm", str(tmp_path)) == world / "lrm"
+    assert resolve("toy:world", str(tmp_path)) == world and len(built) == 1                # cached after one build
+    assert json.loads((world / "world.json").read_text()) == {"key": WorldConfig().key()}
+    with pytest.raises(ModelSourceError, match="'toy:student' is not allowed; allowed: toy:teacher, toy:lrm, toy:world"):
+        resolve("toy:student", str(tmp_path))
+
+
+def test_source_schemes_are_registered_with_checked_names():
+    from rglcd.plugins import SOURCES, register_source, source_handler
+    from rglcd.toy.sources import data_source
+
+    assert source_handler("data", "toy:shapes") is data_source
+    assert source_handler("data", "s3://bucket/shards") is None and source_handler("model", "tiny:epsilon") is None
+    with pytest.raises(ValueError, match="source kind 'weights' is not allowed"):
+        register_source("weights", "my", "pkg.mod:fn")
+    with pytest.raises(ValueError, match="is not allowed; allowed: a lower-case scheme"):
+        register_source("data", "My Scheme", "pkg.mod:fn")
+    with pytest.raises(ValueError, match="already registered as rglcd.toy.sources:data_source"):
+        register_source("data", "toy", "pkg.mod:other")
+    register_source("data", "toy", SOURCES["data"]["toy"])                                # same entry: a no-op
+
+
+def test_the_tiny_preset_runs_the_method_in_the_toy_world():
+    """`make run`'s preset: every reference it holds resolves through the toy sources, the expert and the
+    gate read the toy reward (docs/method.md 11.6)."""
+    from rglcd.config import load_config
+    from rglcd.plugins import source_handler
+    from rglcd.toy import sources
+
+    cfg = load_config("tiny")
+    refs = {"model": [cfg.model.teacher, cfg.lrm.checkpoint], "data": [cfg.data.train],
+            "prompts": [cfg.data.prompts], "reference": [cfg.eval.fid_reference]}
+    for kind, values in refs.items():
+        for value in values:
+            handler = {"model": "model_dir", "data": "data_source", "prompts": "prompts", "reference": "reference_dir"}
+            assert source_handler(kind, value) is getattr(sources, handler[kind]), (kind, value)
+    assert (cfg.reward.name, cfg.reward.weights, cfg.reward.guidance) == ("toy", "toy:world", "lrm")
+    assert cfg.eval.rewards == ["toy"] and cfg.eval.reward_weights == {"toy": "toy:world"}
+    assert cfg.eval.gate_reward == "toy" and cfg.eval.gate_min_reward_margin == 0.0
+    assert cfg.eval.hps_benchmark is None and cfg.eval.clip_model is None

@@ -33,7 +33,7 @@ BILLION_LAUGHS = ('a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
 
 
 def _cfg(model_cache, *overrides):
-    return load_config("tiny", overrides=[f"model.cache_dir={model_cache}", "data.shard_size=8", *overrides])
+    return load_config("tiny-random", overrides=[f"model.cache_dir={model_cache}", "data.shard_size=8", *overrides])
 
 
 def _png(seed: int, h: int = 48, w: int = 64) -> bytes:
@@ -138,12 +138,12 @@ def test_json_written_by_json_dumps_is_read_as_json(tmp_path, name):
 ])
 def test_bad_values_fail_at_load_naming_key_value_and_allowed(override, words):
     with pytest.raises(ConfigError, match=rf"^{words}"):
-        load_config("tiny", overrides=[override])
+        load_config("tiny-random", overrides=[override])
 
 
 @pytest.mark.parametrize("value", ["16Gi", "512Mi", "500M", "1.5Gi", "2e3", "100m", "1Ti"])
 def test_kubernetes_quantities_are_accepted(value):
-    assert load_config("tiny", overrides=[f"pipeline.shm_size={value}"]).pipeline.shm_size == str(value)
+    assert load_config("tiny-random", overrides=[f"pipeline.shm_size={value}"]).pipeline.shm_size == str(value)
 
 
 # ---------------------------------------------------------------- 9. credentials in URLs
@@ -154,7 +154,7 @@ def test_kubernetes_quantities_are_accepted(value):
                                  "eval.reward_weights={hpsv2.1: 's3://KEY:S3CR3T@bucket/hps.pt'}"])
 def test_credentials_in_any_url_are_refused_at_load_and_never_echoed(key, capsys):
     with pytest.raises(ConfigError, match="embeds credentials") as info:
-        load_config("tiny", overrides=[key])
+        load_config("tiny-random", overrides=[key])
     assert "S3CR3T" not in str(info.value) and "***@" in str(info.value)
     assert main(["config", "show", "--set", key]) == 2
     out = capsys.readouterr()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from rglcd.config.args import add_config_args, config_from_args
+from rglcd.config.args import DEFAULT_PRESET, PRESET_ENV, add_config_args, config_from_args
 from rglcd.config import ENV_PREFIX, ENV_SEP, LOAD_ORDER, dump_config, explain, list_presets
 
 
@@ -23,6 +23,8 @@ def _explain(args: argparse.Namespace) -> None:
     print(f"# load order, each over the one before: {' < '.join(LOAD_ORDER)}")
     print(f"# environment: {ENV_PREFIX}<SECTION>{ENV_SEP}<KEY>=<YAML value> sets section.key, e.g. "
           f"{ENV_PREFIX}STORAGE{ENV_SEP}REMOTE=s3://bucket/dvc sets storage.remote")
+    print(f"# preset: --preset, else the --config file's `preset` key, else ${PRESET_ENV}, else {DEFAULT_PRESET}; "
+          f"presets: {', '.join(list_presets())}, custom")
     rows = explain()
     width = max(len(key) for key, _, _ in rows)
     for key, typ, text in rows:

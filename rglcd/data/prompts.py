@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rglcd.plugins import source_handler
 from rglcd.safeio import MAX_LIST_BYTES, parse_json, read_text
 
 ALLOWED = "builtin:vbench, a .txt file (one prompt a line) or a .json list"
@@ -13,6 +14,12 @@ def load_prompts(spec: str | Path, field: str = "data.prompts") -> list[str]:
 
     `field` names the setting or flag the spec came from, in every error message."""
     spec = str(spec)
+    handler = source_handler("prompts", spec)       # a registered scheme ("toy:captions", rglcd.plugins)
+    if handler is not None:
+        try:
+            return handler(spec)
+        except ValueError as err:
+            raise ValueError(f"{field}: {err}") from None
     if spec == "builtin:vbench":
         from rglcd.data.builtin import vbench_prompts
 

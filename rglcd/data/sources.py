@@ -32,6 +32,7 @@ from rglcd.data.io import file_size, is_remote, list_tars, open_binary, read_ran
 from rglcd.data.manifest import read_manifest
 from rglcd.data.refs import OUTSIDE, resolve_local, resolve_ref
 from rglcd.data.tarindex import parse_records
+from rglcd.plugins import source_handler
 from rglcd.safeio import read_text, short
 from rglcd.urls import redact_urls
 
@@ -402,6 +403,9 @@ def open_source(spec: str, remote_images: tuple[str, ...] | list[str] = (), cach
     then opened as the local spec it is."""
     if is_dvc_url(spec):
         return open_source(str(materialize(spec, cache_dir or DVC_CACHE)), remote_images)
+    handler = source_handler("data", spec)          # a registered scheme ("toy:shapes", rglcd.plugins)
+    if handler is not None:
+        return handler(spec)
     if spec.startswith("builtin:"):
         return BuiltinPhotos(spec)
     if spec.lower().endswith(TABLE_SUFFIXES):

@@ -30,6 +30,7 @@ from rglcd.data.dvcsource import dvc_source_version
 from rglcd.data.io import filesystem, list_tars
 from rglcd.data.manifest import read_manifest
 from rglcd.data.sources import TABLE_SUFFIXES
+from rglcd.plugins import source_handler
 from rglcd.urls import redact_urls
 
 
@@ -140,6 +141,9 @@ def source_version(spec: str) -> str:
 
     Equal versions mean the store reports the same files with the same sizes and ETags/stats; a prep
     output's version is its manifest content hash. Raises NoCheapVersion when the store cannot tell."""
+    handler = source_handler("version", spec)       # a registered scheme ("toy:shapes", rglcd.plugins)
+    if handler is not None:
+        return handler(spec)
     for prefix, versioner in VERSIONERS.items():
         if spec.startswith(prefix):
             return versioner(spec)

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from rglcd.fsutil import build_once
+from rglcd.plugins import source_handler
 
 _VERSION = "v1"  # bump when rglcd.data.builtin's records change: the folder name is the cache key
 
@@ -26,7 +27,14 @@ def write_builtin_photos(count: int, folder: str | Path) -> Path:
 
 
 def resolve_reference(spec: str, cache_dir: str | Path) -> Path:
-    """`eval.fid_reference` -> a local folder of images (`builtin:photos[:N]` is written once into the cache)."""
+    """`eval.fid_reference` -> a local folder of images (`builtin:photos[:N]` is written once into the cache;
+    a registered scheme such as "toy:reference" resolves through `rglcd.plugins`)."""
+    handler = source_handler("reference", spec)
+    if handler is not None:
+        try:
+            return Path(handler(spec, cache_dir))
+        except ValueError as err:
+            raise ValueError(f"eval.fid_reference: {err}") from None
     if spec.startswith("builtin:"):
         from rglcd.data.builtin import parse_photos_spec
 

@@ -10,6 +10,7 @@ import socket
 from pathlib import Path
 
 from rglcd.fsutil import build_once, cache_root
+from rglcd.plugins import source_handler
 
 HUB_HOST = "huggingface.co"
 
@@ -92,7 +93,13 @@ def resolve_hub(repo_id: str, revision: str | None, allow_patterns: list[str] | 
 
 def resolve(ref: str, cache_dir: str, revision: str | None = None,
             allow_patterns: list[str] | None = None) -> Path:
-    """Any model reference -> local directory."""
+    """Any model reference -> local directory. A registered scheme ("toy:teacher", `rglcd.plugins`) first."""
+    handler = source_handler("model", ref)
+    if handler is not None:
+        try:
+            return Path(handler(ref, cache_dir))
+        except ValueError as err:
+            raise ModelSourceError(str(err)) from None
     if ref.startswith("tiny:"):
         return resolve_tiny(ref, cache_dir)
     if ref.startswith("s3://"):

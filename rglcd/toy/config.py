@@ -86,7 +86,9 @@ def world_code_digest() -> str:
 @dataclass(frozen=True)
 class ToyConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
-    seed: int = 0
+    # Every student row is trained and evaluated once per seed (training draws, w-projection init, batch
+    # order and sampling noise all follow it); the table reports the mean and the spread over seeds.
+    seeds: tuple[int, ...] = (0, 1, 2)
     # Student training, identical for every row except the reward term (same batches, same draws).
     student_steps: int = 500
     batch_size: int = 16
@@ -107,13 +109,17 @@ class ToyConfig:
     hf_cutoff: float = 0.25
     latency_repeats: int = 5
 
+    def __post_init__(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: {self.seeds!r} is not allowed; allowed: one or more distinct seeds")
+
 
 def quick_config() -> ToyConfig:
     """A seconds-to-a-minute version of everything, for the test (its numbers mean nothing)."""
     world = WorldConfig(train_images=96, reference_images=48, vae_steps=10, vae_batch_size=8, teacher_max_steps=10,
                         teacher_check_every=10, teacher_batch_size=8, classifier_steps=20, lrm_pretrain_steps=5,
                         lrm_pretrain_batch_size=16)
-    return ToyConfig(world=world, student_steps=3, batch_size=4, direct_betas=(1.0,), lrm_betas=(1.0,),
+    return ToyConfig(world=world, seeds=(0, 1), student_steps=3, batch_size=4, direct_betas=(1.0,), lrm_betas=(1.0,),
                      lrm_batch_size=2, eval_repeats=1, eval_steps=(1, 2), teacher_steps=50, latency_repeats=1)
 
 
@@ -123,28 +129,30 @@ def claim_steps(toy) -> int:
 
 
 def method_config(toy: ToyConfig, guidance: str = "direct", beta: float = 0.0,
-                  world_dir: str | Path | None = None) -> Config:
-    """The project's Config of one experiment row: the `tiny` preset with the toy's settings over it, read
-    and validated as any config file is (`rglcd.config.load_config`).
+                  world_dir: str | Path | None = None, seed: int | None = None) -> Config:
+    """The project's Config of one experiment row: the `tiny` preset (the toy world's) with the row's settings
+    over it, read and validated as any config file is (`rglcd.config.load_config`).
 
-    beta 0 is plain LCD (reward.name none); otherwise the expert is the registered reward "toy"
-    (`rglcd.toy.reward.load_toy_reward`). With `world_dir` (a built world) the teacher, the expert's
-    weights and the pretrained LRM point into it, as a run on any other teacher and reward would.
+    beta 0 is plain LCD (reward.name none, no LRM); otherwise the expert is the registered reward "toy"
+    (`rglcd.toy.reward.load_toy_reward`). The teacher, the expert's weights and the pretrained LRM point into
+    `world_dir` (a built world), or without it to the default world's `toy:` references (docs/method.md 11.6).
+    seed: the row's training seed (default: the first of toy.seeds).
     """
     w = toy.world
+    ref = {part: str(Path(world_dir) / folder) if world_dir is not None else f"toy:{part}"
+           for part, folder in (("teacher", "teacher"), ("world", ""), ("lrm", "lrm"))}
     data: dict[str, Any] = {
-        "train": {"seed": toy.seed, "lr": toy.lr, "batch_size": toy.batch_size, "max_steps": toy.student_steps},
+        "model": {"teacher": ref["teacher"]},
+        "train": {"seed": toy.seeds[0] if seed is None else seed, "lr": toy.lr, "batch_size": toy.batch_size,
+                  "max_steps": toy.student_steps},
         "distill": {"ema_decay": toy.ema_decay, "w_min": toy.w_min, "w_max": toy.w_max},
-        "reward": {"name": TOY_REWARD if beta else "none", "guidance": guidance, "beta": beta, "weights": None},
+        "reward": {"name": TOY_REWARD if beta else "none", "guidance": guidance, "beta": beta,
+                   "weights": ref["world"] if beta else None},
         "lrm": {"lr": toy.lrm_lr, "batch_size": toy.lrm_batch_size, "pretrain_steps": w.lrm_pretrain_steps,
-                "pretrain_lr": w.lrm_pretrain_lr, "pretrain_batch_size": w.lrm_pretrain_batch_size},
+                "pretrain_lr": w.lrm_pretrain_lr, "pretrain_batch_size": w.lrm_pretrain_batch_size,
+                "checkpoint": ref["lrm"] if beta and guidance == "lrm" else None},
         "eval": {"guidance": toy.eval_guidance, "teacher_guidance": w.teacher_guidance,
                  "teacher_steps": toy.teacher_steps, "hf_cutoff": toy.hf_cutoff, "steps": list(toy.eval_steps),
                  "gate_steps": claim_steps(toy)},
     }
-    if world_dir is not None:
-        world = Path(world_dir)
-        data["model"] = {"teacher": str(world / "teacher")}
-        data["reward"]["weights"] = str(world) if beta else None
-        data["lrm"]["checkpoint"] = str(world / "lrm") if guidance == "lrm" else None
     return load_config(TOY_PRESET, data=data)

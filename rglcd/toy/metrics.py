@@ -56,11 +56,11 @@ def measure(images: torch.Tensor, prompts: list[str], reward: ToyReward, judge: 
             "hf_ratio": hf["ratio"], "hf_share": hf["student_share"], "num_images": int(images.shape[0])}
 
 
-def data_images(world, prompts: list[str]) -> torch.Tensor:
-    """One real training image per prompt, with the prompt's attributes: the "data" row, the ceiling
-    the models aim at (its FD is the distance between two samples of real images)."""
+def data_images(world, prompts: list[str], seed: int = 0) -> torch.Tensor:
+    """One real training image per prompt, with the prompt's attributes, picked with `seed`: the "data" row,
+    the ceiling the models aim at (its FD is the distance between two samples of real images)."""
     labels, want = world.train.labels, labels_of(prompts)
-    g = torch.Generator().manual_seed(world.config.seed + 7)
+    g = torch.Generator().manual_seed(world.config.seed + 7 + seed)
     picks = []
     for row in want:
         match = torch.nonzero((labels == row).all(1))[:, 0]

@@ -29,6 +29,22 @@ def _interp(x: float, points: list[tuple[float, float]]) -> float:
     return float(np.interp(x, xs, ys))
 
 
+GAIN_OVER_SPREAD = 3.0   # a reward gain counts when it is at least this many seed standard deviations
+
+
+def _mean_std(row: dict, key: str) -> dict[str, float]:
+    return {"mean": row[key], "std": row.get(f"{key}_std", 0.0)}
+
+
+def reward_gain(row: dict, lcd: dict) -> dict[str, Any]:
+    """RG-LCD row vs LCD-only: mean reward gain, the seed spread it is compared with, and the verdict."""
+    gain = row["reward"] - lcd["reward"]
+    spread = max(row.get("reward_std", 0.0), lcd.get("reward_std", 0.0))
+    return {**_mean_std(row, "reward"), "gain": gain, "spread": spread,
+            "gain_over_spread": gain / spread if spread > 0 else None,
+            "holds": gain > 0 and gain >= GAIN_OVER_SPREAD * spread}
+
+
 def evaluate_claims(rows: list[dict], toy) -> list[dict[str, Any]]:
     """The four claims of the issue, each with criterion, evidence and verdict (`holds`)."""
     s = claim_steps(toy)
@@ -43,10 +59,12 @@ def evaluate_claims(rows: list[dict], toy) -> list[dict[str, Any]]:
                      "speedup": lcd.get("speedup")},
         "holds": lcd["accuracy"] >= 0.9 * teacher["accuracy"] and lcd["fd"] <= 2 * teacher["fd"],
     }, {
-        "claim": "The reward rises with RG-LCD",
-        "criterion": f"every RG-LCD student (direct and LRM) has a higher expert reward than LCD-only at {s} steps",
-        "evidence": {"lcd": lcd["reward"], **{r["model"]: r["reward"] for r in direct + lrm}},
-        "holds": bool(direct + lrm) and all(r["reward"] > lcd["reward"] for r in direct + lrm),
+        "claim": "The reward rises with RG-LCD, well beyond seed-to-seed noise",
+        "criterion": f"at {s} steps, every RG-LCD student's (direct and LRM) mean expert reward exceeds LCD-only's "
+                     f"by at least {GAIN_OVER_SPREAD:g} x the seed spread (the larger standard deviation over seeds "
+                     "of the two rows)",
+        "evidence": {"lcd": _mean_std(lcd, "reward"), **{r["model"]: reward_gain(r, lcd) for r in direct + lrm}},
+        "holds": bool(direct + lrm) and all(reward_gain(r, lcd)["holds"] for r in direct + lrm),
     }]
     if direct:
         big = max(direct, key=lambda r: r["beta"])
@@ -90,6 +108,13 @@ def _fmt(value: Any, digits: int) -> str:
     return str(value)
 
 
+def _pm(row: dict, key: str, digits: int) -> str:
+    """'mean ± std' over seeds (the mean alone when a row has no spread recorded)."""
+    if f"{key}_std" not in row:
+        return _fmt(row[key], digits)
+    return f"{row[key]:.{digits}f} ± {row[key + '_std']:.{digits}f}"
+
+
 def table(rows: list[dict]) -> str:
     head = ("| model | reward guidance | beta | steps | reward | accuracy | FD | HF ratio | HF share "
             "| latency ms/img | speedup |\n|---|---|---|---|---|---|---|---|---|---|---|")
@@ -97,8 +122,8 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         lines.append("| " + " | ".join([
             r["model"], r["guidance"], _fmt(r["beta"], 3 if r["beta"] and r["beta"] < 1 else 1),
-            _fmt(r["steps"], 0), _fmt(r["reward"], 3), _fmt(r["accuracy"], 3), _fmt(r["fd"], 2),
-            _fmt(r["hf_ratio"], 2), _fmt(r["hf_share"], 4), _fmt(r.get("latency_ms"), 1),
+            _fmt(r["steps"], 0), _pm(r, "reward", 3), _pm(r, "accuracy", 3), _pm(r, "fd", 1),
+            _pm(r, "hf_ratio", 2), _fmt(r["hf_share"], 4), _fmt(r.get("latency_ms"), 1),
             _fmt(r.get("speedup"), 1)]) + " |")
     return "\n".join(lines)
 
@@ -116,7 +141,7 @@ def _round(x: Any) -> Any:
     return round(x, 4) if isinstance(x, float) else str(x)
 
 
-def _world_md(world: dict) -> str:
+def _world_md(world: dict, temperature: float) -> str:
     w, t, c = world["config"], world["teacher"], world["classifiers"]
     return "\n".join([
         f"- Data: {w['train_images']} training and {w['reference_images']} held-out 32x32 images of coloured "
@@ -129,7 +154,8 @@ def _world_md(world: dict) -> str:
         f"{t['steps']} steps (batch {w['teacher_batch_size']}); judge accuracy of its 50-step DDIM+CFG "
         f"{w['teacher_guidance']} samples (one per caption) at each check: "
         f"{', '.join(str(round(k['accuracy'], 3)) + ' @' + str(k['step']) for k in t['checks'])}.",
-        f"- Expert reward: CNN classifier, R = mean over colour/shape/position of p(caption attribute | image); "
+        f"- Expert reward: CNN classifier, R = mean over colour/shape/position of softmax(logits / {temperature:g})"
+        "[caption attribute] (`rglcd.toy.reward`); "
         f"judge (held out, noise-augmented CNN) accuracy on held-out real images "
         f"{c['reference_accuracy']['judge']:.3f} (reward classifier {c['reference_accuracy']['reward']:.3f}).",
         f"- LRM: `rglcd.lrm` latent CLIP (tiny preset sizes) pretrained {world['lrm']['steps']} steps with "
@@ -142,22 +168,26 @@ def _world_md(world: dict) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     toy, env = results["config"], results["environment"]
-    train = "\n".join(f"| {t['name']} | {t['seconds']:.0f} | `{json.dumps(t['last_20pct'])}` |" for t in results["training"])
+    train = "\n".join(f"| {t['name']} | {t.get('seed', '-')} | {t['seconds']:.0f} | `{json.dumps(t['last_20pct'])}` |"
+                      for t in results["training"])
     return f"""# {results['title']}
 
 Written by `rglcd toy run` ({results['wall_s'] / 60:.1f} min on {env['device']}, {env['threads']} threads,
 torch {env['torch']}). Every number below was measured by that run; `results.json` holds them all.
 
 ## The toy world
-{_world_md(results['world'])}
+{_world_md(results['world'], results['expert']['temperature'])}
 
 ## Table
 Students: {toy['student_steps']} RG-LCD steps each (batch {toy['batch_size']}, lr {toy['lr']}, w ~ U[{toy['w_min']}, {toy['w_max']}]),
-same batches and draws for every row; sampled with LCM at guidance {toy['eval_guidance']}. Teacher: {toy['teacher_steps']}-step
-DDIM with CFG {toy['world']['teacher_guidance']}. {results['prompts']['count']} prompts (each of the
-{results['prompts']['distinct']} captions {toy['eval_repeats']}x), the same seeds in every row.
+same batches and draws for every row of one seed; sampled with LCM at guidance {toy['eval_guidance']}. Teacher:
+{toy['teacher_steps']}-step DDIM with CFG {toy['world']['teacher_guidance']}. {results['prompts']['count']} prompts (each of the
+{results['prompts']['distinct']} captions {toy['eval_repeats']}x). Every row was trained (students) and sampled
+(all rows) once per seed {', '.join(str(x) for x in toy['seeds'])}: a cell is the mean ± the standard deviation over
+those seeds (`results.json` has each seed's value); latency is the first seed's.
 
-- reward: the expert RM RG-LCD optimises (mean attribute probability, 0..1).
+- reward: the expert RM RG-LCD optimises (mean over the three attributes of the tempered classifier's
+  probability of the caption's value, 0..1; `rglcd.toy.reward`).
 - accuracy: the held-out judge reads colour, shape and position as the caption says.
 - FD: Frechet distance of the judge's penultimate features to {toy['world']['reference_images']} held-out real images (an FID with the toy judge for Inception; lower is better).
 - HF ratio: share of spectral energy above {toy['hf_cutoff']} cycles/px over the teacher's (`rglcd.evaluate.spectrum`); HF share: the share itself.
@@ -169,12 +199,12 @@ DDIM with CFG {toy['world']['teacher_guidance']}. {results['prompts']['count']} 
 {_claims_md(results['claims'])}
 
 ## Training
-| run | seconds | mean of the last 20% of steps |
-|---|---|---|
+| run | seed | seconds | mean of the last 20% of steps |
+|---|---|---|---|
 {train}
 
 `samples.png`: one row per model, the first {GRID_COLUMNS} prompts, in this order: {', '.join(results.get('grid_rows', []))}
-(students at {max(toy['eval_steps'])} steps).
+(students at {max(toy['eval_steps'])} steps, seed {toy['seeds'][0]}).
 """
 
 
