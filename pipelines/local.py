@@ -70,6 +70,15 @@ class LocalRun:
         """The data check ended the run: no new data since the production model, and not forced."""
         return self.tasks.get("check-data", {}).get("parameters", {}).get("Output") is False
 
+    def gate_reward(self) -> str:
+        """'<eval.gate_reward> <student> (teacher <teacher>)': the numbers the gate's reward rule compared."""
+        ev = "evaluate-student"
+        numbers = json.loads(self.parameter(ev, "metrics_json"))
+        name = self.artifact(ev, "metrics")["metadata"].get("gate", {}).get("reward", "reward")
+        teacher = numbers.get("teacher_reward")
+        return (f"{name} {self.parameter(ev, 'reward'):.4f}"
+                + (f" (teacher {teacher:.4f})" if teacher is not None else ""))
+
     def summary(self) -> str:
         if self.skipped:
             check = self.tasks["check-data"]["parameters"]
@@ -86,8 +95,8 @@ class LocalRun:
                  ("training report", self.artifact(train, "report")["uri"]),
                  ("training metrics", f"{self.artifact(train, 'metrics')['uri']} (JSONL, one record per step)"),
                  ("evaluation page", self.artifact(ev, "page")["uri"]),
-                 ("evaluation metrics", f"{self.artifact(ev, 'metrics')['uri']} (JSON; hps "
-                                        f"{self.parameter(ev, 'hps'):.4f}, fid {self.parameter(ev, 'fid'):.4f})"),
+                 ("evaluation metrics", f"{self.artifact(ev, 'metrics')['uri']} (JSON; {self.gate_reward()}, "
+                                        f"fid {self.parameter(ev, 'fid'):.4f})"),
                  ("data check", self.parameter("check-data", "reason")),
                  ("gate", gate),
                  ("registry entry", f"{reg['model_name']} version {reg['version']} in {self.tracking_uri}" if reg

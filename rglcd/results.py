@@ -43,4 +43,4 @@ def evaluation_summary(result: Any) -> dict[str, Any]:
     return {"numbers": finite_numbers(result.metrics.get("summary", {})), "html": str(result.html_path),
             "metrics_file": str(result.metrics_path),
             "gate": {"passed": bool(gate.passed), "failed_rules": list(gate.failed_rules),
-                     "reasons": dict(gate.reasons)}}
+                     "reasons": dict(gate.reasons), "reward": str(gate.reward)}}

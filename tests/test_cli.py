@@ -158,17 +158,21 @@ def test_evaluate_json_and_device(monkeypatch, capfd, tmp_path):
     def evaluate(cfg, model, out, teacher=None, production_metrics=None):
         seen.update(device=cfg.eval.device, model=model)
         print("scoring ...")
-        gate = GateDecision(False, ["hps"], {"hps": "student 0.20 < teacher 0.25"})
-        return EvalResult({"summary": {"hps": 0.2, "fid": 31.5}}, tmp_path / "metrics.json", tmp_path / "r.html", gate)
+        gate = GateDecision(False, ["reward_margin"], {"reward_margin": "FAIL: toy 0.2000 - teacher 0.2500 = -0.0500 "
+                                                                        "< +0.0000"}, reward="toy")
+        return EvalResult({"summary": {"reward": 0.2, "fid": 31.5}}, tmp_path / "metrics.json", tmp_path / "r.html",
+                          gate)
     monkeypatch.setattr(rglcd.evaluate, "evaluate", evaluate)
     argv = ["evaluate", "--model", "m", "--out", str(tmp_path), "--device", "cpu", "--strict"]
     assert main([*argv, "--json"]) == 3                                  # the gate failed: --strict exit status
     out = capfd.readouterr()
-    assert json.loads(out.out) == {"summary": {"hps": 0.2, "fid": 31.5},
-                                   "gate": {"passed": False, "failed_rules": ["hps"],
-                                            "reasons": {"hps": "student 0.20 < teacher 0.25"}},
+    assert json.loads(out.out) == {"summary": {"reward": 0.2, "fid": 31.5},
+                                   "gate": {"passed": False, "failed_rules": ["reward_margin"], "reward": "toy",
+                                            "reasons": {"reward_margin": "FAIL: toy 0.2000 - teacher 0.2500 = "
+                                                                         "-0.0500 < +0.0000"}},
                                    "metrics": str(tmp_path / "metrics.json"), "report": str(tmp_path / "r.html")}
     assert seen == {"device": "cpu", "model": "m"} and "scoring ..." in out.err
     assert main(argv) == 3
     text = capfd.readouterr().out
-    assert "gate: FAILED" in text and "  hps: student 0.20 < teacher 0.25" in text and "scoring ..." in text
+    assert "gate: FAILED (reward: toy)" in text and "scoring ..." in text
+    assert "  reward_margin: FAIL: toy 0.2000 - teacher 0.2500 = -0.0500 < +0.0000" in text

@@ -218,6 +218,51 @@ def test_environment_variables_go_between_the_file_and_set(tmp_path, monkeypatch
         _from_cli()
 
 
+@pytest.mark.parametrize("override, words", [
+    ("eval.gate_reward=toy", ["eval.gate_reward", "'toy'", "eval.rewards", "['hpsv2.1']"]),
+    ("eval.gate_reward=lrm", ["eval.gate_reward", "lrm", "allowed", "hpsv2.1", "toy"]),      # a latent reward
+    ("eval.rewards=[toy]", ["eval.gate_reward", "'hpsv2.1'", "eval.rewards", "['toy']"]),
+    ("eval.hps_benchmark=hub", ["eval.hps_benchmark", "'hub'", "eval.rewards", "null"]),
+])
+def test_gate_reward_must_be_an_evaluated_image_reward(override, words):
+    """eval.gate_reward: a registered image reward among eval.rewards; the HPSv2 benchmark needs HPSv2.1 scored."""
+    base = ["eval.rewards=[toy]", "eval.gate_reward=toy"] if override.startswith("eval.hps_benchmark") else []
+    with pytest.raises(ConfigError) as err:
+        load_config("tiny-random", overrides=[*base, override])
+    for word in words:
+        assert word in str(err.value), (word, str(err.value))
+
+
+def test_gate_reward_other_than_hps_loads():
+    cfg = load_config("tiny-random", overrides=["eval.rewards=[toy, clipscore]", "eval.gate_reward=toy",
+                                                "eval.gate_min_reward_margin=0.02"])
+    assert (cfg.eval.gate_reward, cfg.eval.gate_min_reward_margin) == ("toy", 0.02)
+    toy = load_config("tiny").eval                                      # the toy world gates on its own expert
+    assert (toy.gate_reward, toy.rewards, toy.hps_benchmark) == ("toy", ["toy"], None)
+    assert Config().eval.gate_reward == "hpsv2.1" and Config().eval.gate_min_reward_margin == 0.0
+    keys = {key for key, _, _ in explain()}
+    assert {"eval.gate_reward", "eval.gate_min_reward_margin"} <= keys and "eval.gate_min_hps_margin" not in keys
+
+
+def test_renamed_key_fails_with_its_new_name(tmp_path, monkeypatch):
+    """eval.gate_min_hps_margin (before the gate compared any reward) is refused from every source, naming
+    eval.gate_min_reward_margin."""
+    message = ("eval.gate_min_hps_margin: -5.0 uses a key that was renamed to eval.gate_min_reward_margin; "
+               "allowed: eval.gate_min_reward_margin")
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny-random", overrides=["eval.gate_min_hps_margin=-5.0"])
+    path = tmp_path / "old.yaml"
+    path.write_text("preset: tiny-random\neval:\n  gate_min_hps_margin: -5.0\n")
+    with pytest.raises(ConfigError, match=f"{message}.*config file"):
+        load_config(path=path)
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({"eval": {"gate_min_hps_margin": -5.0}})
+    with pytest.raises(ConfigError, match="environment variable RGLCD_EVAL__GATE_MIN_HPS_MARGIN: "
+                       "'eval.gate_min_hps_margin' was renamed to 'eval.gate_min_reward_margin'; allowed: "
+                       "RGLCD_EVAL__GATE_MIN_REWARD_MARGIN"):
+        load_config("tiny-random", env={"RGLCD_EVAL__GATE_MIN_HPS_MARGIN": "-5"})
+
+
 def test_rglcd_preset_comes_after_the_flag_and_the_file_and_before_the_default(tmp_path, monkeypatch):
     """--preset, else the file's `preset:` key, else $RGLCD_PRESET, else the command's default preset."""
     plain, named = tmp_path / "plain.yaml", tmp_path / "named.yaml"

@@ -236,19 +236,21 @@ def test_hps_benchmark_prompts_and_summary(tmp_path):
 # ---------------------------------------------------------------- gate
 
 class _Eval:
-    gate_min_hps_margin, gate_max_fid_regression, gate_max_hf_ratio = 0.0, 5.0, 1.5
+    gate_reward, gate_min_reward_margin, gate_max_fid_regression, gate_max_hf_ratio = "hpsv2.1", 0.0, 5.0, 1.5
 
 
 def _metrics(**summary):
-    base = {"hps": 27.0, "teacher_hps": 26.0, "hf_ratio": 1.1, "fid": 20.0,
+    base = {"reward": 27.0, "teacher_reward": 26.0, "hf_ratio": 1.1, "fid": 20.0,
             "fid_reference_key": 123.0, "fid_num_images": 5000.0}
     return {"summary": {**base, **summary}}
 
 
 @pytest.mark.parametrize("summary, production, failed", [
     ({}, None, []),
-    ({"hps": 25.5}, None, ["hps_margin"]),
-    ({"hps": 26.0}, None, []),                                   # margin exactly 0 >= 0
+    ({"reward": 25.5}, None, ["reward_margin"]),
+    ({"reward": 26.0}, None, []),                                # margin exactly 0 >= 0
+    ({"teacher_reward": None}, None, ["reward_margin"]),
+    ({"hps": 10.0, "teacher_hps": 30.0}, None, []),              # the rule reads the gate reward, not hps
     ({"hf_ratio": 1.5}, None, []),
     ({"hf_ratio": 1.51}, None, ["hf_ratio"]),
     ({}, {"fid": 16.0, "fid_reference_key": 123.0, "fid_num_images": 5000.0}, []),   # +4 <= 5
@@ -256,14 +258,16 @@ def _metrics(**summary):
     ({}, {"fid": 14.0, "fid_reference_key": 999.0, "fid_num_images": 5000.0}, ["fid_regression"]),  # other reference
     ({"fid": None}, {"fid": 14.0}, ["fid_regression"]),         # production has FID, candidate none
     ({}, {"hps": 30.0}, []),                                     # production without FID: nothing to compare
-    ({"hps": float("nan"), "hf_ratio": None}, None, ["hps_margin", "hf_ratio"]),
+    ({"reward": float("nan"), "hf_ratio": None}, None, ["reward_margin", "hf_ratio"]),
 ])
 def test_gate_rules_on_both_sides(summary, production, failed):
     from rglcd.evaluate import gate
+    from rglcd.evaluate.gate import RULES
 
     decision = gate(_metrics(**summary), _Eval(), production)
     assert decision.failed_rules == failed and decision.passed == (not failed)
-    assert set(decision.reasons) == {"hps_margin", "fid_regression", "hf_ratio"}
+    assert set(decision.reasons) == {"reward_margin", "fid_regression", "hf_ratio"} == set(RULES)
+    assert decision.reward == "hpsv2.1"
     for rule in failed:
         assert decision.reasons[rule].startswith("FAIL")
 
@@ -272,10 +276,81 @@ def test_gate_reads_thresholds_from_config():
     from rglcd.config import load_config
     from rglcd.evaluate import gate
 
-    cfg = load_config("tiny-random", overrides=["eval.gate_min_hps_margin=2.0", "eval.gate_max_hf_ratio=1.05"])
+    cfg = load_config("tiny-random", overrides=["eval.gate_min_reward_margin=2.0", "eval.gate_max_hf_ratio=1.05"])
     decision = gate(_metrics(), cfg.eval)
-    assert decision.failed_rules == ["hps_margin", "hf_ratio"]
-    assert "+1.0000 < +2.0000" in decision.reasons["hps_margin"]
+    assert decision.failed_rules == ["reward_margin", "hf_ratio"]
+    assert decision.reasons["reward_margin"] == "FAIL: hpsv2.1 27.0000 - teacher 26.0000 = +1.0000 < +2.0000"
+
+
+@pytest.mark.parametrize("student, margin, passed, reason", [
+    (0.8123, 0.0, True, "pass: toy 0.8123 - teacher 0.7011 = +0.1112 >= +0.0000"),
+    (0.8123, 0.2, False, "FAIL: toy 0.8123 - teacher 0.7011 = +0.1112 < +0.2000"),
+    (0.6500, 0.0, False, "FAIL: toy 0.6500 - teacher 0.7011 = -0.0511 < +0.0000"),
+])
+def test_gate_on_a_reward_other_than_hps(student, margin, passed, reason):
+    """The toy world's gate: reward "toy", no HPS anywhere in the metrics; the reason names the reward."""
+    from rglcd.config import load_config
+    from rglcd.evaluate import gate
+
+    cfg = load_config("tiny-random", overrides=["eval.rewards=[toy]", "eval.gate_reward=toy",
+                                                f"eval.gate_min_reward_margin={margin}"])
+    metrics = {"summary": {"reward": student, "teacher_reward": 0.7011, "reward_margin": student - 0.7011,
+                           "hf_ratio": 1.0}}
+    decision = gate(metrics, cfg.eval)
+    assert decision.reasons["reward_margin"] == reason and decision.reward == "toy"
+    assert decision.passed is passed and decision.failed_rules == ([] if passed else ["reward_margin"])
+    missing = gate({"summary": {"hf_ratio": 1.0}}, cfg.eval)
+    assert missing.failed_rules == ["reward_margin"] and "toy" in missing.reasons["reward_margin"]
+
+
+# ---------------------------------------------------------------- summary
+
+
+def _prompt_set(means: dict) -> dict:
+    return {"means": means, "high_frequency": {"by_steps": {"1": {"ratio": 1.3}, "4": {"ratio": 1.1}}}}
+
+
+_LATENCY = {"speedup": {"1": 40.0, "4": 12.0}, "student": {"1": {"seconds_per_image": 0.01},
+            "4": {"seconds_per_image": 0.03}}, "teacher": {"seconds_per_image": 0.36}}
+
+
+def test_summary_of_a_reward_other_than_hps():
+    """Rewards ["toy"]: reward/teacher_reward/reward_margin from the prompt-set means, no HPS keys at all."""
+    from rglcd.config import load_config
+    from rglcd.evaluate.core import gate_reward_means, summary
+
+    cfg = load_config("tiny-random", overrides=["eval.steps=[1, 4]", "eval.rewards=[toy]", "eval.gate_reward=toy"])
+    means = {"teacher": {"toy": 0.70, "hf_share": 0.2}, "student-1": {"toy": 0.55, "hf_share": 0.26},
+             "student-4": {"toy": 0.75, "hf_share": 0.22}}
+    s = summary(cfg, _prompt_set(means), None, None, _LATENCY)
+    assert (s["reward"], s["teacher_reward"]) == (0.75, 0.70) and s["reward_margin"] == pytest.approx(0.05)
+    assert s["toy_student_1"] == 0.55 and s["toy_teacher"] == 0.70 and s["hf_ratio"] == 1.1
+    assert not {"hps", "teacher_hps", "hps_margin"} & set(s) and not any("hf_share" in k for k in s)
+    assert all(isinstance(v, float) for v in s.values())
+    assert gate_reward_means(cfg, _prompt_set(means), None) == (0.75, 0.70, "prompt_set")
+
+
+def test_summary_of_hps_keeps_the_hps_keys():
+    """Gate reward hpsv2.1: the benchmark's means when it ran (both as reward and hps), else the prompt set's;
+    another gate reward beside a scored HPS keeps hps/teacher_hps/hps_margin as well."""
+    from rglcd.config import load_config
+    from rglcd.evaluate.core import gate_reward_means, summary
+
+    cfg = load_config("tiny-random", overrides=["eval.steps=[1, 4]", "eval.rewards=[hpsv2.1, clipscore]"])
+    means = {"teacher": {"hpsv2.1": 26.0, "clipscore": 0.30}, "student-1": {"hpsv2.1": 24.0, "clipscore": 0.28},
+             "student-4": {"hpsv2.1": 26.5, "clipscore": 0.29}}
+    bench = {"models": {"teacher": {"mean": 27.0}, "student-1": {"mean": 25.0}, "student-4": {"mean": 27.25}}}
+    s = summary(cfg, _prompt_set(means), bench, None, _LATENCY)
+    assert s["reward"] == s["hps"] == 27.25 and s["teacher_reward"] == s["teacher_hps"] == 27.0
+    assert s["reward_margin"] == s["hps_margin"] == 0.25
+    assert gate_reward_means(cfg, _prompt_set(means), bench)[2] == "hps_benchmark"
+    s = summary(cfg, _prompt_set(means), None, None, _LATENCY)
+    assert (s["reward"], s["hps"], s["reward_margin"]) == (26.5, 26.5, 0.5)
+    clip = load_config("tiny-random", overrides=["eval.steps=[1, 4]", "eval.rewards=[hpsv2.1, clipscore]",
+                                                 "eval.gate_reward=clipscore"])
+    s = summary(clip, _prompt_set(means), bench, None, _LATENCY)
+    assert (s["reward"], s["teacher_reward"]) == (0.29, 0.30) and s["reward_margin"] == pytest.approx(-0.01)
+    assert (s["hps"], s["teacher_hps"]) == (27.25, 27.0)
 
 
 # ---------------------------------------------------------------- HTML
@@ -298,8 +373,10 @@ def test_html_embeds_every_image_and_the_metrics():
 
     prompts = ["a cat <b>", "a dog & a bone"]
     columns = [("teacher", _images(2, 32)), ("student 1-step", _images(2, 32) * 0.5), ("student 4-step", _images(2, 32))]
-    metrics = {"summary": {"hps": 27.5, "fid": float("inf")}, "gate": {"passed": False, "failed_rules": ["hf_ratio"],
-               "reasons": {"hf_ratio": "FAIL: high-frequency ratio 2.0 > 1.5"}}, "latency": {"speedup": {"4": 12.5}}}
+    metrics = {"summary": {"reward": 0.75, "hps": 27.5, "fid": float("inf")},
+               "gate": {"passed": False, "failed_rules": ["hf_ratio"], "reward": "toy",
+                        "reasons": {"hf_ratio": "FAIL: high-frequency ratio 2.0 > 1.5"}},
+               "latency": {"speedup": {"4": 12.5}}}
     page = _Page()
     page.feed(render_html(finite(metrics), prompts, columns))
     assert len(page.images) == 6
@@ -309,6 +386,7 @@ def test_html_embeds_every_image_and_the_metrics():
             assert im.format == "PNG" and im.size == (32, 32)
     text = set(page.cells)
     assert {"a cat <b>", "a dog & a bone", "hps", "27.5", "speedup.4", "12.5", "latency", "None"} <= text
+    assert {"reward (toy)", "0.75"} <= text and "reward" not in text      # the gate reward's rows name it
     assert "FAIL: high-frequency ratio 2.0 > 1.5" in text and "gate: FAILED (hf_ratio)" in text
 
 
@@ -361,7 +439,7 @@ def test_evaluate_refuses_inconsistent_config(student_dir, tiny_cfg, tmp_path):
 
     with pytest.raises(ConfigError, match="eval.gate_steps"):
         evaluate(tiny_cfg("eval.steps=[1, 2]"), student_dir, tmp_path / "out")
-    with pytest.raises(ConfigError, match="hpsv2.1"):
+    with pytest.raises(ConfigError, match=r"eval.gate_reward: 'hpsv2.1' is not one of eval.rewards \['clipscore'\]"):
         evaluate(tiny_cfg("eval.rewards=[clipscore]"), student_dir, tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="not an exported student"):
         evaluate(tiny_cfg(), tmp_path, tmp_path / "out")
@@ -392,9 +470,11 @@ def test_rglcd_evaluate_end_to_end_on_tiny(student_dir, tiny_cfg, tmp_path, caps
 
     metrics = json.loads((out / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
     s = metrics["summary"]
-    assert {"hps", "teacher_hps", "hps_margin", "hf_ratio", "fid", "speedup_1", "speedup_4", "clip_score_teacher"} <= set(s)
-    assert s["hps"] == pytest.approx(metrics["hps_benchmark"]["models"]["student-4"]["mean"])
-    assert s["hps_margin"] == pytest.approx(s["hps"] - s["teacher_hps"])
+    assert {"reward", "teacher_reward", "reward_margin", "hps", "teacher_hps", "hps_margin", "hf_ratio", "fid",
+            "speedup_1", "speedup_4", "clip_score_teacher"} <= set(s)
+    assert s["hps"] == s["reward"] == pytest.approx(metrics["hps_benchmark"]["models"]["student-4"]["mean"])
+    assert s["hps_margin"] == s["reward_margin"] == pytest.approx(s["hps"] - s["teacher_hps"])
+    assert (metrics["gate"]["reward"], metrics["gate"]["reward_source"]) == ("hpsv2.1", "hps_benchmark")
     assert set(metrics["hps_benchmark"]["models"]["teacher"]["per_style"]) == set(HPS_STYLES)
     assert metrics["fid"]["num_generated"] == 4 and metrics["fid"]["num_reference"] == 6
     assert metrics["fid"]["generated_sizes"] == ["32x32"] and metrics["fid"]["steps"] == 4
@@ -421,6 +501,30 @@ def test_rglcd_evaluate_end_to_end_on_tiny(student_dir, tiny_cfg, tmp_path, caps
         assert im.size == (32, 32)
     assert not any("http" in src for src in page.images)
     assert os.path.getsize(out / "report.html") < 2_000_000
+
+
+@pytest.mark.slow
+def test_evaluate_gates_on_a_reward_other_than_hps(student_dir, tiny_cfg, tmp_path):
+    """eval.rewards without HPSv2.1 (as the toy world's ["toy"]): the gate and the summary use eval.gate_reward,
+    no HPS key appears, and metrics.json and the page name the reward."""
+    from rglcd.evaluate import evaluate
+
+    cfg = tiny_cfg("eval.steps=[1, 4]", "eval.num_prompts=2", "eval.fid_reference=null", "eval.latency_repeats=1",
+                   "eval.rewards=[clipscore]", "eval.gate_reward=clipscore", "eval.reward_weights={clipscore: tiny}",
+                   "eval.gate_min_reward_margin=1000", "eval.grid_prompts=1")
+    result = evaluate(cfg, student_dir, tmp_path / "eval")
+    metrics = json.loads(result.metrics_path.read_text())
+    s = metrics["summary"]
+    assert not {"hps", "teacher_hps", "hps_margin"} & set(s) and "hpsv2.1" not in metrics["prompt_set"]["rewards"]
+    assert (s["reward"], s["teacher_reward"]) == (s["clipscore_student_4"], s["clipscore_teacher"])
+    assert s["reward_margin"] == pytest.approx(s["reward"] - s["teacher_reward"])
+    assert (metrics["gate"]["reward"], metrics["gate"]["reward_source"]) == ("clipscore", "prompt_set")
+    reason = result.gate.reasons["reward_margin"]
+    assert result.gate.failed_rules == ["reward_margin"] and reason.startswith("FAIL: clipscore ")
+    assert f"{s['reward_margin']:+.4f} < +1000.0000" in reason
+    page = _Page()
+    page.feed(result.html_path.read_text())
+    assert {"reward (clipscore)", "teacher_reward (clipscore)", "reward_margin (clipscore)", reason} <= set(page.cells)
 
 
 def test_a_set_continued_after_reused_images_equals_one_drawn_whole(tmp_path):

@@ -84,6 +84,7 @@ def test_dag_shape_and_gate(gpu_lrm):
     outputs = spec["components"]["comp-evaluate-student"]["outputDefinitions"]["parameters"]
     assert outputs["Output"]["parameterType"] == "BOOLEAN"
     assert outputs["fid"]["parameterType"] == outputs["hps"]["parameterType"] == "NUMBER_DOUBLE"
+    assert outputs["reward"]["parameterType"] == "NUMBER_DOUBLE"
 
 
 def test_gpu_steps_request_the_pool(gpu_lrm):

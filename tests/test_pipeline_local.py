@@ -18,8 +18,8 @@ ALL_TASKS = {"configure", "check-data", "prep-data", "pretrain-lrm", "train-stud
 FAST = ["train.max_steps=4", "train.checkpoint_every=2", "train.validation_every=4", "lrm.pretrain_steps=6",
         "data.train=builtin:photos:16", "eval.num_prompts=4", "eval.steps=[1, 4]", "eval.teacher_steps=8",
         "eval.latency_repeats=1", "eval.fid_num_images=4"]
-OPEN = ["eval.gate_min_hps_margin=-1000", "eval.gate_max_hf_ratio=1000"]
-SHUT = ["eval.gate_min_hps_margin=1000"]
+OPEN = ["eval.gate_min_reward_margin=-1000", "eval.gate_max_hf_ratio=1000"]
+SHUT = ["eval.gate_min_reward_margin=1000"]
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +64,10 @@ def test_every_step_ran_and_left_its_artifacts(passed):
     assert train_metrics["metadata"]["step"] == 4
     assert Path(train_metrics["uri"]).read_text().count("\n") == 4      # the metrics JSONL, one line per step
     assert run.parameter("evaluate-student", "Output") is True
-    assert json.loads(run.parameter("evaluate-student", "metrics_json"))["hps"] == run.parameter("evaluate-student",
-                                                                                                  "hps")
+    numbers = json.loads(run.parameter("evaluate-student", "metrics_json"))
+    assert numbers["hps"] == run.parameter("evaluate-student", "hps")
+    assert numbers["reward"] == run.parameter("evaluate-student", "reward") == numbers["hps"]   # gate reward hpsv2.1
+    assert run.gate_reward() == f"hpsv2.1 {numbers['reward']:.4f} (teacher {numbers['teacher_reward']:.4f})"
 
 
 def test_dvc_remote_holds_the_model(passed, tmp_path):
@@ -102,7 +104,8 @@ def test_gate_failure_registers_nothing_and_reuses_cached_steps(shut, capsys):
     run = read_run(Path(next(line.split(":", 1)[1].strip() for line in out.splitlines()
                              if line.startswith("pipeline run:"))))
     assert run.parameter("evaluate-student", "Output") is False
-    assert "hps_margin" in run.parameter("evaluate-student", "failed_rules")
+    assert "reward_margin" in run.parameter("evaluate-student", "failed_rules")
+    assert "(JSON; hpsv2.1 " in out and "(teacher " in out     # the run's summary names the gate reward
     assert "register-model" not in run.tasks and list_versions(cfg) == []
     # same data and data-shaping config as the first run: prep and LRM pretraining were cache hits
     assert {"prep-data", "pretrain-lrm"}.isdisjoint(run.tasks)

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 FAST = ["train.max_steps=2", "train.checkpoint_every=2", "train.validation_every=2", "reward.guidance=direct",
         "eval.num_prompts=4", "eval.steps=[1, 4]", "eval.teacher_steps=4", "eval.latency_repeats=1",
-        "eval.fid_num_images=4", "eval.fid_reference=null", "eval.gate_min_hps_margin=-1000",
+        "eval.fid_num_images=4", "eval.fid_reference=null", "eval.gate_min_reward_margin=-1000",
         "eval.gate_max_hf_ratio=1000", "eval.gate_max_fid_regression=1000"]
 TRAINING = {"prep-data", "train-student", "evaluate-student", "register-model"}
 

@@ -126,7 +126,7 @@ def test_json_written_by_json_dumps_is_read_as_json(tmp_path, name):
 @pytest.mark.parametrize("override,words", [
     ("train.lr=inf", r"train.lr: 'inf' is not allowed; allowed: a finite number"),
     ("distill.w_max=.inf", r"distill.w_max: inf is not allowed; allowed: a finite number"),
-    ("eval.gate_min_hps_margin=nan", r"eval.gate_min_hps_margin: 'nan' is not allowed; allowed: a finite number"),
+    ("eval.gate_min_reward_margin=nan", r"eval.gate_min_reward_margin: 'nan' is not allowed; allowed: a finite number"),
     ("eval.gate_steps=3", r"eval.gate_steps: 3 is not one of eval.steps \[1, 2, 4, 8\]"),
     ("pipeline.namespace=Team_A", r"pipeline.namespace: 'Team_A' is not allowed; allowed: a DNS-1123 label"),
     (f"pipeline.namespace={'a' * 64}", r"pipeline.namespace: 'a+' is not allowed; allowed: a DNS-1123 label"),

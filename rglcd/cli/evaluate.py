@@ -1,4 +1,4 @@
-"""`rglcd evaluate --model DIR [--teacher REF] --out DIR`: FID, HPSv2.1, CLIP score, latency, HF monitor, gate."""
+"""`rglcd evaluate --model DIR [--teacher REF] --out DIR`: FID, rewards, CLIP score, latency, HF monitor, gate."""
 from __future__ import annotations
 
 import argparse
@@ -43,6 +43,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _text(result) -> str:
     lines = [f"{key:<32} {value:.6g}" if isinstance(value, float) else f"{key:<32} {value}"
              for key, value in result.metrics["summary"].items()]
-    lines.append(f"gate: {'PASSED' if result.gate.passed else 'FAILED'}")
+    lines.append(f"gate: {'PASSED' if result.gate.passed else 'FAILED'} (reward: {result.gate.reward})")
     lines += [f"  {rule}: {reason}" for rule, reason in result.gate.reasons.items()]
     return "\n".join(lines + [f"metrics: {result.metrics_path}", f"report:  {result.html_path}"])

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Mapping
 import yaml
 
 from rglcd.config.checks import check_values
-from rglcd.config.fields import ConfigError, field_help, from_dict, to_dict
+from rglcd.config.fields import ConfigError, field_help, from_dict, renamed_keys, to_dict
 from rglcd.config.schema import (Config, DataConfig, DistillConfig, EvalConfig, LRMConfig, ModelConfig,
                                  PipelineConfig, RegistryConfig, RewardConfig, ServeConfig, StorageConfig, TrainConfig)
 from rglcd.safeio import read_data
@@ -86,12 +86,15 @@ def env_settings(environ: Mapping[str, str]) -> dict[str, Any]:
 
     Variables without the double underscore (RGLCD_WEIGHTS_CACHE, ...) are not config; a variable that names
     no config key is an error naming the variable."""
-    keys = {key for key, _, _ in field_help(Config)}
+    keys, renamed = {key for key, _, _ in field_help(Config)}, renamed_keys(Config)
     data: dict[str, Any] = {}
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX) or ENV_SEP not in name:
             continue
         dotted = ".".join(part.lower() for part in name.removeprefix(ENV_PREFIX).split(ENV_SEP))
+        if dotted in renamed:
+            raise ConfigError(f"environment variable {name}: {dotted!r} was renamed to {renamed[dotted]!r}; allowed: "
+                              f"{ENV_PREFIX}{renamed[dotted].upper().replace('.', ENV_SEP)}")
         if dotted not in keys:
             raise ConfigError(f"environment variable {name}: {dotted!r} is not a config key; allowed: "
                               f"{ENV_PREFIX}<SECTION>{ENV_SEP}<KEY> for a key of `rglcd config explain`, "

@@ -2,7 +2,8 @@
 
 - no value anywhere in the config holds a URL with credentials (scheme://user:password@host): configs
   are printed, recorded with runs, passed as pipeline parameters and cached by KFP (docs/threat-model.md 3.3);
-- the evaluation gate's step count is one of the evaluated step counts;
+- the evaluation gate's step count is one of the evaluated step counts, and its reward one of the evaluated
+  rewards; the HPSv2 benchmark is scored only with HPSv2.1 among them;
 - per-reward weights name rewards that are evaluated;
 - the remote-image allow-list holds plain http(s)/s3 URL prefixes.
 """
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit
 from rglcd.config.fields import ConfigError
 from rglcd.urls import has_credentials, redact_urls
 
-HPS_REWARD = "hpsv2.1"  # the gate always compares HPS (rglcd.evaluate.gate)
+HPS_REWARD = "hpsv2.1"  # the reward of the HPSv2 benchmark (eval.hps_benchmark)
 
 
 def _strings(obj: Any, key: str) -> Iterator[tuple[str, str]]:
@@ -49,6 +50,13 @@ def check_eval(cfg: Any) -> None:
     if e.gate_steps not in e.steps:
         raise ConfigError(f"eval.gate_steps: {e.gate_steps} is not one of eval.steps {e.steps}; "
                           "allowed: one of eval.steps")
+    if e.gate_reward not in e.rewards:
+        raise ConfigError(f"eval.gate_reward: {e.gate_reward!r} is not one of eval.rewards {e.rewards}; allowed: "
+                          "a reward of eval.rewards (or add it there): the gate compares its student and teacher means")
+    if e.hps_benchmark is not None and HPS_REWARD not in e.rewards:
+        raise ConfigError(f"eval.hps_benchmark: {e.hps_benchmark[:120]!r} needs {HPS_REWARD!r} in eval.rewards "
+                          f"{e.rewards}; allowed: null (no benchmark) or add {HPS_REWARD!r} to eval.rewards")
+    # Weights for hpsv2.1 may stay when it is not evaluated (a preset sets them once for every reward list).
     unknown = sorted(set(e.reward_weights) - set(e.rewards) - {HPS_REWARD})
     if unknown:
         raise ConfigError(f"eval.reward_weights: {[k[:40] for k in unknown][:5]} not in eval.rewards {e.rewards}; "

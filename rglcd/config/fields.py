@@ -3,6 +3,8 @@
 A field is declared with `F(default, "one-line help", ge=..., gt=..., choices=..., multiple_of=...)`.
 `from_dict` builds a dataclass tree from plain data (YAML/JSON) and refuses unknown keys, wrong
 types and out-of-range values with a `ConfigError` that names the key, the value and what is allowed.
+A section class lists keys it once had in a `RENAMED: ClassVar[dict[str, str]]` (old -> new field name):
+a config that still uses an old key is told the new one.
 """
 from __future__ import annotations
 
@@ -144,11 +146,33 @@ def _check_rules(key: str, value: Any, rules: dict[str, Any]) -> None:
         raise ConfigError(f"{key}: {_show(value)} is not allowed; allowed: a multiple of {rules['multiple_of']}")
 
 
+def renamed_keys(cls: type, prefix: str = "") -> dict[str, str]:
+    """{old dotted key: new dotted key} from the `RENAMED` class attributes of a config dataclass tree."""
+    dot = f"{prefix}." if prefix else ""
+    out = {dot + old: dot + new for old, new in getattr(cls, "RENAMED", {}).items()}
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(renamed_keys(hints[f.name], dot + f.name))
+    return out
+
+
+def _refuse_renamed(cls: type, data: dict[str, Any], prefix: str) -> None:
+    """A key a section once had (its class's `RENAMED`) fails with the name it has now."""
+    dot = f"{prefix}." if prefix else ""
+    for key, value in data.items():
+        new = getattr(cls, "RENAMED", {}).get(key)
+        if new is not None:
+            raise ConfigError(f"{dot}{key}: {_show(value)} uses a key that was renamed to {dot}{new}; allowed: "
+                              f"{dot}{new} (`rglcd config explain` says what it means)")
+
+
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass `cls` from `data`, recursively; missing keys take their defaults."""
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(str(k) for k in set(data) - set(fields))
+    _refuse_renamed(cls, data, prefix)
     if unknown:
         where = prefix or "config"
         raise ConfigError(
@@ -183,4 +207,4 @@ def field_help(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
     return rows
 
 
-__all__ = ["ConfigError", "F", "field_help", "from_dict", "to_dict"]
+__all__ = ["ConfigError", "F", "field_help", "from_dict", "renamed_keys", "to_dict"]

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from functools import partial
+from typing import ClassVar, Literal
 
 from rglcd.config import kube
 from rglcd.config.fields import F
@@ -167,6 +168,8 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    # Keys that once existed: a config still using one fails with the new name (rglcd.config.fields.from_dict).
+    RENAMED: ClassVar[dict[str, str]] = {"gate_min_hps_margin": "gate_min_reward_margin"}
     steps: list[int] = F([1, 2, 4, 8], "student LCM steps to evaluate")
     guidance: float = F(7.5, "student guidance scale g (embedded as w = g - 1)", ge=1)
     teacher_steps: int = F(50, "teacher DDIM steps", gt=0)
@@ -179,11 +182,14 @@ class EvalConfig:
     hf_cutoff: float = F(0.25, "high-frequency cutoff as a fraction of the sampling rate", gt=0, lt=0.5)
     batch_size: int = F(8, "images per generation batch", gt=0)
     seed: int = F(0, "sampling seed", ge=0)
-    # Registration gate (rglcd.evaluate.gate).
-    gate_min_hps_margin: float = F(0.0, "student HPS at 4 steps minus the teacher's must be >= this")
+    # Registration gate (rglcd.evaluate.gate): the reward it compares (one of eval.rewards; docs/method.md 6.6).
+    gate_reward: str = F("hpsv2.1", "registered image reward the gate compares, student vs teacher "
+                         "(one of eval.rewards)", choices=partial(reward_names, "image"))
+    gate_min_reward_margin: float = F(0.0, "student's eval.gate_reward at eval.gate_steps minus the teacher's "
+                                      "must be >= this")
     gate_max_fid_regression: float = F(5.0, "FID may exceed production's by at most this", ge=0)
     gate_max_hf_ratio: float = F(1.5, "student/teacher high-frequency energy ratio must be <= this", gt=0)
-    # Student step count whose HPS, FID and high-frequency ratio are the plain numbers the gate reads.
+    # Student step count whose gate reward, FID and high-frequency ratio are the plain numbers the gate reads.
     gate_steps: int = F(4, "student steps the gate and the plain numbers use (one of eval.steps)", gt=0)
     # Prompt sets: evaluation prompts (rewards, CLIP score, HF monitor, sample grid; e.g. PartiPrompts),
     # the HPSv2 benchmark (4 style files) and the FID captions (e.g. COCO val).

@@ -6,7 +6,8 @@
 2. HPSv2.1 benchmark (4 styles), when eval.hps_benchmark is set.
 3. FID of the student at eval.gate_steps against eval.fid_reference (clean-fid).
 4. Latency per image, student vs teacher.
-5. metrics.json (summary = the plain numbers), report.html, and the registration gate's decision.
+5. metrics.json (summary = the plain numbers), report.html, and the registration gate's decision, which
+   compares the student and teacher on eval.gate_reward (any registered image reward evaluated).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from rglcd.config import ConfigError
+from rglcd.config.checks import HPS_REWARD, check_eval
 from rglcd.devices import device_and_dtype
 from rglcd.evaluate.gate import GateDecision, gate
 from rglcd.evaluate.generate import ImageSet, generate_set, reuse_images
@@ -39,11 +41,9 @@ class EvalResult:
 # ---------------------------------------------------------------- set-up
 
 def _check(cfg) -> None:
-    e = cfg.eval
-    if e.gate_steps not in e.steps:
-        raise ConfigError(f"eval.gate_steps: {e.gate_steps} is not one of eval.steps {e.steps}")
-    if "hpsv2.1" not in e.rewards:
-        raise ConfigError(f"eval.rewards: {e.rewards} lacks 'hpsv2.1'; the gate compares HPS (allowed: add it)")
+    """The evaluation's cross-field rules (gate steps and reward among those evaluated), also for a config
+    assembled without `load_config`."""
+    check_eval(cfg)
 
 
 def eval_device(eval_cfg) -> tuple[torch.device, torch.dtype]:
@@ -81,7 +81,7 @@ class Scorers:
         out = {"hf_share": high_frequency_share(images, self.cutoff)}
         for name, model in self.rewards.items():
             if only is None or name in only:
-                out[name] = reward_values(model, images, prompts) * (HPS_SCALE if name == "hpsv2.1" else 1.0)
+                out[name] = reward_values(model, images, prompts) * (HPS_SCALE if name == HPS_REWARD else 1.0)
         if self.clip is not None and only is None:
             out["clip_score"] = self.clip(to_pil(images), prompts)
         return out
@@ -94,7 +94,7 @@ class Scorers:
 
 
 def _reward_meaning(name: str) -> str:
-    return {"hpsv2.1": "100 x cosine (HPSv2.1)", "imagereward": "raw ImageReward r (not hinged)"}.get(
+    return {HPS_REWARD: "100 x cosine (HPSv2.1)", "imagereward": "raw ImageReward r (not hinged)"}.get(
         name, "cosine of L2-normalised image and text features")
 
 
@@ -148,8 +148,8 @@ def benchmark_section(cfg, sampler_fns: dict, scorers: Scorers, out: Path) -> di
         scores = {}
         for style, prompts in styles.items():
             s = generate_set(label, fn, prompts, out / "images" / "hps" / style / label, batch_size=e.batch_size,
-                             seed=e.seed, measure=lambda x, p: scorers(x, p, only=("hpsv2.1",)))
-            scores[style] = s.values["hpsv2.1"]
+                             seed=e.seed, measure=lambda x, p: scorers(x, p, only=(HPS_REWARD,)))
+            scores[style] = s.values[HPS_REWARD]
         results[label] = summarize_benchmark(scores)
     return {"source": e.hps_benchmark, "version": "v2.1", "score": "100 x cosine", "per_style_prompts":
             {k: len(v) for k, v in styles.items()}, "models": results}
@@ -176,15 +176,38 @@ def fid_section(cfg, student_fn, prompts: list[str], out: Path, device: torch.de
             "reference_spec": e.fid_reference}
 
 
+def gate_reward_means(cfg, prompt_set: dict, bench: dict | None) -> tuple[float, float, str]:
+    """(student mean at eval.gate_steps, teacher mean, where they come from) of eval.gate_reward: the HPSv2
+    benchmark's means when the gate reward is HPSv2.1 and the benchmark ran, else the evaluation prompts' means."""
+    name, label = cfg.eval.gate_reward, f"student-{cfg.eval.gate_steps}"
+    if name == HPS_REWARD and bench is not None:
+        return bench["models"][label]["mean"], bench["models"]["teacher"]["mean"], "hps_benchmark"
+    means = prompt_set["means"]
+    return means[label][name], means["teacher"][name], "prompt_set"
+
+
+def _hps(cfg, prompt_set: dict, bench: dict | None) -> dict[str, float]:
+    """hps, teacher_hps, hps_margin when HPSv2.1 was scored (registry, MLflow and production comparisons read
+    them); benchmark means when the benchmark ran."""
+    label, means = f"student-{cfg.eval.gate_steps}", prompt_set["means"]
+    if bench is not None:
+        hps, teacher_hps = bench["models"][label]["mean"], bench["models"]["teacher"]["mean"]
+    elif HPS_REWARD in means["teacher"]:
+        hps, teacher_hps = means[label][HPS_REWARD], means["teacher"][HPS_REWARD]
+    else:
+        return {}
+    return {"hps": hps, "teacher_hps": teacher_hps, "hps_margin": hps - teacher_hps}
+
+
 def summary(cfg, prompt_set: dict, bench: dict | None, fid: dict | None, latency: dict) -> dict:
-    """The plain numbers the pipeline compares and the registry stores (all finite floats or absent)."""
+    """The plain numbers the pipeline compares and the registry stores (floats; a non-finite one is written
+    as null and fails the gate rule that reads it). `reward`, `teacher_reward`, `reward_margin`: eval.gate_reward
+    at eval.gate_steps (`gate_reward_means`; its name is in the gate section, docs/method.md 6.6)."""
     g = str(cfg.eval.gate_steps)
     means = prompt_set["means"]
-    if bench is not None:
-        hps, teacher_hps = bench["models"][f"student-{g}"]["mean"], bench["models"]["teacher"]["mean"]
-    else:
-        hps, teacher_hps = means[f"student-{g}"]["hpsv2.1"], means["teacher"]["hpsv2.1"]
-    out = {"hps": hps, "teacher_hps": teacher_hps, "hps_margin": hps - teacher_hps,
+    reward, teacher_reward, _ = gate_reward_means(cfg, prompt_set, bench)
+    out = {"reward": reward, "teacher_reward": teacher_reward, "reward_margin": reward - teacher_reward,
+           **_hps(cfg, prompt_set, bench),
            "hf_ratio": prompt_set["high_frequency"]["by_steps"][g]["ratio"], "gate_steps": float(g)}
     for label, values in means.items():
         for name, v in values.items():
@@ -252,7 +275,8 @@ def evaluate(cfg, model_dir: str | Path, out_dir: str | Path, teacher: str | Non
     metrics["summary"] = {**summary(cfg, metrics["prompt_set"], bench, fid, metrics["latency"]),
                           **serving_summary(metrics["serving"])}
     decision = gate(metrics, e, production_metrics)
-    metrics["gate"] = {**asdict(decision), "production": production_metrics}
+    metrics["gate"] = {**asdict(decision), "reward_source": gate_reward_means(cfg, metrics["prompt_set"], bench)[2],
+                       "production": production_metrics}
     metrics["run"] = {**_run_info(cfg, model_dir, teacher_ref, device, dtype),
                       "seconds": time.perf_counter() - t0}
     metrics_path = write_metrics(metrics, out / "metrics.json")

@@ -1,12 +1,16 @@
-"""The registration gate: a pure function of the evaluation's plain numbers and `cfg.eval` thresholds.
+"""The registration gate: a pure function of the evaluation's plain numbers and `cfg.eval` thresholds
+(docs/method.md 6.6).
 
 Rules (each names itself in `failed_rules` when it fails):
-- `hps_margin`:     student HPS (at eval.gate_steps) - teacher HPS >= eval.gate_min_hps_margin
+- `reward_margin`:  student's eval.gate_reward (at eval.gate_steps) - the teacher's >= eval.gate_min_reward_margin;
+                    reads the summary's `reward` and `teacher_reward`, whichever registered reward
+                    eval.gate_reward names (HPSv2.1 by default, "toy" in the toy world)
 - `fid_regression`: student FID - production FID <= eval.gate_max_fid_regression, only when a
                     production model's metrics are given; FIDs must come from the same protocol
                     (reference set hash and image count, where both record them) to be compared
 - `hf_ratio`:       student/teacher high-frequency energy ratio <= eval.gate_max_hf_ratio
 A number the rule needs but the metrics lack fails the rule: the gate never passes what it did not check.
+The decision records the reward it compared (`reward`), so pages and logs can name it.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-RULES = ("hps_margin", "fid_regression", "hf_ratio")
+RULES = ("reward_margin", "fid_regression", "hf_ratio")
 
 
 @dataclass
@@ -22,6 +26,7 @@ class GateDecision:
     passed: bool
     failed_rules: list[str] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)  # rule -> one line, for passed and failed rules
+    reward: str = ""  # eval.gate_reward: the registered reward the reward_margin rule compared
 
 
 def _number(summary: dict[str, Any], key: str) -> float | None:
@@ -36,13 +41,14 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
     return metrics.get("summary", metrics) if isinstance(metrics, dict) else {}
 
 
-def _hps_rule(s: dict, min_margin: float) -> tuple[bool, str]:
-    hps, teacher = _number(s, "hps"), _number(s, "teacher_hps")
-    if hps is None or teacher is None:
-        return False, "student or teacher HPS missing from the metrics"
-    margin = hps - teacher
+def _reward_rule(s: dict, name: str, min_margin: float) -> tuple[bool, str]:
+    student, teacher = _number(s, "reward"), _number(s, "teacher_reward")
+    if student is None or teacher is None:
+        return False, f"student or teacher {name} reward missing from the metrics (or not finite)"
+    margin = student - teacher
     ok = margin >= min_margin
-    return ok, f"HPS {hps:.4f} - teacher {teacher:.4f} = {margin:+.4f} {'>=' if ok else '<'} {min_margin:+.4f}"
+    return ok, (f"{name} {student:.4f} - teacher {teacher:.4f} = {margin:+.4f} {'>=' if ok else '<'} "
+                f"{min_margin:+.4f}")
 
 
 PROTOCOL_KEYS = ("fid_reference_key", "fid_num_images")  # reference set hash (48 bits) and image count
@@ -82,10 +88,10 @@ def gate(metrics: dict[str, Any], eval_cfg: Any, production: dict[str, Any] | No
     """Decide registration from the candidate's metrics, the `cfg.eval` thresholds and production's metrics."""
     s = _summary(metrics)
     results = {
-        "hps_margin": _hps_rule(s, eval_cfg.gate_min_hps_margin),
+        "reward_margin": _reward_rule(s, eval_cfg.gate_reward, eval_cfg.gate_min_reward_margin),
         "fid_regression": _fid_rule(metrics, production, eval_cfg.gate_max_fid_regression),
         "hf_ratio": _hf_rule(s, eval_cfg.gate_max_hf_ratio),
     }
     failed = [rule for rule, (ok, _) in results.items() if not ok]
     reasons = {rule: ("pass: " if ok else "FAIL: ") + text for rule, (ok, text) in results.items()}
-    return GateDecision(passed=not failed, failed_rules=failed, reasons=reasons)
+    return GateDecision(passed=not failed, failed_rules=failed, reasons=reasons, reward=eval_cfg.gate_reward)

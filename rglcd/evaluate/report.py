@@ -1,7 +1,9 @@
 """What an evaluation leaves behind: metrics.json and a self-contained HTML page.
 
-metrics.json: `summary` holds the plain numbers the pipeline compares (fid, hps, teacher_hps, hps_margin,
-hf_ratio, speedup_<n>, ...); every other section says what its numbers measured (counts, resolution,
+metrics.json: `summary` holds the plain numbers the pipeline compares (reward, teacher_reward, reward_margin,
+fid, hf_ratio, speedup_<n>, hps/teacher_hps/hps_margin when HPSv2.1 is scored, ...); `gate` holds the
+decision and the name of the reward it compared (`gate.reward`, eval.gate_reward), which the page shows
+beside the reward rows; every other section says what its numbers measured (counts, resolution,
 steps, device, versions). Non-finite numbers are written as null. The HTML page embeds every image as
 base64 PNG (no external files): a sample grid (prompts x [teacher, student at each step count]) and the
 metrics tables.
@@ -83,6 +85,15 @@ def _grid(prompts: list[str], columns: list[tuple[str, torch.Tensor]]) -> str:
     return f'<table class="grid">{head}{"".join(rows)}</table>'
 
 
+GATE_REWARD_KEYS = ("reward", "teacher_reward", "reward_margin")  # summary numbers of eval.gate_reward
+
+
+def _summary_rows(summary: dict, reward: str | None) -> list[tuple[str, str]]:
+    """The summary's rows, the gate reward's labelled with its name ("reward (toy)")."""
+    return [(f"{key} ({reward})" if reward and key in GATE_REWARD_KEYS else key, value)
+            for key, value in _rows(summary)]
+
+
 _CSS = """body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin-bottom:1.5em}
 th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top;font-size:13px}
 .grid img{width:160px;height:auto;image-rendering:pixelated}.grid th.prompt{max-width:220px;font-weight:normal}
@@ -98,7 +109,7 @@ def render_html(metrics: dict, prompts: list[str], columns: list[tuple[str, torc
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>", verdict if gate else "",
              _table(list((gate.get("reasons") or {}).items()), "gate"),
-             "<h2>Summary</h2>", _table(_rows(metrics.get("summary", {})), "summary"),
+             "<h2>Summary</h2>", _table(_summary_rows(metrics.get("summary", {}), gate.get("reward")), "summary"),
              "<h2>Samples</h2>", _grid(prompts, columns)]
     for section, data in metrics.items():
         if section not in ("summary", "gate"):
