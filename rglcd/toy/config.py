@@ -90,15 +90,15 @@ class ToyConfig:
     # order and sampling noise all follow it); the table reports the mean and the spread over seeds.
     seeds: tuple[int, ...] = (0, 1, 2)
     # Student training, identical for every row except the reward term (same batches, same draws).
-    student_steps: int = 500
+    student_steps: int = 300
     batch_size: int = 16
     lr: float = 1e-4
     ema_decay: float = 0.95
     w_min: float = 2.0                  # guidance w ~ U[w_min, w_max] (LCM form; CFG scale w + 1)
     w_max: float = 6.0
     # RG-LCD rows: direct expert-reward guidance at each beta, LRM guidance at each lrm beta.
-    direct_betas: tuple[float, ...] = (0.5, 5.0, 50.0)
-    lrm_betas: tuple[float, ...] = (5.0, 50.0)
+    direct_betas: tuple[float, ...] = (1.0, 5.0, 25.0)
+    lrm_betas: tuple[float, ...] = (20.0, 50.0)
     lrm_lr: float = 1e-4
     lrm_batch_size: int = 8
     # Evaluation: every caption `eval_repeats` times; student guidance g (w = g - 1).

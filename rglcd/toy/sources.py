@@ -33,13 +33,10 @@ def _count(spec: str, name: str, most: int, default: int | None = None) -> int:
     """'toy:<name>' -> default (most), 'toy:<name>:N' -> N (1 <= N <= most); anything else is refused."""
     parts = spec.split(":")
     allowed = f"toy:{name} or toy:{name}:N with 1 <= N <= {most}"
-    if parts[:2] != ["toy", name] or len(parts) > 3:
+    if parts[:2] != ["toy", name] or len(parts) > 3 or len(parts) == 3 and not (
+            parts[2].isdigit() and 1 <= int(parts[2]) <= most):
         raise ValueError(f"{spec!r} is not allowed; allowed: {allowed}")
-    if len(parts) == 2:
-        return most if default is None else default
-    if not parts[2].isdigit() or not 1 <= int(parts[2]) <= most:
-        raise ValueError(f"{spec!r}: N is not allowed; allowed: {allowed}")
-    return int(parts[2])
+    return int(parts[2]) if len(parts) == 3 else most if default is None else default
 
 
 class _CurrentStderr(logging.StreamHandler):
