@@ -180,9 +180,9 @@ def load_lrm(path: str | Path, device: str | torch.device = "cpu", dtype: torch.
     """An LRM from a checkpoint directory (local or s3://), strictly loaded, in eval mode (not frozen)."""
     from safetensors.torch import load_file
 
-    from rglcd.models.sources import resolve
+    from rglcd.models.sources import checkpoint_dir
 
-    folder = resolve(str(path), cache_dir) if str(path).startswith("s3://") else Path(path).expanduser()
+    folder = checkpoint_dir(path, cache_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"LRM checkpoint {str(path)!r}: no such directory (make one with `rglcd pretrain-lrm`)")
     meta = read_lrm_config(folder)
@@ -195,9 +195,9 @@ def load_lrm(path: str | Path, device: str | torch.device = "cpu", dtype: torch.
 def load_lrm_optimizer(optimizer: torch.optim.Optimizer, lrm: LatentRewardModel, path: str | Path,
                        cache_dir: str = "~/.cache/rglcd") -> None:
     """Restore the LRM optimizer state saved by `save_lrm`, checking it is for the same parameters."""
-    from rglcd.models.sources import resolve
+    from rglcd.models.sources import checkpoint_dir
 
-    path = resolve(str(path), cache_dir) if str(path).startswith("s3://") else Path(path).expanduser()
+    path = checkpoint_dir(path, cache_dir)
     meta = read_lrm_config(path)
     saved = meta.get("optimizer")
     if saved is None:

@@ -110,3 +110,12 @@ def resolve(ref: str, cache_dir: str, revision: str | None = None,
     if ref.startswith((".", "/", "~")) or ref.count("/") != 1:
         raise ModelSourceError(f"{ref!r}: no such local path (and not a hub id of the form owner/name)")
     return resolve_hub(ref, revision, allow_patterns)
+
+
+def checkpoint_dir(ref: str | Path, cache_dir: str) -> Path:
+    """A checkpoint reference that must not fall back to the hub (an LRM, an optimizer state): s3:// URIs and
+    registered schemes ("toy:lrm") are resolved through `resolve`; anything else is a local path."""
+    ref = str(ref)
+    if ref.startswith("s3://") or source_handler("model", ref) is not None:
+        return resolve(ref, cache_dir)
+    return Path(ref).expanduser()
