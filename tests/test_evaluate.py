@@ -376,7 +376,11 @@ def test_html_embeds_every_image_and_the_metrics():
     metrics = {"summary": {"reward": 0.75, "hps": 27.5, "fid": float("inf")},
                "gate": {"passed": False, "failed_rules": ["hf_ratio"], "reward": "toy",
                         "reasons": {"hf_ratio": "FAIL: high-frequency ratio 2.0 > 1.5"}},
-               "latency": {"speedup": {"4": 12.5}}}
+               "prompt_set": {"means": {"teacher": {"toy": 0.5, "hf_share": 0.1}, "student-4": {"toy": 0.625, "hf_share": 0.2}},
+                              "high_frequency": {"by_steps": {"4": {"ratio": 2.0}}}},
+               "fid": {"steps": 4, "value": 31.5},
+               "latency": {"speedup": {"4": 12.5}, "teacher": {"seconds_per_image": 0.25},
+                           "student": {"4": {"seconds_per_image": 0.02}}}}
     page = _Page()
     page.feed(render_html(finite(metrics), prompts, columns))
     assert len(page.images) == 6
@@ -388,6 +392,11 @@ def test_html_embeds_every_image_and_the_metrics():
     assert {"a cat <b>", "a dog & a bone", "hps", "27.5", "speedup.4", "12.5", "latency", "None"} <= text
     assert {"reward (toy)", "0.75"} <= text and "reward" not in text      # the gate reward's rows name it
     assert "FAIL: high-frequency ratio 2.0 > 1.5" in text and "gate: FAILED (hf_ratio)" in text
+    # the Models table: one row per model, '-' for the teacher's FID (only the gate student's was measured)
+    cells = [c for c in page.cells[page.cells.index("Models"):] if c]
+    assert cells[1:7] == ["model", "toy", "FID", "HF ratio", "s / image", "speed-up"]
+    assert cells[7:13] == ["teacher", "0.5", "-", "1", "0.25", "1"]
+    assert cells[13:19] == ["student-4", "0.625", "31.5", "2", "0.02", "12.5"]
 
 
 # ---------------------------------------------------------------- latency, end to end
@@ -509,7 +518,8 @@ def test_evaluate_gates_on_a_reward_other_than_hps(student_dir, tiny_cfg, tmp_pa
     no HPS key appears, and metrics.json and the page name the reward."""
     from rglcd.evaluate import evaluate
 
-    cfg = tiny_cfg("eval.steps=[1, 4]", "eval.num_prompts=2", "eval.fid_reference=null", "eval.latency_repeats=1",
+    cfg = tiny_cfg("eval.steps=[1, 4]", "eval.num_prompts=2", "eval.fid_reference=builtin:photos:6",
+                   "eval.fid_num_images=3", "eval.fid_models=all", "eval.latency_repeats=1",
                    "eval.rewards=[clipscore]", "eval.gate_reward=clipscore", "eval.reward_weights={clipscore: tiny}",
                    "eval.gate_min_reward_margin=1000", "eval.grid_prompts=1")
     result = evaluate(cfg, student_dir, tmp_path / "eval")
@@ -522,9 +532,16 @@ def test_evaluate_gates_on_a_reward_other_than_hps(student_dir, tiny_cfg, tmp_pa
     reason = result.gate.reasons["reward_margin"]
     assert result.gate.failed_rules == ["reward_margin"] and reason.startswith("FAIL: clipscore ")
     assert f"{s['reward_margin']:+.4f} < +1000.0000" in reason
+    # eval.fid_models all: an FID of the teacher and of every student, the gate student's is the plain `fid`
+    fids = metrics["fid_by_model"]
+    assert set(fids) == {"teacher", "student-1", "student-4"} and s["fid"] == fids["student-4"] == metrics["fid"]["value"]
+    assert (s["fid_teacher"], s["fid_student_1"]) == (fids["teacher"], fids["student-1"])
+    for label in fids:
+        assert len(list((tmp_path / "eval" / "images" / f"fid-{label}").glob("*.png"))) == 3
     page = _Page()
     page.feed(result.html_path.read_text())
     assert {"reward (clipscore)", "teacher_reward (clipscore)", "reward_margin (clipscore)", reason} <= set(page.cells)
+    assert {"Models", "model", "clipscore", "FID", "HF ratio", f"{fids['teacher']:.4g}", f"{fids['student-1']:.4g}"} <= set(page.cells)
 
 
 def test_a_set_continued_after_reused_images_equals_one_drawn_whole(tmp_path):

@@ -178,6 +178,8 @@ class EvalConfig:
     fid_reference: str | None = F(None, "reference image folder for FID (None: skip FID)")
     fid_mode: Literal["clean", "legacy_pytorch", "legacy_tensorflow"] = F("clean", "clean-fid mode")
     fid_num_images: int = F(5000, "generated images for FID", gt=1)
+    fid_models: Literal["gate", "all"] = F("gate", "models with an FID: the student at eval.gate_steps (gate) or "
+                                           "the teacher and the student at every eval.steps (all)")
     inception_weights: str | None = F(None, "local Inception TorchScript for air-gapped FID")
     hf_cutoff: float = F(0.25, "high-frequency cutoff as a fraction of the sampling rate", gt=0, lt=0.5)
     batch_size: int = F(8, "images per generation batch", gt=0)

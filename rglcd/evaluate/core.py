@@ -4,7 +4,8 @@
    eval.steps, one image per prompt, same seeds; score them (registered rewards, CLIP score) and
    measure their high-frequency energy (reward-hacking monitor).
 2. HPSv2.1 benchmark (4 styles), when eval.hps_benchmark is set.
-3. FID of the student at eval.gate_steps against eval.fid_reference (clean-fid).
+3. FID of the student at eval.gate_steps (eval.fid_models all: of the teacher and every student) against
+   eval.fid_reference (clean-fid).
 4. Latency per image, student vs teacher.
 5. metrics.json (summary = the plain numbers), report.html, and the registration gate's decision, which
    compares the student and teacher on eval.gate_reward (any registered image reward evaluated).
@@ -155,25 +156,34 @@ def benchmark_section(cfg, sampler_fns: dict, scorers: Scorers, out: Path) -> di
             {k: len(v) for k, v in styles.items()}, "models": results}
 
 
-def fid_section(cfg, student_fn, prompts: list[str], out: Path, device: torch.device,
+def fid_section(cfg, label: str, fn, prompts: list[str], out: Path, device: torch.device,
                 done: ImageSet | None = None) -> dict:
-    """FID of the student at eval.gate_steps on eval.fid_num_images images against eval.fid_reference.
+    """FID of one model (`label`: "student-<n>" or "teacher") on eval.fid_num_images images against
+    eval.fid_reference.
 
-    done: the student's evaluation-prompt images at eval.gate_steps; those whose prompt and index match
-    are linked, not drawn again."""
+    done: the model's evaluation-prompt images; those whose prompt and index match are linked, not drawn
+    again (docs/method.md 9.10)."""
     from rglcd.evaluate.fid import compute_fid
     from rglcd.evaluate.reference import resolve_reference
 
     e = cfg.eval
     reference = resolve_reference(e.fid_reference, cfg.model.cache_dir)
     captions = [prompts[i % len(prompts)] for i in range(e.fid_num_images)]
-    folder = out / "images" / f"fid-student-{e.gate_steps}"
+    folder = out / "images" / f"fid-{label}"
     reused = reuse_images(done, captions, folder) if done is not None else 0
-    generate_set("fid", student_fn, captions[reused:], folder, batch_size=e.batch_size, seed=e.seed, first=reused)
+    generate_set("fid", fn, captions[reused:], folder, batch_size=e.batch_size, seed=e.seed, first=reused)
     record = compute_fid(folder, reference, e.fid_mode, e.inception_weights, cfg.model.cache_dir, device,
                          e.batch_size)
-    return {**record, "steps": e.gate_steps, "captions": e.fid_prompts or "evaluation prompts (cycled)",
+    steps = e.teacher_steps if label == "teacher" else int(label.split("-")[1])
+    return {**record, "model": label, "steps": steps, "captions": e.fid_prompts or "evaluation prompts (cycled)",
             "reference_spec": e.fid_reference}
+
+
+def fid_models(cfg) -> list[str]:
+    """The models that get an FID: the student at eval.gate_steps, or (eval.fid_models all) the teacher and
+    the student at every step count."""
+    e = cfg.eval
+    return ["teacher", *(f"student-{s}" for s in e.steps)] if e.fid_models == "all" else [f"student-{e.gate_steps}"]
 
 
 def gate_reward_means(cfg, prompt_set: dict, bench: dict | None) -> tuple[float, float, str]:
@@ -199,7 +209,8 @@ def _hps(cfg, prompt_set: dict, bench: dict | None) -> dict[str, float]:
     return {"hps": hps, "teacher_hps": teacher_hps, "hps_margin": hps - teacher_hps}
 
 
-def summary(cfg, prompt_set: dict, bench: dict | None, fid: dict | None, latency: dict) -> dict:
+def summary(cfg, prompt_set: dict, bench: dict | None, fid: dict | None, latency: dict,
+            fid_by_model: dict[str, float] | None = None) -> dict:
     """The plain numbers the pipeline compares and the registry stores (floats; a non-finite one is written
     as null and fails the gate rule that reads it). `reward`, `teacher_reward`, `reward_margin`: eval.gate_reward
     at eval.gate_steps (`gate_reward_means`; its name is in the gate section, docs/method.md 6.6)."""
@@ -220,6 +231,8 @@ def summary(cfg, prompt_set: dict, bench: dict | None, fid: dict | None, latency
     if fid is not None:
         out.update(fid=fid["value"], fid_num_images=float(fid["num_generated"]),
                    fid_reference_key=float(int(fid["reference_sha256"][:12], 16)))  # 48 bits: exact in a float
+    for label, value in (fid_by_model or {}).items():
+        out[f"fid_{label.replace('-', '_')}"] = value
     return out
 
 
@@ -266,13 +279,15 @@ def evaluate(cfg, model_dir: str | Path, out_dir: str | Path, teacher: str | Non
     bench = benchmark_section(cfg, fns, scorers, out) if e.hps_benchmark else None
     metrics["hps_benchmark"] = bench
     fid_prompts = _prompts(e.fid_prompts, "eval.fid_prompts") if e.fid_prompts else prompts
-    fid = fid_section(cfg, fns[f"student-{e.gate_steps}"], fid_prompts, out, device,
-                      sets.get(f"student-{e.gate_steps}")) if e.fid_reference else None
+    fids = {label: fid_section(cfg, label, fns[label], fid_prompts, out, device, sets.get(label))
+            for label in fid_models(cfg)} if e.fid_reference else {}
+    fid = fids.get(f"student-{e.gate_steps}")
     metrics["fid"] = fid
+    metrics["fid_by_model"] = {label: record["value"] for label, record in fids.items()} if len(fids) > 1 else None
     metrics["latency"] = latency_report(student, teacher_m, e.steps, e.teacher_steps, e.guidance, e.teacher_guidance,
                                         e.latency_batch_size, cfg.model.resolution, None, e.latency_repeats)
     metrics["serving"] = serving_cost(student, teacher_m, cfg)
-    metrics["summary"] = {**summary(cfg, metrics["prompt_set"], bench, fid, metrics["latency"]),
+    metrics["summary"] = {**summary(cfg, metrics["prompt_set"], bench, fid, metrics["latency"], metrics["fid_by_model"]),
                           **serving_summary(metrics["serving"])}
     decision = gate(metrics, e, production_metrics)
     metrics["gate"] = {**asdict(decision), "reward_source": gate_reward_means(cfg, metrics["prompt_set"], bench)[2],
@@ -282,5 +297,5 @@ def evaluate(cfg, model_dir: str | Path, out_dir: str | Path, teacher: str | Non
     metrics_path = write_metrics(metrics, out / "metrics.json")
     columns = [(_label_text(label, cfg), s.preview) for label, s in sets.items()]
     html_path = write_html(metrics, prompts[:e.grid_prompts], columns, out / "report.html",
-                           f"rglcd evaluation of {model_dir.name}")
+                           f"rglcd evaluation: student {model_dir.name}, teacher {teacher_ref}")
     return EvalResult(metrics, metrics_path, html_path, decision)

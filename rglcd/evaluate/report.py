@@ -94,6 +94,33 @@ def _summary_rows(summary: dict, reward: str | None) -> list[tuple[str, str]]:
             for key, value in _rows(summary)]
 
 
+def _cell(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
+
+
+def models_table(metrics: dict) -> str:
+    """One row per model (teacher, student at each step count): every score on the evaluation prompts,
+    FID, high-frequency ratio to the teacher, seconds per image and speed-up; '-' where not measured."""
+    prompt_set, latency = metrics.get("prompt_set") or {}, metrics.get("latency") or {}
+    means = prompt_set.get("means") or {}
+    if not means:
+        return ""
+    fids = metrics.get("fid_by_model") or ({} if not metrics.get("fid") else
+                                           {f"student-{metrics['fid'].get('steps')}": metrics["fid"].get("value")})
+    scores = [k for k in next(iter(means.values())) if k != "hf_share"]
+    head = ["model", *scores, "FID", "HF ratio", "s / image", "speed-up"]
+    rows = []
+    for label, values in means.items():
+        steps = label.split("-")[1] if label != "teacher" else None
+        hf = 1.0 if steps is None else (prompt_set.get("high_frequency", {}).get("by_steps", {}).get(steps) or {}).get("ratio")
+        timing = latency.get("teacher") if steps is None else (latency.get("student") or {}).get(steps)
+        speed = 1.0 if steps is None else (latency.get("speedup") or {}).get(steps)
+        cells = [values.get(k) for k in scores] + [fids.get(label), hf, (timing or {}).get("seconds_per_image"), speed]
+        rows.append(f"<tr><th>{html.escape(label)}</th>" + "".join(f"<td>{_cell(v)}</td>" for v in cells) + "</tr>")
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    return f'<h2>Models</h2><table class="models"><tr>{header}</tr>{"".join(rows)}</table>'
+
+
 _CSS = """body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin-bottom:1.5em}
 th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top;font-size:13px}
 .grid img{width:160px;height:auto;image-rendering:pixelated}.grid th.prompt{max-width:220px;font-weight:normal}
@@ -102,15 +129,15 @@ th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top;f
 
 def render_html(metrics: dict, prompts: list[str], columns: list[tuple[str, torch.Tensor]],
                 title: str = "rglcd evaluation") -> str:
-    """The report page: gate decision, plain numbers, sample grid, then every metric section."""
+    """The report page: gate decision, one row per model, sample grid, plain numbers, then every metric section."""
     gate = metrics.get("gate") or {}
     verdict = ("<p class='pass'>gate: PASSED</p>" if gate.get("passed")
                else f"<p class='fail'>gate: FAILED ({html.escape(', '.join(gate.get('failed_rules', [])))})</p>")
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>", verdict if gate else "",
-             _table(list((gate.get("reasons") or {}).items()), "gate"),
-             "<h2>Summary</h2>", _table(_summary_rows(metrics.get("summary", {}), gate.get("reward")), "summary"),
-             "<h2>Samples</h2>", _grid(prompts, columns)]
+             _table(list((gate.get("reasons") or {}).items()), "gate"), models_table(metrics),
+             "<h2>Samples</h2>", _grid(prompts, columns),
+             "<h2>Summary</h2>", _table(_summary_rows(metrics.get("summary", {}), gate.get("reward")), "summary")]
     for section, data in metrics.items():
         if section not in ("summary", "gate"):
             parts += [f"<h2>{html.escape(section)}</h2>", _table(_rows(data), "details")]

@@ -102,7 +102,7 @@ class ToyConfig:
     lrm_lr: float = 1e-4
     lrm_batch_size: int = 8
     # Evaluation: every caption `eval_repeats` times; student guidance g (w = g - 1).
-    eval_repeats: int = 4
+    eval_repeats: int = 2
     eval_steps: tuple[int, ...] = (1, 2, 4, 8)
     eval_guidance: float = 4.0
     teacher_steps: int = 50
