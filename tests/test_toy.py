@@ -9,7 +9,7 @@ import torch
 
 from rglcd.toy.classifier import ToyClassifier
 from rglcd.toy.reward import TEMPERATURE, ToyReward
-from rglcd.toy.config import ToyConfig, WorldConfig, method_config, quick_config
+from rglcd.toy.config import ToyConfig, WorldConfig, method_config, quick_config, toy_config_from_dict
 from rglcd.toy.data import COLOURS, NUM_CLASSES, all_labels, caption, labels_of, make_dataset, parse_caption, prompt_set
 from rglcd.toy.report import evaluate_claims
 from rglcd.toy.world import lrm_batches
@@ -132,7 +132,9 @@ def test_claim_verdicts_follow_the_numbers():
     rows = _rows(lcd=(0.5, 0.85, 3.0, 1.0), direct={1.0: (0.6, 0.8, 3.5, 1.2), 10.0: (0.8, 0.7, 6.0, 2.0)},
                  lrm={10.0: (0.7, 0.8, 4.0, 1.1)})
     claims = {c["claim"]: c for c in evaluate_claims(rows, toy)}
-    assert len(claims) == 5 and all(c["holds"] for c in claims.values())
+    assert len(claims) == 7 and all(c["holds"] for c in claims.values())
+    beta = claims["A larger beta gives a higher reward (direct)"]["evidence"]["rg-direct-b1 -> rg-direct-b10"]
+    assert beta["gain"] == pytest.approx(0.2) and beta["gain_over_spread"] == pytest.approx(20.0)
     matched = claims["The LRM variant raises high-frequency energy less at similar reward"]["evidence"]["rg-lrm-b10"]
     assert matched["direct_hf_ratio_at_same_reward"] == pytest.approx(1.6)   # halfway between (0.6, 1.2), (0.8, 2.0)
     assert matched["direct_fd_at_same_reward"] == pytest.approx(4.75)
@@ -141,7 +143,8 @@ def test_claim_verdicts_follow_the_numbers():
     verdicts = {c["claim"]: c["holds"] for c in evaluate_claims(rows, toy)}
     assert verdicts == {
         "Few-step LCM approaches the 50-step teacher": False,           # accuracy 0.5 < 0.9 * 0.9
-        "The reward rises with RG-LCD, well beyond seed-to-seed noise": False,    # direct reward fell
+        "RG-LCD with the direct expert reward raises the expert reward well beyond seed-to-seed noise": False,
+        "RG-LCD with the LRM raises the expert reward well beyond seed-to-seed noise": True,      # +0.1 >= 3 x 0.01
         "Direct reward optimisation with a large beta raises high-frequency energy (reward hacking)": False,
         "The LRM variant raises high-frequency energy less at similar reward": False,   # 1.5 > 1.05 (clamped end)
         "The LRM variant has a better FD than direct optimisation at similar reward": False,
@@ -150,9 +153,12 @@ def test_claim_verdicts_follow_the_numbers():
     # a gain that is real but within 3 seed standard deviations does not count
     rows = _rows(lcd=(0.5, 0.85, 3.0, 1.0), direct={1.0: (0.6, 0.8, 3.5, 1.2)}, lrm={10.0: (0.7, 0.8, 4.0, 1.1)},
                  reward_std=0.04)
-    gain = {c["claim"]: c for c in evaluate_claims(rows, toy)}["The reward rises with RG-LCD, well beyond seed-to-seed noise"]
-    assert gain["evidence"]["rg-direct-b1"]["gain_over_spread"] == pytest.approx(2.5) and not gain["holds"]
-    assert gain["evidence"]["rg-lrm-b10"]["gain_over_spread"] == pytest.approx(5.0)
+    claims = {c["claim"]: c for c in evaluate_claims(rows, toy)}
+    direct = claims["RG-LCD with the direct expert reward raises the expert reward well beyond seed-to-seed noise"]
+    lrm = claims["RG-LCD with the LRM raises the expert reward well beyond seed-to-seed noise"]
+    assert direct["evidence"]["rg-direct-b1"]["gain_over_spread"] == pytest.approx(2.5) and not direct["holds"]
+    assert lrm["evidence"]["rg-lrm-b10"]["gain_over_spread"] == pytest.approx(5.0) and lrm["holds"]
+    assert "A larger beta gives a higher reward (direct)" not in claims                 # one beta: no sweep
 
 
 def test_world_key_and_method_config():
@@ -204,6 +210,16 @@ def test_quick_run_end_to_end_and_the_world_cache_is_reused(tmp_path, monkeypatc
     text = (out / "RESULTS.md").read_text()
     assert "| model | reward guidance |" in text and "## Claims" in text
     assert (out / "samples.png").stat().st_size > 0
+    # `rglcd toy report` judges the claims again from the run's own numbers and rewrites RESULTS.md
+    from rglcd.toy.report import markdown
+    tampered = json.loads((out / "results.json").read_text())
+    tampered["claims"] = [{**c, "holds": not c["holds"]} for c in tampered["claims"]]
+    (out / "results.json").write_text(json.dumps(tampered))
+    (out / "RESULTS.md").write_text("stale")
+    assert main(["toy", "report", "--out", str(out)]) == 0
+    rejudged = json.loads((out / "results.json").read_text())
+    assert [c["holds"] for c in rejudged["claims"]] == [c["holds"] for c in results["claims"]]
+    assert rejudged["rows"] == results["rows"] and (out / "RESULTS.md").read_text() == markdown(rejudged)
     worlds = list(cache.glob("world-*"))
     assert [w.name for w in worlds] == [f"world-{toy.world.key()}"]
     assert (worlds[0] / "teacher" / "model_index.json").is_file() and (worlds[0] / "lrm" / "lrm_config.json").is_file()
@@ -250,11 +266,9 @@ def test_published_results_are_what_the_default_config_and_report_code_make():
 
     folder = Path(__file__).resolve().parents[1] / "benchmarks" / "toy"
     results = json.loads((folder / "results.json").read_text())
-    cfg = dict(results["config"])
-    world = WorldConfig(**cfg.pop("world"))
-    toy = ToyConfig(world=world, **{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    toy = toy_config_from_dict(results["config"])
     assert toy == ToyConfig(), "the published table was made with other defaults: rerun `rglcd toy run`"
-    assert results["world"]["key"] == world.key()
+    assert results["world"]["key"] == toy.world.key(), "the world's code or settings changed: rerun `rglcd toy run`"
     assert results["expert"]["temperature"] == TEMPERATURE
     assert [c["holds"] for c in evaluate_claims(results["rows"], toy)] == [c["holds"] for c in results["claims"]]
     assert (folder / "RESULTS.md").read_text() == markdown(results)
@@ -357,7 +371,8 @@ def test_the_tiny_preset_runs_the_method_in_the_toy_world():
         for value in values:
             handler = {"model": "model_dir", "data": "data_source", "prompts": "prompts", "reference": "reference_dir"}
             assert source_handler(kind, value) is getattr(sources, handler[kind]), (kind, value)
-    assert (cfg.reward.name, cfg.reward.weights, cfg.reward.guidance) == ("toy", "toy:world", "lrm")
+    assert (cfg.reward.name, cfg.reward.weights, cfg.reward.guidance) == ("toy", "toy:world", "direct")
+    assert source_handler("prompts", cfg.eval.prompts) is sources.prompts and cfg.eval.num_prompts == 4 * 48
     assert cfg.eval.rewards == ["toy"] and cfg.eval.reward_weights == {"toy": "toy:world"}
     assert cfg.eval.gate_reward == "toy" and cfg.eval.gate_min_reward_margin == 0.0
     assert cfg.eval.hps_benchmark is None and cfg.eval.clip_model is None

@@ -1,4 +1,5 @@
-"""`rglcd toy run [--quick]`: the CPU toy replication of the paper's claims (rglcd.toy)."""
+"""`rglcd toy run [--quick]`: the CPU toy replication of the paper's claims (rglcd.toy); `rglcd toy report`
+judges a finished run's claims again from its numbers."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "device the published table was made on)")
     run.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
     run.set_defaults(func=_run)
+    report = cmds.add_parser("report", help="judge the claims of a finished run again from its results.json and "
+                             "rewrite its RESULTS.md (no training; the numbers and samples.png are kept)")
+    report.add_argument("--out", default="benchmarks/toy", help="the run's output directory (default: %(default)s)")
+    report.set_defaults(func=_report)
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -36,3 +41,11 @@ def _run(args: argparse.Namespace) -> None:
     toy = quick_config() if args.quick else ToyConfig()
     out = args.out or ("runs/toy-quick" if args.quick else "benchmarks/toy")
     run_toy(toy, out, args.cache_dir, str(resolve_device(args.device)), say=lambda msg: print(msg, flush=True))
+
+
+def _report(args: argparse.Namespace) -> None:
+    from rglcd.toy.report import rejudge
+
+    results = rejudge(args.out)
+    for claim in results["claims"]:
+        print(f"{'reproduces' if claim['holds'] else 'does not reproduce'}: {claim['claim']}")

@@ -114,6 +114,13 @@ class ToyConfig:
             raise ValueError(f"seeds: {self.seeds!r} is not allowed; allowed: one or more distinct seeds")
 
 
+def toy_config_from_dict(data: dict[str, Any]) -> ToyConfig:
+    """The ToyConfig of `dataclasses.asdict(toy)` as results.json holds it (lists back to tuples)."""
+    data = dict(data)
+    world = WorldConfig(**data.pop("world"))
+    return ToyConfig(world=world, **{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
 def quick_config() -> ToyConfig:
     """A seconds-to-a-minute version of everything, for the test (its numbers mean nothing)."""
     world = WorldConfig(train_images=96, reference_images=48, vae_steps=10, vae_batch_size=8, teacher_max_steps=10,
