@@ -187,6 +187,12 @@ def _world_md(world: dict, temperature: float) -> str:
     ])
 
 
+def _judged_by(results: dict[str, Any]) -> str:
+    if results.get("claims_judged_by") != "rglcd toy report":
+        return ""
+    return "Judged again from the numbers above by `rglcd toy report` (today's criteria; nothing re-measured).\n\n"
+
+
 def markdown(results: dict[str, Any]) -> str:
     toy, env = results["config"], results["environment"]
     train = "\n".join(f"| {t['name']} | {t.get('seed', '-')} | {t['seconds']:.0f} | `{json.dumps(t['last_20pct'])}` |"
@@ -217,7 +223,7 @@ those seeds (`results.json` has each seed's value); latency is the first seed's.
 {table(results['rows'])}
 
 ## Claims
-{_claims_md(results['claims'])}
+{_judged_by(results)}{_claims_md(results['claims'])}
 
 ## Training
 | run | seed | seconds | mean of the last 20% of steps |
@@ -249,6 +255,7 @@ def rejudge(out_dir: str | Path) -> dict[str, Any]:
     folder = Path(out_dir)
     results = json.loads((folder / "results.json").read_text())
     results["claims"] = evaluate_claims(results["rows"], toy_config_from_dict(results["config"]))
+    results["claims_judged_by"] = "rglcd toy report"
     (folder / "results.json").write_text(json.dumps(results, indent=2, default=str))
     (folder / "RESULTS.md").write_text(markdown(results))
     return results

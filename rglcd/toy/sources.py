@@ -53,9 +53,11 @@ class _CurrentStderr(logging.StreamHandler):
 
 
 def progress_to_stderr() -> None:
-    """The toy world's progress lines (loggers under rglcd.toy) on stderr; the root logger is left alone."""
+    """The toy world's progress lines (loggers under rglcd.toy) on stderr, once: not also through the root
+    logger (a KFP step's executor configures one); the root logger itself is left alone."""
     logger = logging.getLogger("rglcd.toy")
     logger.setLevel(logging.INFO)
+    logger.propagate = False
     if not any(isinstance(h, _CurrentStderr) for h in logger.handlers):
         handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
