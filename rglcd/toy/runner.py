@@ -3,9 +3,10 @@
     results = run_toy(ToyConfig(), out_dir="benchmarks/toy", cache_dir="~/.cache/rglcd/toy", device="cpu")
 
 Rows: the data itself; the teacher (50-step DDIM + CFG); the LCD-only student and the RG-LCD students
-(direct expert reward at each beta, LRM at each beta), each at 1/2/4/8 LCM steps. Every student starts
-from the same teacher, sees the same batches and the same per-example draws (`rglcd.step` seeds them by
-(seed, step, index)), so rows differ only by the reward term. The pieces of the method are the
+(direct expert reward at each beta, LRM at each beta), each at 1/2/4/8 LCM steps. Every row is trained
+and sampled once per seed of `toy.seeds`; `aggregate` reports the mean and the spread over seeds. Within a
+seed every student starts from the same teacher, sees the same batches and the same per-example draws
+(`rglcd.step` seeds them by (seed, step, index)), so rows differ only by the reward term. The pieces of the method are the
 project's: `rglcd.step.lcd_step`, `rglcd.optim.optimizer_update`, `rglcd.lrm.pretrain_lrm` / `lrm_finetune_step`,
 `rglcd.sample.lcm_sample` / `ddim_sample`, `rglcd.evaluate` (HF energy ratio, latency, Frechet distance).
 """
