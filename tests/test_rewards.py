@@ -51,7 +51,7 @@ def test_a_registered_reward_is_loaded_by_name_and_allowed_in_configs(monkeypatc
         load_config("tiny-random", overrides=["reward.name=ones"])
     plugins.register_reward("ones", "tests.test_rewards:_ones_reward")
     plugins.register_reward("ones", "tests.test_rewards:_ones_reward")      # the same entry again: no-op
-    cfg = load_config("tiny-random", overrides=["reward.name=ones", "eval.rewards=[ones, lrm]"])
+    cfg = load_config("tiny-random", overrides=["reward.name=ones", "eval.rewards=[ones, lrm]", "eval.gate_reward=ones"])
     rm = load_reward(cfg.reward.name, "w", device="cpu")
     assert rm.weights == "w" and rm.score(torch.zeros(2, 3, 8, 8), ["a", "b"]).tolist() == [1.0, 1.0]
     with pytest.raises(ValueError, match="'ones' is already registered as tests.test_rewards:_ones_reward"):
