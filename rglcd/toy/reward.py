@@ -7,12 +7,12 @@ the held-out judge, `rglcd.toy.classifier`).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from rglcd.models.sources import checkpoint_dir
 from rglcd.rewards.base import RewardModel, freeze
 from rglcd.toy.classifier import ToyClassifier, classifier_from_state
 from rglcd.toy.data import labels_of
@@ -61,11 +61,7 @@ def load_toy_reward(weights: str | None, *, antialias: bool = False, device: str
     if weights is None:
         raise ValueError("reward 'toy' needs reward.weights: a toy world directory (built by `rglcd toy run` "
                          "under its --cache-dir) or its classifiers.safetensors")
-    if weights.startswith("toy:"):
-        from rglcd.toy.sources import model_dir
-
-        weights = str(model_dir(weights, cache_dir or "~/.cache/rglcd"))
-    path = Path(weights).expanduser()
+    path = checkpoint_dir(weights, cache_dir or "~/.cache/rglcd")      # toy:world resolves as any model scheme
     file = path / "classifiers.safetensors" if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"reward 'toy': {str(file)!r} does not exist; allowed: a toy world directory "

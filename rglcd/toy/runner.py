@@ -130,12 +130,11 @@ def seed_baselines(bench: Bench, seed: int) -> tuple[list[dict], dict]:
     return rows, {"cols": cols, "grids": {"data": real_images, "teacher": teacher_images}}
 
 
-def student_rows(bench: Bench, exp: Experiment, seed: int, student, cols: tuple,
+def student_rows(bench: Bench, exp: Experiment, seed: int, model, cols: tuple,
                  latency: dict | None) -> tuple[list[dict], torch.Tensor]:
-    """One trained student at every eval step count: its rows (with latency when measured) and the images
-    at the most steps (for samples.png)."""
+    """One trained student (`model`: its sampling model) at every eval step count: its rows (with latency when
+    measured) and the images at the most steps (for samples.png)."""
     toy = bench.toy
-    model = from_teacher(bench.world.teacher, unet=student)
     rows, images = [], None
     for steps in toy.eval_steps:
         images = sample_images(samplers(bench.mcfg, model, bench.teacher_model)[f"student-{steps}"], bench.prompts, seed)
@@ -167,10 +166,11 @@ def run_toy(toy: ToyConfig, out_dir: str | Path, cache_dir: str | Path, device: 
             say(f"training {exp.name} (seed {seed}) ...")
             student, record = train_student(world, toy, exp, seed, device, say)
             training.append(record)
-            latency = _latency(bench, student) if seed == first else None
+            model = from_teacher(world.teacher, unet=student)
+            latency = _latency(bench, model) if seed == first else None
             if latency is not None and "latency_ms" not in baselines[first][0][1]:     # the teacher row
                 baselines[first][0][1].update(latency_ms=1e3 * latency["teacher"]["seconds_per_image"], speedup=1.0)
-            rows, images = student_rows(bench, exp, seed, student, baselines[seed][1]["cols"], latency)
+            rows, images = student_rows(bench, exp, seed, model, baselines[seed][1]["cols"], latency)
             seed_rows += rows
             grids.setdefault(exp.name, images)
             say(f"  {exp.name} seed {seed}: " + ", ".join(f"{r['steps']} steps reward {r['reward']:.3f} "
@@ -190,9 +190,8 @@ def run_toy(toy: ToyConfig, out_dir: str | Path, cache_dir: str | Path, device: 
     return results
 
 
-def _latency(bench: Bench, student) -> dict:
+def _latency(bench: Bench, model) -> dict:
     toy = bench.toy
-    model = from_teacher(bench.world.teacher, unet=student)
     return latency_report(model, bench.teacher_model, list(toy.eval_steps), toy.teacher_steps, toy.eval_guidance,
                           toy.world.teacher_guidance, batch=1, repeats=toy.latency_repeats)
 
